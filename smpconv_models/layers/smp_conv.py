@@ -1,0 +1,251 @@
+"""SMP convolution layers: thin modules over :func:`smp_kernel` (Kim & Park, CVPR 2023, Sec. 3).
+
+* :class:`SMPDepthwiseConv2d`: ImageNet form, points shared by all channels, no ``1/|N(x)|`` (official
+  ``SMPConv`` in ``smp_imagenet/models/SMPConv.py``).
+* :class:`SMPConv`: CIFAR form, every output channel has its own points, ``1/|N(x)|`` applied, 'same' padding,
+  1-3 spatial dimensions (official ``CKConv`` with ``SMPKernel``).
+* :class:`SMPCausalConv1d`: sequence form, per-filter points initialised near "now", causal (FFT for long kernels).
+
+Parameter names and shapes are the official ones (``weight_coord``, ``radius``, ``weights``), so official state
+dicts load after stripping wrapper prefixes.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .causal_conv import causal_conv1d
+from .conv import check_conv_input, same_conv
+from .smp_kernel import kernel_coords, smp_kernel
+
+__all__ = ['SMPConvBase', 'SMPDepthwiseConv2d', 'SMPConv', 'SMPCausalConv1d']
+
+
+def _as_size(kernel_size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+    size = (int(kernel_size),) * ndim if isinstance(kernel_size, int) else tuple(int(k) for k in kernel_size)
+    if len(size) != ndim:
+        raise ValueError(f'kernel_size {kernel_size} must have {ndim} entries')
+    if any(k < 1 for k in size):
+        raise ValueError(f'kernel_size must be positive, got {kernel_size}')
+    return size
+
+
+def _require_odd(size: tuple[int, ...], name: str) -> None:
+    if any(k % 2 == 0 for k in size):
+        raise ValueError(f"{name} needs odd kernel sizes for 'same' padding, got {size}")
+
+
+class SMPConvBase(nn.Module):
+    """Learnable points (``weight_coord`` [G, P, d], ``radius`` [G, P, 1...], ``weights`` [G, C, P]) and the
+    dense kernel they define on a ``kernel_size`` grid.
+
+    The dense kernel is generated from the points on every training forward (autograd flows to the points). In
+    eval mode, when no gradient is needed, it is cached and regenerated only when a point parameter changed: the
+    cache key is each parameter's storage pointer and version counter, which every in-place update
+    (optimizer step, ``load_state_dict``, :meth:`clamp_radii_`), ``.data`` replacement and ``.to()`` changes.
+    """
+
+    radius_min: float
+    radius_max: float
+
+    def __init__(
+            self,
+            groups: int,
+            channels: int,
+            n_points: int,
+            kernel_size: tuple[int, ...],
+            radius: float,
+            coord_std: float,
+            normalize: bool,
+            radius_bounds: tuple[float, float],
+            causal: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        if int(n_points) < 1:
+            raise ValueError(f'n_points must be at least 1, got {n_points}')
+        if not radius > 0:
+            raise ValueError(f'radius must be positive, got {radius}')
+        if not coord_std > 0:
+            raise ValueError(f'coord_std must be positive, got {coord_std}')
+        ndim = len(kernel_size)
+        dd = dict(device=device, dtype=dtype)
+        self.kernel_size = kernel_size
+        self.n_points = int(n_points)
+        self.normalize = normalize
+        self.radius_min, self.radius_max = radius_bounds
+        self.weight_coord = nn.Parameter(torch.empty(groups, self.n_points, ndim, **dd))
+        self.radius = nn.Parameter(torch.empty(groups, self.n_points, *(1,) * ndim, **dd))
+        self.weights = nn.Parameter(torch.empty(groups, channels, self.n_points, **dd))
+        self.register_buffer('kernel_coord', kernel_coords(kernel_size, device=device, dtype=dtype), persistent=False)
+        self._kernel_cache: tuple[tuple, Tensor] | None = None
+        self._init_points(radius, coord_std, causal)
+
+    @torch.no_grad()
+    def _init_points(self, radius: float, coord_std: float, causal: bool) -> None:
+        if causal:
+            # Official sequence init: |N(0, std)| folded into [-1, 0], scaled by 2 and moved to end at +1 ("now").
+            nn.init.trunc_normal_(self.weight_coord, std=coord_std, a=-1.0, b=0.0)
+            self.weight_coord.mul_(2.0).add_(1.0)
+        else:
+            nn.init.trunc_normal_(self.weight_coord, std=coord_std, a=-1.0, b=1.0)
+        self.radius.fill_(radius)
+        nn.init.trunc_normal_(self.weights, std=0.02)
+
+    @torch.no_grad()
+    def clamp_radii_(self) -> None:
+        """Clamp radii in place to ``[radius_min, radius_max]`` (the official per-step ``radius_clip``)."""
+        self.radius.clamp_(self.radius_min, self.radius_max)
+
+    def _kernel_layout(self, kernel: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def generate_kernel(self) -> Tensor:
+        """The dense convolution kernel from the current points, always freshly computed (Eq. 1 on the grid)."""
+        kernel = smp_kernel(self.kernel_coord, self.weight_coord, self.radius, self.weights, self.normalize)
+        return self._kernel_layout(kernel)
+
+    def _cache_key(self) -> tuple:
+        key = [torch.is_inference_mode_enabled()]
+        for t in (self.weight_coord, self.radius, self.weights, self.kernel_coord):
+            key += [t.data_ptr(), t._version, t.dtype, t.device]
+        return tuple(key)
+
+    @torch.jit.ignore
+    def smp_weight(self) -> Tensor:
+        """The dense kernel: generated with autograd in training, cached while parameters are unchanged in eval."""
+        needs_grad = torch.is_grad_enabled() and any(
+            p.requires_grad for p in (self.weight_coord, self.radius, self.weights))
+        if self.training or needs_grad:
+            self._kernel_cache = None
+            return self.generate_kernel()
+        key = self._cache_key()
+        if self._kernel_cache is not None and self._kernel_cache[0] == key:
+            return self._kernel_cache[1]
+        with torch.no_grad():
+            kernel = self.generate_kernel()
+        self._kernel_cache = (key, kernel)
+        return kernel
+
+    def train(self, mode: bool = True):
+        self._kernel_cache = None
+        return super().train(mode)
+
+    def extra_repr(self) -> str:
+        return (f'kernel_size={self.kernel_size}, n_points={self.n_points}, normalize={self.normalize}, '
+                f'radius_bounds=({self.radius_min}, {self.radius_max})')
+
+
+class SMPDepthwiseConv2d(SMPConvBase):
+    """Depthwise 2-d SMP convolution with points shared across channels (ImageNet form, stride 1, 'same').
+
+    ``n_points`` defaults to ``kernel_size**2 // n_points_divide``; radii start at ``4 / kernel_size`` and are
+    clamped to ``[1e-3, 1]``; positions ~ truncated N(0, 0.2) in ``[-1, 1]``; no ``1/|N(x)|`` factor.
+    """
+
+    def __init__(
+            self,
+            channels: int,
+            kernel_size: int,
+            n_points: int | None = None,
+            n_points_divide: int = 4,
+            device=None,
+            dtype=None,
+    ):
+        size = _as_size(kernel_size, 2)
+        _require_odd(size, type(self).__name__)
+        if n_points is None:
+            if n_points_divide < 1:
+                raise ValueError(f'n_points_divide must be at least 1, got {n_points_divide}')
+            n_points = size[0] * size[1] // n_points_divide
+        self.channels = int(channels)
+        super().__init__(
+            groups=1, channels=self.channels, n_points=n_points, kernel_size=size, radius=4.0 / size[0],
+            coord_std=0.2, normalize=False, radius_bounds=(1e-3, 1.0), device=device, dtype=dtype)
+
+    def _kernel_layout(self, kernel: Tensor) -> Tensor:
+        return kernel.reshape(self.channels, 1, *self.kernel_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_conv_input(x, 2, self.channels, type(self).__name__)
+        return same_conv(x, self.smp_weight(), None, groups=self.channels)
+
+
+class SMPConv(SMPConvBase):
+    """Full N-d SMP convolution with per-filter points and the ``1/|N(x)|`` average (CIFAR form, Eq. 1).
+
+    ``C_out`` filters each own ``n_points`` points (``weight_coord`` [C_out, P, d], ``radius`` [C_out, P, 1...],
+    ``weights`` [C_out, C_in, P]). 'Same' padding, stride 1, odd kernel sizes; radii clamped to ``[1e-4, 1]``.
+    """
+
+    def __init__(
+            self,
+            in_channels: int,
+            out_channels: int,
+            kernel_size: int | Sequence[int],
+            n_points: int,
+            radius: float,
+            coord_std: float,
+            ndim: int = 2,
+            bias: bool = True,
+            device=None,
+            dtype=None,
+    ):
+        if ndim not in (1, 2, 3):
+            raise ValueError(f'ndim must be 1, 2 or 3, got {ndim}')
+        size = _as_size(kernel_size, ndim)
+        _require_odd(size, type(self).__name__)
+        self.in_channels, self.out_channels, self.ndim = int(in_channels), int(out_channels), ndim
+        super().__init__(
+            groups=self.out_channels, channels=self.in_channels, n_points=n_points, kernel_size=size, radius=radius,
+            coord_std=coord_std, normalize=True, radius_bounds=(1e-4, 1.0), device=device, dtype=dtype)
+        self.bias = nn.Parameter(torch.zeros(self.out_channels, device=device, dtype=dtype)) if bias else None
+
+    def _kernel_layout(self, kernel: Tensor) -> Tensor:
+        return kernel.reshape(self.out_channels, self.in_channels, *self.kernel_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_conv_input(x, self.ndim, self.in_channels, type(self).__name__)
+        return same_conv(x, self.smp_weight(), self.bias)
+
+
+class SMPCausalConv1d(SMPConvBase):
+    """Causal 1-d SMP convolution with per-filter points (sequence form; Sec. 4.1 of the paper).
+
+    The kernel spans ``kernel_size`` steps (the official models use the training sequence length), positions start
+    near ``+1`` (tap ``K - 1`` = the current step), ``1/|N(x)|`` is applied and radii are clamped to ``[1e-4, 1]``.
+    The convolution is :func:`causal_conv1d` (``fft=None`` chooses FFT or direct by size).
+    """
+
+    def __init__(
+            self,
+            in_channels: int,
+            out_channels: int,
+            kernel_size: int,
+            n_points: int,
+            radius: float,
+            coord_std: float,
+            bias: bool = True,
+            fft: bool | None = None,
+            device=None,
+            dtype=None,
+    ):
+        size = _as_size(kernel_size, 1)
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.fft = fft
+        super().__init__(
+            groups=self.out_channels, channels=self.in_channels, n_points=n_points, kernel_size=size, radius=radius,
+            coord_std=coord_std, normalize=True, radius_bounds=(1e-4, 1.0), causal=True, device=device, dtype=dtype)
+        self.bias = nn.Parameter(torch.zeros(self.out_channels, device=device, dtype=dtype)) if bias else None
+
+    def _kernel_layout(self, kernel: Tensor) -> Tensor:
+        return kernel.reshape(self.out_channels, self.in_channels, self.kernel_size[0])
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_conv_input(x, 1, self.in_channels, type(self).__name__)
+        return causal_conv1d(x, self.smp_weight(), self.bias, fft=self.fft)
+
