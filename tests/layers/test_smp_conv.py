@@ -1,0 +1,206 @@
+"""SMP conv modules: outputs against plain convolutions, reparameterization, kernel cache, bad input."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from smpconv_models.layers import (
+    SMPCausalConv1d,
+    SMPConv,
+    SMPDepthwiseConv2d,
+    SMPLargeKernelConv2d,
+    causal_conv1d,
+    clamp_radii_,
+    smp_param_groups,
+)
+
+
+def randomize_bn_(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_depthwise_forward_is_grouped_conv():
+    layer = SMPDepthwiseConv2d(6, 13)
+    x = torch.randn(2, 6, 20, 20)
+    expected = F.conv2d(x, layer.generate_kernel(), padding=6, groups=6)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('ndim', [1, 2, 3])
+def test_full_conv_forward_is_same_conv(ndim):
+    layer = SMPConv(3, 4, 5, n_points=6, radius=0.3, coord_std=0.3, ndim=ndim)
+    nn.init.normal_(layer.bias)
+    x = torch.randn(2, 3, *(7,) * ndim)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[ndim - 1]
+    expected = conv(x, layer.generate_kernel(), layer.bias, padding=2)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    assert layer.weight_coord.shape == (4, 6, ndim) and layer.radius.shape == (4, 6, *(1,) * ndim)
+
+
+def test_causal_smp_conv():
+    layer = SMPCausalConv1d(2, 3, kernel_size=50, n_points=8, radius=0.1, coord_std=0.1)
+    assert (layer.weight_coord > -1).all() and (layer.weight_coord <= 1).all()
+    assert layer.weight_coord.mean() > 0.5  # initialised near +1 = "now"
+    x = torch.randn(2, 2, 50)
+    y = layer(x)
+    torch.testing.assert_close(y, causal_conv1d(x, layer.generate_kernel(), layer.bias, fft=False),
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(SMPCausalConv1d(2, 3, 50, 8, 0.1, 0.1, fft=True).eval()(x).shape, y.shape)
+
+
+def test_reparameterize_matches_eval_output():
+    block = SMPLargeKernelConv2d(8, 13, small_kernel_size=5)
+    randomize_bn_(block)
+    nn.init.normal_(block.small_conv.conv.weight, std=0.2)
+    block.eval()
+    x = torch.randn(2, 8, 24, 24)
+    with torch.no_grad():
+        ref = block(x)
+        block.reparameterize()
+        out = block(x)
+    assert block.smp is None and block.small_conv is None
+    assert isinstance(block.reparam_conv, nn.Conv2d) and block.reparam_conv.bias is not None
+    assert block.reparam_conv.groups == 8 and block.reparam_conv.kernel_size == (13, 13)
+    assert rel_err(out, ref) <= 1e-5
+    weight = block.reparam_conv.weight.clone()
+    block.reparameterize()  # idempotent
+    assert torch.equal(block.reparam_conv.weight, weight)
+
+
+def test_timm_reparameterize_model_and_deploy_load():
+    model = nn.Sequential(SMPLargeKernelConv2d(4, 9, 3), nn.ReLU(), SMPLargeKernelConv2d(4, 7, 5))
+    randomize_bn_(model)
+    model.eval()
+    x = torch.randn(1, 4, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+        deployed = timm.utils.reparameterize_model(model)
+        assert rel_err(deployed(x), ref) <= 1e-5
+    assert not any(isinstance(m, SMPDepthwiseConv2d) for m in deployed.modules())
+    fresh = nn.Sequential(SMPLargeKernelConv2d(4, 9, 3, deploy=True), nn.ReLU(),
+                          SMPLargeKernelConv2d(4, 7, 5, deploy=True)).eval()
+    fresh.load_state_dict(deployed.state_dict())
+    with torch.no_grad():
+        assert rel_err(fresh(x), ref) <= 1e-5
+
+
+def test_eval_cache_reuses_and_invalidates(monkeypatch):
+    layer = SMPConv(3, 4, 7, n_points=5, radius=0.4, coord_std=0.3).eval()
+    x = torch.randn(1, 3, 9, 9)
+    calls = []
+    original = SMPConv.generate_kernel
+    monkeypatch.setattr(SMPConv, 'generate_kernel', lambda self: calls.append(1) or original(self))
+    with torch.no_grad():
+        y0 = layer(x)
+        y1 = layer(x)
+        assert len(calls) == 1 and torch.equal(y0, y1)
+        # in-place parameter change (as an optimizer step does)
+        layer.weights.mul_(2.0)
+        y2 = layer(x)
+        assert len(calls) == 2
+        torch.testing.assert_close(y2 - layer.bias[:, None, None], 2 * (y0 - layer.bias[:, None, None]))
+        # load_state_dict of other values
+        other = SMPConv(3, 4, 7, n_points=5, radius=0.4, coord_std=0.3).eval()
+        layer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(layer(x), other(x))
+        # .data replacement and radius clamping
+        layer.radius.data = torch.full_like(layer.radius, 5.0)
+        y3 = layer(x)
+        layer.clamp_radii_()
+        assert layer.radius.max() == 1.0
+        assert not torch.allclose(layer(x), y3)
+
+
+def test_cache_never_stale_after_optimizer_step():
+    layer = SMPDepthwiseConv2d(4, 9)
+    opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+    x = torch.randn(2, 4, 12, 12)
+    layer.eval()
+    with torch.no_grad():
+        before = layer(x)
+    layer.train()
+    layer(x).square().sum().backward()
+    opt.step()
+    layer.eval()
+    with torch.no_grad():
+        after = layer(x)
+        expected = F.conv2d(x, layer.generate_kernel(), padding=4, groups=4)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_with_grad_still_backprops_to_points():
+    layer = SMPDepthwiseConv2d(2, 7).eval()
+    layer(torch.randn(1, 2, 8, 8)).sum().backward()
+    assert layer.weight_coord.grad is not None and layer.weight_coord.grad.abs().sum() > 0
+
+
+def test_deepcopy_and_to_regenerate():
+    layer = SMPDepthwiseConv2d(2, 7).eval()
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        layer(x.float())
+        double = copy.deepcopy(layer).double()
+        torch.testing.assert_close(double(x), layer(x.float()).double(), rtol=1e-5, atol=1e-6)
+        assert double.smp_weight().dtype == torch.float64
+
+
+def test_clamp_and_param_groups():
+    model = nn.Sequential(SMPLargeKernelConv2d(4, 9, 3), SMPConv(4, 4, 5, 6, 0.3, 0.1))
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, 'radius'):
+                m.radius.uniform_(-1, 3)
+    clamp_radii_(model)
+    assert model[0].smp.conv.radius.min() >= 1e-3 and model[0].smp.conv.radius.max() <= 1
+    assert model[1].radius.min() >= 1e-4 and model[1].radius.max() <= 1
+    groups = {g['name']: g for g in smp_param_groups(model, weight_decay=0.05, lr=1e-3)}
+    radius_ids = {id(model[0].smp.conv.radius), id(model[1].radius)}
+    assert {id(p) for p in groups['radius']['params']} == radius_ids
+    assert groups['radius']['lr'] == pytest.approx(1e-4) and groups['radius']['weight_decay'] == 0
+    no_decay = {id(p) for p in groups['no_decay']['params']}
+    assert id(model[1].weight_coord) in no_decay and id(model[1].bias) in no_decay
+    assert {id(p) for p in groups['decay']['params']} == {
+        id(model[0].smp.conv.weights), id(model[0].small_conv.conv.weight), id(model[1].weights)}
+    assert sum(len(g['params']) for g in groups.values()) == len(list(model.parameters()))
+    torch.optim.AdamW(list(groups.values()), lr=1e-3)  # accepted by a torch optimizer
+
+
+@pytest.mark.parametrize('make,x,err,match', [
+    (lambda: SMPDepthwiseConv2d(4, 9), torch.randn(1, 3, 8, 8), ValueError, 'channels'),
+    (lambda: SMPDepthwiseConv2d(4, 9), torch.randn(4, 8, 8), ValueError, '4-d input'),
+    (lambda: SMPConv(3, 4, 5, 6, 0.3, 0.1), torch.randint(0, 5, (1, 3, 8, 8)), TypeError, 'floating-point'),
+    (lambda: SMPCausalConv1d(2, 2, 9, 4, 0.1, 0.1), torch.randn(1, 2, 3, 9), ValueError, '3-d input'),
+    (lambda: SMPLargeKernelConv2d(4, 9), torch.randn(1, 5, 8, 8), ValueError, 'channels'),
+])
+def test_bad_input(make, x, err, match):
+    with pytest.raises(err, match=match):
+        make()(x)
+
+
+@pytest.mark.parametrize('make,match', [
+    (lambda: SMPDepthwiseConv2d(4, 8), 'odd'),
+    (lambda: SMPConv(3, 4, 6, 6, 0.3, 0.1), 'odd'),
+    (lambda: SMPLargeKernelConv2d(4, 9, small_kernel_size=4), 'odd'),
+    (lambda: SMPConv(3, 4, 5, 6, 0.0, 0.1), 'radius must be positive'),
+    (lambda: SMPCausalConv1d(2, 2, 9, 4, -0.1, 0.1), 'radius must be positive'),
+    (lambda: SMPConv(3, 4, 5, 0, 0.3, 0.1), 'n_points'),
+    (lambda: SMPConv(3, 4, 5, 6, 0.3, 0.1, ndim=4), 'ndim'),
+])
+def test_bad_construction(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
