@@ -2,12 +2,21 @@
 from .causal_conv import causal_conv1d, next_fast_len, use_fft_for
 from .conv import check_conv_input, prefers_channels_last, same_conv
 from .params import clamp_radii_, smp_param_groups
-from .reparam import SMPLargeKernelConv2d, fuse_bn
+from .reparam import (
+    CausalConv1d,
+    SMPLargeKernelConv2d,
+    SMPParallelCausalConv1d,
+    SMPParallelConv,
+    SMPReparamConv,
+    fold_bn_into_next_conv,
+    fuse_bn,
+)
 from .smp_conv import SMPCausalConv1d, SMPConv, SMPConvBase, SMPDepthwiseConv2d
 from .smp_kernel import kernel_coords, smp_basis, smp_kernel
 
 __all__ = [
     'causal_conv1d', 'next_fast_len', 'use_fft_for', 'check_conv_input', 'prefers_channels_last', 'same_conv',
-    'clamp_radii_', 'smp_param_groups', 'SMPLargeKernelConv2d', 'fuse_bn', 'SMPCausalConv1d', 'SMPConv',
+    'clamp_radii_', 'smp_param_groups', 'CausalConv1d', 'SMPLargeKernelConv2d', 'SMPParallelCausalConv1d',
+    'SMPParallelConv', 'SMPReparamConv', 'fold_bn_into_next_conv', 'fuse_bn', 'SMPCausalConv1d', 'SMPConv',
     'SMPConvBase', 'SMPDepthwiseConv2d', 'kernel_coords', 'smp_basis', 'smp_kernel',
 ]

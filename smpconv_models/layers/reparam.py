@@ -1,4 +1,10 @@
-"""Structural reparameterization of the SMP large-kernel branch (RepLKNet-style, as used by SMPConv-T/B)."""
+"""Structural reparameterization: an SMP branch + BN summed with a small-kernel conv + BN, folded into one conv.
+
+Every SMPConv family uses this pattern (Sec. 3.3 of the paper, after RepLKNet): ImageNet blocks pair a depthwise SMP
+kernel with a 5x5 depthwise conv, the CIFAR ResNet a full 33x33 SMP conv with a 3x3 conv, the sequence TCNs a
+causal SMP conv with a causal 5-tap conv. In eval mode ``BN(smp(x)) + BN(small(x))`` is one convolution with the
+folded kernel ``s1 * K_smp + s2 * pad(K_small)`` and bias ``b1 + b2``; ``reparameterize()`` switches to it.
+"""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -8,10 +14,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .causal_conv import causal_conv1d
 from .conv import check_conv_input, prefers_channels_last
-from .smp_conv import SMPDepthwiseConv2d
+from .smp_conv import SMPCausalConv1d, SMPConv, SMPConvBase, SMPDepthwiseConv2d
 
-__all__ = ['fuse_bn', 'SMPLargeKernelConv2d']
+__all__ = [
+    'fuse_bn', 'fold_bn_into_next_conv', 'CausalConv1d', 'SMPReparamConv', 'SMPLargeKernelConv2d', 'SMPParallelConv',
+    'SMPParallelCausalConv1d',
+]
 
 
 def fuse_bn(weight: Tensor, bias: Tensor | None, bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
@@ -20,29 +30,143 @@ def fuse_bn(weight: Tensor, bias: Tensor | None, bn: nn.modules.batchnorm._Batch
     ``bn(conv(x)) = conv'(x)`` with ``w' = w * gamma / std`` (per output channel) and
     ``b' = beta + (b - mean) * gamma / std``, ``std = sqrt(running_var + eps)``.
     """
+    scale, shift = _bn_affine(bn)
+    fused_w = weight * scale.reshape(-1, *(1,) * (weight.dim() - 1))
+    b = bias if bias is not None else torch.zeros_like(scale)
+    return fused_w, b * scale + shift
+
+
+def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+    """Eval-mode BatchNorm as ``y = x * scale + shift`` per channel."""
     if bn.running_mean is None or bn.running_var is None:
-        raise ValueError('fuse_bn needs a BatchNorm with running statistics (track_running_stats=True)')
+        raise ValueError('folding a BatchNorm needs running statistics (track_running_stats=True)')
     std = (bn.running_var + bn.eps).sqrt()
     gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
     beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
     scale = gamma / std
-    fused_w = weight * scale.reshape(-1, *(1,) * (weight.dim() - 1))
-    b = bias if bias is not None else torch.zeros_like(std)
-    return fused_w, beta + (b - bn.running_mean) * scale
+    return scale, beta - bn.running_mean * scale
+
+
+@torch.no_grad()
+def fold_bn_into_next_conv(bn: nn.modules.batchnorm._BatchNorm, conv: nn.Conv2d | nn.Conv1d | nn.Linear) -> None:
+    """Fold an eval-mode BatchNorm that directly precedes a pointwise conv (or linear layer) into it, in place.
+
+    Exact only for kernels without spatial extent (1x1, no padding) and ``groups=1``:
+    ``conv(x * s + t) = conv'(x)`` with ``w' = w * s`` over input channels and ``b' = b + w @ t``.
+    """
+    weight = conv.weight
+    if isinstance(conv, nn.modules.conv._ConvNd) and (conv.groups != 1 or any(k != 1 for k in conv.kernel_size)):
+        raise ValueError('a preceding BatchNorm folds exactly only into a pointwise conv with groups=1')
+    scale, shift = _bn_affine(bn)
+    w2d = weight.reshape(weight.shape[0], weight.shape[1])
+    new_bias = w2d @ shift + (conv.bias if conv.bias is not None else 0.0)
+    conv.weight.mul_(scale.reshape(1, -1, *(1,) * (weight.dim() - 2)))
+    if conv.bias is None:
+        conv.bias = nn.Parameter(new_bias)
+    else:
+        conv.bias.copy_(new_bias)
+
+
+class CausalConv1d(nn.Module):
+    """A dense causal 1-d convolution (tap ``K - 1`` = current step) with a plain ``weight`` [C_out, C_in, K]."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
+                 fft: bool | None = None, device=None, dtype=None):
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel_size = int(in_channels), int(out_channels), int(kernel_size)
+        self.fft = fft
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_conv_input(x, 1, self.in_channels, type(self).__name__)
+        return causal_conv1d(x, self.weight, self.bias, fft=self.fft)
+
+    def extra_repr(self) -> str:
+        return f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, fft={self.fft}'
 
 
 def _conv_bn(conv: nn.Module, channels: int, norm_layer: type[nn.Module]) -> nn.Sequential:
     return nn.Sequential(OrderedDict(conv=conv, bn=norm_layer(channels)))
 
 
-class SMPLargeKernelConv2d(nn.Module):
-    """SMP depthwise branch + BN, summed with a small depthwise conv + BN (the official ``SMPCNN``).
+class SMPReparamConv(nn.Module):
+    """``BN(smp(x)) + BN(small(x))``, or after :meth:`reparameterize` one dense ``reparam_conv``.
 
-    ``reparameterize()`` folds both BatchNorms and the zero-padded small kernel into one dense
-    ``nn.Conv2d(C, C, K, groups=C, bias=True)`` (``reparam_conv``), exact in eval mode. It is idempotent and is what
-    ``timm.utils.reparameterize_model`` calls. ``deploy=True`` builds that form directly, so reparameterized
-    checkpoints load. Submodule names follow the official checkpoints (``smp.conv``, ``smp.bn``, ``small_conv.conv``,
-    ``small_conv.bn``).
+    Subclasses build ``smp`` (``Sequential(conv=<SMP layer>, bn=...)``), ``small_conv`` (``Sequential(conv, bn)``) and
+    the deploy conv; the folding is shared. ``reparameterize()`` is idempotent and is what
+    ``timm.utils.reparameterize_model`` calls; ``deploy=True`` builds the folded form directly so reparameterized
+    checkpoints load.
+    """
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, ...]
+    ndim: int
+
+    def _init_branches(self, smp: SMPConvBase | None, small: nn.Module | None, norm_layer, deploy: bool,
+                       dd: dict) -> None:
+        if deploy:
+            self.reparam_conv = self._make_deploy_conv(**dd)
+            self.smp = None
+            self.small_conv = None
+        else:
+            self.reparam_conv = None
+            self.smp = _conv_bn(smp, self.out_channels, norm_layer)
+            self.small_conv = _conv_bn(small, self.out_channels, norm_layer)
+
+    def _make_deploy_conv(self, device=None, dtype=None) -> nn.Module:
+        raise NotImplementedError
+
+    def _pad_small(self, weight: Tensor) -> Tensor:
+        """Zero-pad the small kernel to the large kernel's size, centred ('same' convs)."""
+        pads = []
+        for big, small in zip(reversed(self.kernel_size), reversed(weight.shape[2:])):
+            pads += [(big - small) // 2, (big - small) // 2]
+        return F.pad(weight, pads)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_conv_input(x, self.ndim, self.in_channels, type(self).__name__)
+        if self.ndim == 2 and prefers_channels_last(x, self.kernel_size[-1]):
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.reparam_conv is not None:
+            return self.reparam_conv(x)
+        return self.smp(x) + self.small_conv(x)
+
+    @torch.no_grad()
+    def fused_kernel_bias(self) -> tuple[Tensor, Tensor]:
+        """The equivalent dense kernel and bias of the two branches with eval-mode BatchNorm."""
+        if self.reparam_conv is not None:
+            return self.reparam_conv.weight, self.reparam_conv.bias
+        smp_conv = self.smp.conv
+        w, b = fuse_bn(smp_conv.generate_kernel(), getattr(smp_conv, 'bias', None), self.smp.bn)
+        ws, bs = fuse_bn(self.small_conv.conv.weight, self.small_conv.conv.bias, self.small_conv.bn)
+        return w + self._pad_small(ws), b + bs
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Switch to the deploy form in place (no-op when already there)."""
+        if self.reparam_conv is not None:
+            return
+        weight, bias = self.fused_kernel_bias()
+        conv = self._make_deploy_conv(device=weight.device, dtype=weight.dtype)
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
+        self.reparam_conv = conv
+        self.smp = None
+        self.small_conv = None
+
+    def extra_repr(self) -> str:
+        return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
+                f'deploy={self.reparam_conv is not None}')
+
+
+class SMPLargeKernelConv2d(SMPReparamConv):
+    """Depthwise SMP branch + BN beside a small depthwise conv + BN (the official ImageNet ``SMPCNN``).
+
+    Submodule names follow the official checkpoints (``smp.conv``, ``smp.bn``, ``small_conv.conv``, ``small_conv.bn``);
+    the deploy form is ``nn.Conv2d(C, C, K, groups=C, bias=True)``.
     """
 
     def __init__(
@@ -58,62 +182,112 @@ class SMPLargeKernelConv2d(nn.Module):
             dtype=None,
     ):
         super().__init__()
-        if kernel_size % 2 == 0 or small_kernel_size % 2 == 0:
-            raise ValueError(
-                f"{type(self).__name__} needs odd kernel sizes for 'same' padding, got {kernel_size} and "
-                f'{small_kernel_size}')
-        if small_kernel_size > kernel_size:
-            raise ValueError(f'small_kernel_size {small_kernel_size} exceeds kernel_size {kernel_size}')
-        self.channels = int(channels)
-        self.kernel_size = int(kernel_size)
-        self.small_kernel_size = int(small_kernel_size)
+        _check_small(kernel_size, small_kernel_size, type(self).__name__)
+        self.in_channels = self.out_channels = self.channels = int(channels)
+        self.kernel_size, self.small_kernel_size, self.ndim = (int(kernel_size),) * 2, int(small_kernel_size), 2
         dd = dict(device=device, dtype=dtype)
-        if deploy:
-            self.reparam_conv = nn.Conv2d(
-                channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=True, **dd)
-            self.smp = None
-            self.small_conv = None
-        else:
-            self.reparam_conv = None
-            self.smp = _conv_bn(
-                SMPDepthwiseConv2d(channels, kernel_size, n_points, n_points_divide, **dd), channels, norm_layer)
-            self.small_conv = _conv_bn(
-                nn.Conv2d(channels, channels, small_kernel_size, padding=small_kernel_size // 2, groups=channels,
-                          bias=False, **dd),
-                channels, norm_layer)
+        smp = small = None
+        if not deploy:
+            smp = SMPDepthwiseConv2d(channels, kernel_size, n_points, n_points_divide, **dd)
+            small = nn.Conv2d(channels, channels, small_kernel_size, padding=small_kernel_size // 2, groups=channels,
+                              bias=False, **dd)
+        self._init_branches(smp, small, norm_layer, deploy, dd)
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_conv_input(x, 2, self.channels, type(self).__name__)
-        if prefers_channels_last(x, self.kernel_size):
-            x = x.contiguous(memory_format=torch.channels_last)
-        if self.reparam_conv is not None:
-            return self.reparam_conv(x)
-        return self.smp(x) + self.small_conv(x)
+    def _make_deploy_conv(self, device=None, dtype=None) -> nn.Module:
+        k = self.kernel_size[0]
+        dd = dict(device=device, dtype=dtype)
+        return nn.Conv2d(self.channels, self.channels, k, padding=k // 2, groups=self.channels, bias=True, **dd)
 
-    @torch.no_grad()
-    def fused_kernel_bias(self) -> tuple[Tensor, Tensor]:
-        """The equivalent dense depthwise kernel ``[C, 1, K, K]`` and bias ``[C]`` (eval-mode BatchNorm)."""
-        if self.reparam_conv is not None:
-            return self.reparam_conv.weight, self.reparam_conv.bias
-        w, b = fuse_bn(self.smp.conv.generate_kernel(), None, self.smp.bn)
-        ws, bs = fuse_bn(self.small_conv.conv.weight, self.small_conv.conv.bias, self.small_conv.bn)
-        pad = (self.kernel_size - self.small_kernel_size) // 2
-        return w + F.pad(ws, (pad, pad, pad, pad)), b + bs
 
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        """Switch to the deploy form in place (no-op when already there)."""
-        if self.reparam_conv is not None:
-            return
-        weight, bias = self.fused_kernel_bias()
-        conv = nn.Conv2d(self.channels, self.channels, self.kernel_size, padding=self.kernel_size // 2,
-                         groups=self.channels, bias=True, device=weight.device, dtype=weight.dtype)
-        conv.weight.copy_(weight)
-        conv.bias.copy_(bias)
-        self.reparam_conv = conv
-        self.smp = None
-        self.small_conv = None
+class SMPParallelConv(SMPReparamConv):
+    """Full N-d SMP conv (per-filter points) + BN beside a small 'same' conv + BN (the official CIFAR ResNet's
+    ``norm1(cconv1(x)) + norm1s(cconv1s(x))``); deploy form ``nn.ConvNd(C_in, C_out, K, bias=True)``."""
 
-    def extra_repr(self) -> str:
-        return (f'channels={self.channels}, kernel_size={self.kernel_size}, small_kernel_size={self.small_kernel_size}'
-                f', deploy={self.reparam_conv is not None}')
+    def __init__(
+            self,
+            in_channels: int,
+            out_channels: int,
+            kernel_size: int,
+            n_points: int,
+            radius: float,
+            coord_std: float,
+            small_kernel_size: int = 3,
+            ndim: int = 2,
+            bias: bool = False,
+            small_bias: bool = False,
+            deploy: bool = False,
+            norm_layer: type[nn.Module] | None = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        if ndim not in (1, 2, 3):
+            raise ValueError(f'ndim must be 1, 2 or 3, got {ndim}')
+        _check_small(kernel_size, small_kernel_size, type(self).__name__)
+        self.in_channels, self.out_channels, self.ndim = int(in_channels), int(out_channels), ndim
+        self.kernel_size, self.small_kernel_size = (int(kernel_size),) * ndim, int(small_kernel_size)
+        norm_layer = norm_layer or (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[ndim - 1]
+        dd = dict(device=device, dtype=dtype)
+        smp = small = None
+        if not deploy:
+            smp = SMPConv(in_channels, out_channels, kernel_size, n_points, radius, coord_std, ndim, bias, **dd)
+            small = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[ndim - 1](
+                in_channels, out_channels, small_kernel_size, padding=small_kernel_size // 2, bias=small_bias, **dd)
+            nn.init.trunc_normal_(small.weight, std=0.02)
+            if small.bias is not None:
+                nn.init.zeros_(small.bias)
+        self._init_branches(smp, small, norm_layer, deploy, dd)
+
+    def _make_deploy_conv(self, device=None, dtype=None) -> nn.Module:
+        k = self.kernel_size[0]
+        dd = dict(device=device, dtype=dtype)
+        conv_cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self.ndim - 1]
+        return conv_cls(self.in_channels, self.out_channels, k, padding=k // 2, bias=True, **dd)
+
+
+class SMPParallelCausalConv1d(SMPReparamConv):
+    """Causal SMP conv + BN beside a small causal conv + BN (the official sequence TCN's
+    ``norm1(cconv1(x)) + norm1s(cconv1s(x))``); deploy form :class:`CausalConv1d` with the folded length-K kernel."""
+
+    def __init__(
+            self,
+            in_channels: int,
+            out_channels: int,
+            kernel_size: int,
+            n_points: int,
+            radius: float,
+            coord_std: float,
+            small_kernel_size: int = 5,
+            bias: bool = False,
+            fft: bool | None = None,
+            deploy: bool = False,
+            norm_layer: type[nn.Module] = nn.BatchNorm1d,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        if not 1 <= small_kernel_size <= kernel_size:
+            raise ValueError(f'small_kernel_size must be in [1, kernel_size={kernel_size}], got {small_kernel_size}')
+        self.in_channels, self.out_channels, self.ndim = int(in_channels), int(out_channels), 1
+        self.kernel_size, self.small_kernel_size, self.fft = (int(kernel_size),), int(small_kernel_size), fft
+        dd = dict(device=device, dtype=dtype)
+        smp = small = None
+        if not deploy:
+            smp = SMPCausalConv1d(in_channels, out_channels, kernel_size, n_points, radius, coord_std, bias, fft, **dd)
+            small = CausalConv1d(in_channels, out_channels, small_kernel_size, bias=False, **dd)
+        self._init_branches(smp, small, norm_layer, deploy, dd)
+
+    def _pad_small(self, weight: Tensor) -> Tensor:
+        # causal kernels align at the current step (the last tap): pad on the past side only
+        return F.pad(weight, (self.kernel_size[0] - weight.shape[-1], 0))
+
+    def _make_deploy_conv(self, device=None, dtype=None) -> nn.Module:
+        dd = dict(device=device, dtype=dtype)
+        return CausalConv1d(self.in_channels, self.out_channels, self.kernel_size[0], bias=True, fft=self.fft, **dd)
+
+
+def _check_small(kernel_size: int, small_kernel_size: int, name: str) -> None:
+    if kernel_size % 2 == 0 or small_kernel_size % 2 == 0:
+        raise ValueError(f"{name} needs odd kernel sizes for 'same' padding, got {kernel_size} and {small_kernel_size}")
+    if small_kernel_size > kernel_size:
+        raise ValueError(f'small_kernel_size {small_kernel_size} exceeds kernel_size {kernel_size}')

@@ -12,10 +12,15 @@ import torch.nn.functional as F
 from smpconv_models.layers import (
     SMPCausalConv1d,
     SMPConv,
+    SMPConvBase,
     SMPDepthwiseConv2d,
     SMPLargeKernelConv2d,
+    SMPParallelCausalConv1d,
+    SMPParallelConv,
     causal_conv1d,
     clamp_radii_,
+    fold_bn_into_next_conv,
+    fuse_bn,
     smp_param_groups,
 )
 
@@ -204,3 +209,52 @@ def test_bad_input(make, x, err, match):
 def test_bad_construction(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize('make,x', [
+    (lambda: SMPParallelConv(3, 5, 9, 6, 0.3, 0.1, small_kernel_size=3, small_bias=True), torch.randn(2, 3, 12, 12)),
+    (lambda: SMPParallelConv(3, 5, 7, 6, 0.3, 0.1, ndim=1, bias=True), torch.randn(2, 3, 20)),
+    (lambda: SMPParallelConv(2, 3, 5, 4, 0.4, 0.2, ndim=3), torch.randn(1, 2, 6, 6, 6)),
+    (lambda: SMPParallelCausalConv1d(3, 4, 40, 8, 0.05, 0.1, bias=True), torch.randn(2, 3, 40)),
+    (lambda: SMPParallelCausalConv1d(3, 4, 33, 8, 0.05, 0.1, fft=True), torch.randn(2, 3, 50)),
+])
+def test_parallel_branches_reparameterize(make, x):
+    block = make()
+    randomize_bn_(block)
+    for p in block.small_conv.conv.parameters():
+        nn.init.normal_(p, std=0.3)
+    if block.smp.conv.bias is not None:
+        nn.init.normal_(block.smp.conv.bias)
+    block.eval()
+    with torch.no_grad():
+        ref = block(x)
+        deployed = timm.utils.reparameterize_model(nn.Sequential(block))[0]  # it converts children of its argument
+        out = deployed(x)
+    assert deployed.smp is None and not any(isinstance(m, SMPConvBase) for m in deployed.modules())
+    assert rel_err(out, ref) <= 1e-5
+    # the same deploy module built directly loads the folded weights
+    assert set(deployed.state_dict()) == {'reparam_conv.weight', 'reparam_conv.bias'}
+
+
+def test_causal_branch_small_kernel_aligns_with_now():
+    block = SMPParallelCausalConv1d(1, 1, 16, 4, 0.05, 0.1, small_kernel_size=3).eval()
+    w, _ = block.fused_kernel_bias()
+    with torch.no_grad():
+        smp_w, _ = fuse_bn(block.smp.conv.generate_kernel(), None, block.smp.bn)
+        small_w, _ = fuse_bn(block.small_conv.conv.weight, None, block.small_conv.bn)
+    torch.testing.assert_close(w[..., -3:] - smp_w[..., -3:], small_w)
+    torch.testing.assert_close(w[..., :-3], smp_w[..., :-3])
+
+
+def test_fold_bn_into_next_pointwise_conv():
+    bn, conv = nn.BatchNorm2d(4), nn.Conv2d(4, 6, 1)
+    randomize_bn_(bn)
+    bn.eval()
+    x = torch.randn(2, 4, 5, 5)
+    with torch.no_grad():
+        ref = conv(bn(x))
+    fold_bn_into_next_conv(bn, conv)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match='pointwise'):
+        fold_bn_into_next_conv(bn, nn.Conv2d(6, 6, 3))
