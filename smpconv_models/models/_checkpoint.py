@@ -1,0 +1,122 @@
+"""Loading checkpoint files safely (safetensors, or pickles with ``weights_only=True``) into smpconv models."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file
+from timm.models import adapt_input_conv
+
+__all__ = [
+    'load_checkpoint_file', 'unwrap_state_dict', 'load_pretrained_file', 'strip_prefixes', 'check_state_dict_matches',
+]
+
+_logger = logging.getLogger(__name__)
+
+# The only non-tensor type official checkpoints pickle: ImageNet ones store the training ``args`` namespace.
+_SAFE_GLOBALS = [argparse.Namespace]
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> Mapping[str, Any]:
+    """Read a ``.safetensors`` file, or a pickle with ``torch.load(weights_only=True)`` (``argparse.Namespace``
+    allow-listed for official ImageNet checkpoints). Raises ``FileNotFoundError`` / ``ValueError`` clearly."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint file not found: {path}')
+    if path.suffix == '.safetensors':
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise ValueError(f'cannot read safetensors checkpoint {path}: {e}') from e
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise ValueError(f'cannot read checkpoint {path} with torch.load(weights_only=True): {e}') from e
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = True) -> dict[str, torch.Tensor]:
+    """Pick the weights out of a training checkpoint (``model_ema`` / ``state_dict_ema`` when ``use_ema``, else
+    ``model`` / ``state_dict``) and drop DataParallel / DDP ``module.`` prefixes."""
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f'checkpoint must be a dict, got {type(checkpoint).__name__}')
+    order = ('model_ema', 'state_dict_ema', 'model', 'state_dict') if use_ema else ('model', 'state_dict')
+    for key in order:
+        value = checkpoint.get(key)
+        if isinstance(value, Mapping):
+            checkpoint = value
+            break
+    out = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    if not out:
+        raise ValueError('checkpoint holds no tensors')
+    return strip_prefixes(out, ('module.', '_orig_mod.'))
+
+
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in prefixes:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def load_pretrained_file(
+        model: nn.Module,
+        path: str | os.PathLike,
+        filter_fn: Callable[[dict, nn.Module], dict],
+        use_ema: bool = True,
+) -> None:
+    """Load an official or smpconv checkpoint file into ``model`` (what ``timm.create_model(..., pretrained=True,
+    pretrained_cfg_overlay=dict(file=PATH))`` calls through ``model.load_pretrained``).
+
+    The classifier is dropped when the checkpoint's class count (``pretrained_cfg['num_classes']``) differs from the
+    model's, and the first conv is adapted when ``in_chans`` differs, as timm does for its own weights. Every other
+    key must match: missing or unexpected keys and shape mismatches raise ``ValueError`` naming them.
+    """
+    state_dict = filter_fn(unwrap_state_dict(load_checkpoint_file(path), use_ema=use_ema), model)
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    allowed_missing: set[str] = set()
+    classifier = cfg.get('classifier')
+    if classifier and cfg.get('num_classes') is not None and cfg['num_classes'] != model.num_classes:
+        for suffix in ('.weight', '.bias'):
+            state_dict.pop(classifier + suffix, None)
+            allowed_missing.add(classifier + suffix)
+    first_conv = cfg.get('first_conv')
+    if first_conv and first_conv + '.weight' in state_dict:
+        w = state_dict[first_conv + '.weight']
+        target = model.get_submodule(first_conv).weight
+        if w.shape != target.shape and w.dim() == target.dim() and w.shape[1] != target.shape[1]:
+            state_dict[first_conv + '.weight'] = adapt_input_conv(target.shape[1], w)
+    check_state_dict_matches(model, state_dict, allowed_missing)
+    model.load_state_dict(state_dict, strict=False)
+
+
+def check_state_dict_matches(model: nn.Module, state_dict: Mapping[str, torch.Tensor], allowed_missing=()) -> None:
+    """Raise ``ValueError`` listing missing / unexpected keys and shape mismatches against ``model``."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict) - set(allowed_missing))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
+                    for k, v in state_dict.items() if k in own and own[k].shape != v.shape)
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f'missing keys ({len(missing)}): {", ".join(missing[:10])}'
+                         + (' ...' if len(missing) > 10 else ''))
+        if unexpected:
+            parts.append(f'unexpected keys ({len(unexpected)}): {", ".join(unexpected[:10])}'
+                         + (' ...' if len(unexpected) > 10 else ''))
+        if shapes:
+            parts.append(f'shape mismatches ({len(shapes)}): {"; ".join(shapes[:10])}')
+        raise ValueError(f'checkpoint does not match {type(model).__name__}: ' + ' | '.join(parts))

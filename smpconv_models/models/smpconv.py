@@ -1,0 +1,313 @@
+"""SMPConv-T / SMPConv-B: the ImageNet SMPConvNet (Kim & Park, CVPR 2023, Sec. 4.3 and Table 4).
+
+RepLKNet stages in which each large depthwise kernel is an SMP kernel with points shared by its channels
+(``K*K // n_points_divide`` points), beside a parallel small depthwise conv, both followed by BatchNorm; a ConvFFN
+(BN, 1x1 conv + BN, GELU, 1x1 conv + BN) follows each large-kernel block. ``timm.utils.reparameterize_model``
+folds the SMP and small branches into one depthwise conv and every BatchNorm that precedes or follows a conv.
+
+Module names follow the official checkpoints where they can (``stem.{i}.conv/bn``, ``stages.{i}.blocks.{j}``,
+``large_kernel.smp.conv.weight_coord``, ...); ``checkpoint_filter_fn`` maps the rest (transitions, head).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+from timm.layers import ClassifierHead, DropPath
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from torch import Tensor
+
+from ..layers import ConvBN, SMPLargeKernelConv2d, fold_bn_into_next_conv
+from ._checkpoint import load_pretrained_file, unwrap_state_dict
+
+__all__ = ['SMPConvNet', 'SMPBlock', 'ConvFFN', 'SMPStage']
+
+
+def _fold_pre_bn(module: nn.Module, bn_name: str, conv_bn: ConvBN) -> None:
+    """Fold the BatchNorm named ``bn_name`` (directly before the 1x1 ``conv_bn``) into it."""
+    bn = getattr(module, bn_name)
+    if isinstance(bn, nn.Identity):
+        return
+    conv_bn.reparameterize()
+    fold_bn_into_next_conv(bn, conv_bn.conv)
+    setattr(module, bn_name, nn.Identity())
+
+
+class SMPBlock(nn.Module):
+    """Large-kernel block: BN, 1x1 conv-BN-ReLU, SMP large kernel (+ small kernel), ReLU, 1x1 conv-BN, residual."""
+
+    def __init__(self, dim: int, kernel_size: int, drop_path: float = 0.0, n_points_divide: int = 4,
+                 small_kernel_size: int = 5, deploy: bool = False):
+        super().__init__()
+        self.prelkb_bn = nn.Identity() if deploy else nn.BatchNorm2d(dim)
+        self.pw1 = ConvBN(dim, dim, 1, act_layer=nn.ReLU, deploy=deploy)
+        self.large_kernel = SMPLargeKernelConv2d(
+            dim, kernel_size, small_kernel_size, n_points_divide=n_points_divide, deploy=deploy)
+        self.lk_nonlinear = nn.ReLU()
+        self.pw2 = ConvBN(dim, dim, 1, deploy=deploy)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.pw2(self.lk_nonlinear(self.large_kernel(self.pw1(self.prelkb_bn(x)))))
+        return x + self.drop_path(out)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        _fold_pre_bn(self, 'prelkb_bn', self.pw1)
+
+
+class ConvFFN(nn.Module):
+    """ConvFFN: BN, 1x1 conv-BN, GELU, 1x1 conv-BN, residual."""
+
+    def __init__(self, dim: int, hidden_dim: int, drop_path: float = 0.0, deploy: bool = False):
+        super().__init__()
+        self.preffn_bn = nn.Identity() if deploy else nn.BatchNorm2d(dim)
+        self.pw1 = ConvBN(dim, hidden_dim, 1, deploy=deploy)
+        self.nonlinear = nn.GELU()
+        self.pw2 = ConvBN(hidden_dim, dim, 1, deploy=deploy)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.drop_path(self.pw2(self.nonlinear(self.pw1(self.preffn_bn(x)))))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        _fold_pre_bn(self, 'preffn_bn', self.pw1)
+
+
+class SMPStage(nn.Module):
+    """Optional transition (1x1 conv-BN-ReLU, 3x3 depthwise stride-2 conv-BN-ReLU), then SMPBlock/ConvFFN pairs."""
+
+    def __init__(self, in_chs: int, out_chs: int, depth: int, kernel_size: int, drop_path_rates: list[float],
+                 n_points_divide: int = 4, small_kernel_size: int = 5, ffn_ratio: float = 4.0,
+                 downsample: bool = True, deploy: bool = False):
+        super().__init__()
+        self.grad_checkpointing = False
+        if downsample:
+            self.downsample = nn.Sequential(
+                ConvBN(in_chs, out_chs, 1, act_layer=nn.ReLU, deploy=deploy),
+                ConvBN(out_chs, out_chs, 3, stride=2, groups=out_chs, act_layer=nn.ReLU, deploy=deploy))
+        else:
+            self.downsample = nn.Identity()
+        blocks = []
+        for i in range(depth):
+            blocks.append(
+                SMPBlock(out_chs, kernel_size, drop_path_rates[i], n_points_divide, small_kernel_size, deploy))
+            blocks.append(ConvFFN(out_chs, int(out_chs * ffn_ratio), drop_path_rates[i], deploy))
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class SMPConvNet(nn.Module):
+    """SMPConvNet (ImageNet). Input ``[B, in_chans, H, W]`` (H, W divisible by 32 for the full feature pyramid)."""
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            depths: tuple[int, ...] = (2, 2, 8, 2),
+            dims: tuple[int, ...] = (96, 192, 384, 768),
+            kernel_sizes: tuple[int, ...] = (31, 29, 27, 13),
+            n_points_divide: int = 4,
+            small_kernel_size: int = 5,
+            ffn_ratio: float = 4.0,
+            drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            deploy: bool = False,
+    ):
+        super().__init__()
+        if not (len(depths) == len(dims) == len(kernel_sizes)):
+            raise ValueError(f'depths {depths}, dims {dims} and kernel_sizes {kernel_sizes} must have equal lengths')
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        stem_w = dims[0]
+        self.stem = nn.Sequential(
+            ConvBN(in_chans, stem_w, 3, stride=2, act_layer=nn.ReLU, deploy=deploy),
+            ConvBN(stem_w, stem_w, 3, groups=stem_w, act_layer=nn.ReLU, deploy=deploy),
+            ConvBN(stem_w, stem_w, 1, act_layer=nn.ReLU, deploy=deploy),
+            ConvBN(stem_w, stem_w, 3, stride=2, groups=stem_w, act_layer=nn.ReLU, deploy=deploy))
+        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
+        stages, self.feature_info = [], []
+        prev, reduction = stem_w, 4
+        for i, (depth, dim, k) in enumerate(zip(depths, dims, kernel_sizes)):
+            if i > 0:
+                reduction *= 2
+            stages.append(SMPStage(prev, dim, depth, k, dpr[i], n_points_divide, small_kernel_size, ffn_ratio,
+                                   downsample=i > 0, deploy=deploy))
+            self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f'stages.{i}'))
+            prev = dim
+        self.stages = nn.Sequential(*stages)
+        self.num_features = self.head_hidden_size = prev
+        self.norm = nn.BatchNorm2d(prev)
+        self.head = ClassifierHead(prev, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if n.endswith(('.weight_coord', '.radius'))}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^norm', (99999,)),
+            ])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
+
+    def forward_intermediates(
+            self,
+            x: Tensor,
+            indices: int | list[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Forward returning stage outputs (``indices``: last n stages if int, all if None, else those listed)."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        x = self.stem(x)
+        last_idx = len(self.stages) - 1
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+        feat_idx = 0
+        for feat_idx, stage in enumerate(stages):
+            x = stage(x)
+            if feat_idx in take_indices:
+                intermediates.append(self.norm(x) if norm and feat_idx == last_idx else x)
+        if intermediates_only:
+            return intermediates
+        if feat_idx == last_idx:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
+            self.head = ClassifierHead(self.num_features, 0, pool_type='')
+            self.num_classes = 0
+        return take_indices
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.stages, x)
+        else:
+            x = self.stages(x)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    @torch.jit.ignore
+    def load_pretrained(self, path: str, use_ema: bool = True) -> None:
+        """Load an official SMPConvNet checkpoint (``model_ema`` preferred) or one of ours (timm ``custom_load``)."""
+        load_pretrained_file(self, path, checkpoint_filter_fn, use_ema=use_ema)
+
+
+_OFFICIAL_RENAMES = [
+    (re.compile(r'^transitions\.(\d+)\.'), lambda m: f'stages.{int(m.group(1)) + 1}.downsample.'),
+    (re.compile(r'^head\.(weight|bias)$'), lambda m: f'head.fc.{m.group(1)}'),
+]
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Convert an official SMPConvNet state dict (or a training checkpoint wrapping one) to this model's keys.
+
+    Official ``transitions.{i}`` become ``stages.{i+1}.downsample``, ``head.*`` becomes ``head.fc.*`` and the
+    persistent ``kernel_coord`` grids are dropped (ours are derived buffers). Our own state dicts pass unchanged.
+    """
+    if 'model' in state_dict or 'model_ema' in state_dict or any(k.startswith('module.') for k in state_dict):
+        state_dict = unwrap_state_dict(state_dict)
+    out = {}
+    for k, v in state_dict.items():
+        if k.endswith('.kernel_coord'):
+            continue
+        for pattern, repl in _OFFICIAL_RENAMES:
+            k = pattern.sub(repl, k)
+        out[k] = v
+    return out
+
+
+def _create_smpconv(variant: str, pretrained: bool = False, **kwargs) -> SMPConvNet:
+    return build_model_with_cfg(
+        SMPConvNet, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+        **kwargs)
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7), 'crop_pct': 0.875,
+        'interpolation': 'bicubic', 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),
+        'first_conv': 'stem.0.conv', 'classifier': 'head.fc', 'custom_load': True,
+        'paper_name': 'SMPConv: Self-moving Point Representations for Continuous Convolution',
+        'origin_url': 'https://github.com/sangnekim/SMPConv', 'license': 'mit', **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'smpconv_t.untrained': _cfg(),
+    'smpconv_b.untrained': _cfg(),
+})
+
+
+@register_model
+def smpconv_t(pretrained: bool = False, **kwargs) -> SMPConvNet:
+    """SMPConv-T (26.7M params, 5.7 GMACs at 224): depths (2, 2, 8, 2), dims (96, 192, 384, 768)."""
+    model_args = dict(depths=(2, 2, 8, 2), dims=(96, 192, 384, 768), kernel_sizes=(31, 29, 27, 13),
+                      n_points_divide=4, small_kernel_size=5, ffn_ratio=4.0, drop_path_rate=0.1)
+    return _create_smpconv('smpconv_t', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def smpconv_b(pretrained: bool = False, **kwargs) -> SMPConvNet:
+    """SMPConv-B (79.5M params, 16.6 GMACs at 224): depths (2, 2, 20, 2), dims (128, 256, 512, 1024)."""
+    model_args = dict(depths=(2, 2, 20, 2), dims=(128, 256, 512, 1024), kernel_sizes=(31, 29, 27, 13),
+                      n_points_divide=4, small_kernel_size=5, ffn_ratio=4.0, drop_path_rate=0.5)
+    return _create_smpconv('smpconv_b', pretrained=pretrained, **dict(model_args, **kwargs))
+
