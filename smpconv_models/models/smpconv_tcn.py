@@ -1,0 +1,261 @@
+"""SMPConv sequence TCNs (Kim & Park, CVPR 2023, Sec. 4.1 and Tables 2-3; the official ``SeqData_TCN``).
+
+Six residual TCN blocks of two causal SMP convs (per-filter points, kernel as long as the sequence) each beside a
+5-tap causal conv, BatchNorm on both, ReLU and dropout; the logits come from the last time step. Input
+``[B, in_chans, L]``. Registered variants carry the official per-task configurations (sMNIST / pMNIST, sCIFAR10,
+Character Trajectories, Speech Commands MFCC and raw).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from torch import Tensor
+
+from ..layers import SMPParallelCausalConv1d
+from ._checkpoint import load_pretrained_file
+from ._official import convert_ckconv_keys, pop_train_lengths
+
+__all__ = ['SMPConvTCN', 'TCNBlock']
+
+_POOLS = ('last', 'avg', 'max', '')
+
+
+class TCNBlock(nn.Module):
+    """``relu(drop(relu(pair2(drop(relu(pair1(x)))))) + shortcut(x))``, pairs = BN(causal SMP) + BN(causal small)."""
+
+    def __init__(self, in_chs: int, out_chs: int, seq_len: int, n_points: int, radius: float, coord_std: float,
+                 small_kernel_size: int, conv_bias: bool, use_fft: bool | None, drop_rate: float,
+                 deploy: bool = False):
+        super().__init__()
+        args = dict(kernel_size=seq_len, n_points=n_points, radius=radius, coord_std=coord_std,
+                    small_kernel_size=small_kernel_size, bias=conv_bias, fft=use_fft, deploy=deploy)
+        self.conv1 = SMPParallelCausalConv1d(in_chs, out_chs, **args)
+        self.conv2 = SMPParallelCausalConv1d(out_chs, out_chs, **args)
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout(drop_rate)
+        self.shortcut = nn.Conv1d(in_chs, out_chs, 1) if in_chs != out_chs else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.drop(self.act(self.conv1(x)))
+        out = self.drop(self.act(self.conv2(out)))
+        return self.act(out + self.shortcut(x))
+
+
+class SMPConvTCN(nn.Module):
+    """SMPConv TCN for sequences ``[B, in_chans, L]``; ``seq_len`` is the kernel length (the training length)."""
+
+    def __init__(
+            self,
+            in_chans: int = 1,
+            num_classes: int = 10,
+            global_pool: str = 'last',
+            seq_len: int = 784,
+            depth: int = 6,
+            width: int = 30,
+            n_points: int = 30,
+            radius: float = 0.002,
+            coord_std: float = 0.1,
+            small_kernel_size: int = 5,
+            conv_bias: bool = False,
+            use_fft: bool | None = None,
+            drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            deploy: bool = False,
+    ):
+        super().__init__()
+        if drop_path_rate:
+            raise ValueError('the SMPConv TCNs have no residual drop path (the official models use dropout: drop_rate)')
+        if global_pool not in _POOLS:
+            raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
+        if seq_len < 1:
+            raise ValueError(f'seq_len must be positive, got {seq_len}')
+        self.num_classes = num_classes
+        self.seq_len = int(seq_len)
+        self.global_pool = global_pool
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        blocks, self.feature_info, prev = [], [], in_chans
+        for i in range(depth):
+            blocks.append(TCNBlock(prev, width, seq_len, n_points, radius, coord_std, small_kernel_size, conv_bias,
+                                   use_fft, drop_rate, deploy))
+            self.feature_info.append(dict(num_chs=width, reduction=1, module=f'blocks.{i}'))
+            prev = width
+        self.blocks = nn.Sequential(*blocks)
+        self.num_features = self.head_hidden_size = width
+        self.head = self._make_head(num_classes)
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        head = nn.Linear(self.num_features, num_classes)
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
+        return head
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {n for n, _ in self.named_parameters() if n.endswith(('.weight_coord', '.radius'))}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r'^blocks\.0\.', blocks=r'^blocks\.(\d+)')
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            if global_pool not in _POOLS:
+                raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = self._make_head(num_classes)
+
+    def forward_intermediates(
+            self,
+            x: Tensor,
+            indices: int | list[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCL',
+            intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Forward returning block outputs ``[B, C, L]`` (``indices``: last n if int, all if None, else listed)."""
+        if output_fmt not in ('NCL', 'NCHW'):
+            raise ValueError(f"output_fmt must be 'NCL', got {output_fmt!r}")
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        x = self._as_sequence(x)
+        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
+        for i, block in enumerate(blocks):
+            x = block(x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_head or max_index < len(self.feature_info) - 1:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    @staticmethod
+    def _as_sequence(x: Tensor) -> Tensor:
+        """Accept ``[B, C, L]`` or timm's image-shaped ``[B, C, 1, L]``."""
+        return x.squeeze(2) if x.dim() == 4 and x.shape[2] == 1 else x
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self._as_sequence(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == 'last':
+            x = x[:, :, -1]
+        elif self.global_pool == 'avg':
+            x = x.mean(-1)
+        elif self.global_pool == 'max':
+            x = x.amax(-1)
+        else:
+            x = x.transpose(1, 2)  # no pooling: per-step features / logits [B, L, C]
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    @torch.jit.ignore
+    def load_pretrained(self, path: str, use_ema: bool = True) -> None:
+        """Load an official ``SeqData_TCN`` checkpoint or one of ours (timm ``custom_load``)."""
+        load_pretrained_file(self, path, checkpoint_filter_fn, use_ema=use_ema)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Convert an official ``SeqData_TCN`` state dict (``backbone`` -> ``blocks``, ``finallyr`` -> ``head``).
+
+    The official persistent ``train_length`` buffers record the kernel length fixed at the first forward; a value
+    different from the model's ``seq_len`` raises ``ValueError`` (the kernels would be sampled on another grid).
+    """
+    state_dict = convert_ckconv_keys(dict(state_dict), [('backbone.', 'blocks.'), ('finallyr.', 'head.')])
+    lengths = pop_train_lengths(state_dict)
+    seq_len = getattr(model, 'seq_len', None)
+    wrong = {k: v for k, v in lengths.items() if v not in (0, seq_len)}
+    if wrong:
+        k, v = next(iter(wrong.items()))
+        raise ValueError(
+            f'checkpoint was trained with kernel length (train_length) {v} at {k}, but the model has seq_len='
+            f'{seq_len}; create the model with seq_len={v}')
+    return state_dict
+
+
+def _cfg(input_size: tuple[int, int], num_classes: int = 10, **kwargs) -> dict:
+    # timm's cfgs describe inputs as (C, H, W): a sequence [C, L] is (C, 1, L), and the model accepts both forms.
+    return {
+        'num_classes': num_classes, 'input_size': (input_size[0], 1, input_size[1]), 'pool_size': None, 'crop_pct': 1.0,
+        'interpolation': '', 'mean': (0.0,) * input_size[0], 'std': (1.0,) * input_size[0], 'first_conv': '',
+        'classifier': 'head', 'custom_load': True,
+        'paper_name': 'SMPConv: Self-moving Point Representations for Continuous Convolution',
+        'origin_url': 'https://github.com/sangnekim/SMPConv', 'license': 'mit', **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'smpconv_tcn_mnist.untrained': _cfg((1, 784)),
+    'smpconv_tcn_scifar10.untrained': _cfg((3, 1024)),
+    'smpconv_tcn_chartraj.untrained': _cfg((3, 182), num_classes=20),
+    'smpconv_tcn_speech.untrained': _cfg((20, 161)),
+    'smpconv_tcn_speech_raw.untrained': _cfg((1, 16000)),
+})
+
+
+def _create_tcn(variant: str, pretrained: bool, defaults: dict, **kwargs) -> SMPConvTCN:
+    return build_model_with_cfg(
+        SMPConvTCN, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=tuple(range(kwargs.get('depth', 6))), flatten_sequential=True),
+        **dict(defaults, **kwargs))
+
+
+@register_model
+def smpconv_tcn_mnist(pretrained: bool = False, **kwargs) -> SMPConvTCN:
+    """sMNIST / pMNIST TCN (370,960 params): 784-step kernels, radius 0.002, no conv bias."""
+    defaults = dict(in_chans=1, num_classes=10, seq_len=784, radius=0.002, conv_bias=False)
+    return _create_tcn('smpconv_tcn_mnist', pretrained, defaults, **kwargs)
+
+
+@register_model
+def smpconv_tcn_scifar10(pretrained: bool = False, **kwargs) -> SMPConvTCN:
+    """Sequential CIFAR-10 TCN (373,480 params): 1024-step kernels over 3 channels, radius 0.002, conv bias."""
+    defaults = dict(in_chans=3, num_classes=10, seq_len=1024, radius=0.002, conv_bias=True)
+    return _create_tcn('smpconv_tcn_scifar10', pretrained, defaults, **kwargs)
+
+
+@register_model
+def smpconv_tcn_chartraj(pretrained: bool = False, **kwargs) -> SMPConvTCN:
+    """Character Trajectories TCN (373,790 params): 182-step kernels, 3 channels, 20 classes, radius 0.012."""
+    defaults = dict(in_chans=3, num_classes=20, seq_len=182, radius=0.012, conv_bias=True)
+    return _create_tcn('smpconv_tcn_chartraj', pretrained, defaults, **kwargs)
+
+
+@register_model
+def smpconv_tcn_speech(pretrained: bool = False, **kwargs) -> SMPConvTCN:
+    """Speech Commands (20 MFCC channels) TCN (391,840 params): 161-step kernels, radius 0.012, conv bias."""
+    defaults = dict(in_chans=20, num_classes=10, seq_len=161, radius=0.012, conv_bias=True)
+    return _create_tcn('smpconv_tcn_speech', pretrained, defaults, **kwargs)
+
+
+@register_model
+def smpconv_tcn_speech_raw(pretrained: bool = False, **kwargs) -> SMPConvTCN:
+    """Speech Commands raw-waveform TCN (370,960 params): 16000-step kernels, radius 0.0002, no conv bias."""
+    defaults = dict(in_chans=1, num_classes=10, seq_len=16000, radius=0.0002, conv_bias=False)
+    return _create_tcn('smpconv_tcn_speech_raw', pretrained, defaults, **kwargs)
