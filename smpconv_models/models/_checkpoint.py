@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from timm.models import adapt_input_conv
 
 __all__ = [
     'load_checkpoint_file', 'unwrap_state_dict', 'load_pretrained_file', 'strip_prefixes', 'check_state_dict_matches',
+    'validate_for_model',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -102,21 +103,37 @@ def load_pretrained_file(
     model.load_state_dict(state_dict, strict=False)
 
 
-def check_state_dict_matches(model: nn.Module, state_dict: Mapping[str, torch.Tensor], allowed_missing=()) -> None:
-    """Raise ``ValueError`` listing missing / unexpected keys and shape mismatches against ``model``."""
+def check_state_dict_matches(
+        model: nn.Module,
+        state_dict: Mapping[str, torch.Tensor],
+        allowed_missing: Iterable[str] = (),
+        lenient: Iterable[str] = (),
+) -> None:
+    """Raise ``ValueError`` listing missing / unexpected keys and shape mismatches against ``model``.
+
+    Keys under a ``lenient`` module name (the classifier and first conv, which loaders replace or adapt when
+    ``num_classes`` / ``in_chans`` differ) may be missing or differ in shape.
+    """
     own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict) - set(allowed_missing))
+    prefixes = tuple(f'{n}.' for n in lenient if n)
+    missing = sorted(k for k in set(own) - set(state_dict) - set(allowed_missing) if not k.startswith(prefixes))
     unexpected = sorted(set(state_dict) - set(own))
     shapes = sorted(f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
-                    for k, v in state_dict.items() if k in own and own[k].shape != v.shape)
+                    for k, v in state_dict.items()
+                    if k in own and own[k].shape != v.shape and not k.startswith(prefixes))
     if missing or unexpected or shapes:
         parts = []
-        if missing:
-            parts.append(f'missing keys ({len(missing)}): {", ".join(missing[:10])}'
-                         + (' ...' if len(missing) > 10 else ''))
-        if unexpected:
-            parts.append(f'unexpected keys ({len(unexpected)}): {", ".join(unexpected[:10])}'
-                         + (' ...' if len(unexpected) > 10 else ''))
+        for label, items in (('missing keys', missing), ('unexpected keys', unexpected)):
+            if items:
+                parts.append(f'{label} ({len(items)}): {", ".join(items[:10])}' + (' ...' if len(items) > 10 else ''))
         if shapes:
             parts.append(f'shape mismatches ({len(shapes)}): {"; ".join(shapes[:10])}')
         raise ValueError(f'checkpoint does not match {type(model).__name__}: ' + ' | '.join(parts))
+
+
+def validate_for_model(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """End of every ``checkpoint_filter_fn``: check the converted keys against ``model`` (lenient on the classifier
+    and first conv named by its ``pretrained_cfg``, which timm's loader adapts) and return them."""
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    check_state_dict_matches(model, state_dict, lenient=(cfg.get('classifier'), cfg.get('first_conv')))
+    return state_dict

@@ -20,7 +20,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor
 
 from ..layers import ConvBN, SMPLargeKernelConv2d, fold_bn_into_next_conv
-from ._checkpoint import load_pretrained_file, unwrap_state_dict
+from ._checkpoint import load_pretrained_file, unwrap_state_dict, validate_for_model
 
 __all__ = ['SMPConvNet', 'SMPBlock', 'ConvFFN', 'SMPStage']
 
@@ -244,7 +244,7 @@ class SMPConvNet(nn.Module):
 
     @torch.jit.ignore
     def load_pretrained(self, path: str, use_ema: bool = True) -> None:
-        """Load an official SMPConvNet checkpoint (``model_ema`` preferred) or one of ours (timm ``custom_load``)."""
+        """Load an official SMPConvNet checkpoint (``model_ema`` preferred) or one of ours."""
         load_pretrained_file(self, path, checkpoint_filter_fn, use_ema=use_ema)
 
 
@@ -269,7 +269,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
         for pattern, repl in _OFFICIAL_RENAMES:
             k = pattern.sub(repl, k)
         out[k] = v
-    return out
+    return validate_for_model(out, model)
 
 
 def _create_smpconv(variant: str, pretrained: bool = False, **kwargs) -> SMPConvNet:
@@ -284,7 +284,7 @@ def _cfg(**kwargs) -> dict:
     return {
         'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7), 'crop_pct': 0.875,
         'interpolation': 'bicubic', 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),
-        'first_conv': 'stem.0.conv', 'classifier': 'head.fc', 'custom_load': True,
+        'first_conv': 'stem.0.conv', 'classifier': 'head.fc',
         'paper_name': 'SMPConv: Self-moving Point Representations for Continuous Convolution',
         'origin_url': 'https://github.com/sangnekim/SMPConv', 'license': 'mit', **kwargs,
     }

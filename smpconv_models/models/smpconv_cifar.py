@@ -14,7 +14,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor
 
 from ..layers import SMPParallelConv
-from ._checkpoint import load_pretrained_file
+from ._checkpoint import load_pretrained_file, validate_for_model
 from ._official import convert_ckconv_keys, linear_from_pointwise, pop_train_lengths
 
 __all__ = ['SMPConvCifar', 'SMPResBlock']
@@ -151,7 +151,7 @@ class SMPConvCifar(nn.Module):
 
     @torch.jit.ignore
     def load_pretrained(self, path: str, use_ema: bool = True) -> None:
-        """Load an official ``Img_ResNet`` checkpoint or one of ours (timm ``custom_load``)."""
+        """Load an official ``Img_ResNet`` checkpoint or one of ours (see ``load_pretrained_file``)."""
         load_pretrained_file(self, path, checkpoint_filter_fn, use_ema=use_ema)
 
 
@@ -167,14 +167,14 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
         if k == 'head.fc.weight':
             v = linear_from_pointwise(v)
         out[k] = v
-    return out
+    return validate_for_model(out, model)
 
 
 def _cfg(**kwargs) -> dict:
     return {
         'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': None, 'crop_pct': 1.0, 'interpolation': 'bilinear',
         'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2470, 0.2435, 0.2616), 'first_conv': 'stem.small_conv.conv',
-        'classifier': 'head.fc', 'custom_load': True,
+        'classifier': 'head.fc',
         'paper_name': 'SMPConv: Self-moving Point Representations for Continuous Convolution',
         'origin_url': 'https://github.com/sangnekim/SMPConv', 'license': 'mit', **kwargs,
     }

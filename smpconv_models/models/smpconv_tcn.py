@@ -14,7 +14,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor
 
 from ..layers import SMPParallelCausalConv1d
-from ._checkpoint import load_pretrained_file
+from ._checkpoint import load_pretrained_file, validate_for_model
 from ._official import convert_ckconv_keys, pop_train_lengths
 
 __all__ = ['SMPConvTCN', 'TCNBlock']
@@ -177,7 +177,7 @@ class SMPConvTCN(nn.Module):
 
     @torch.jit.ignore
     def load_pretrained(self, path: str, use_ema: bool = True) -> None:
-        """Load an official ``SeqData_TCN`` checkpoint or one of ours (timm ``custom_load``)."""
+        """Load an official ``SeqData_TCN`` checkpoint or one of ours (see ``load_pretrained_file``)."""
         load_pretrained_file(self, path, checkpoint_filter_fn, use_ema=use_ema)
 
 
@@ -196,7 +196,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
         raise ValueError(
             f'checkpoint was trained with kernel length (train_length) {v} at {k}, but the model has seq_len='
             f'{seq_len}; create the model with seq_len={v}')
-    return state_dict
+    return validate_for_model(state_dict, model)
 
 
 def _cfg(input_size: tuple[int, int], num_classes: int = 10, **kwargs) -> dict:
@@ -204,7 +204,7 @@ def _cfg(input_size: tuple[int, int], num_classes: int = 10, **kwargs) -> dict:
     return {
         'num_classes': num_classes, 'input_size': (input_size[0], 1, input_size[1]), 'pool_size': None, 'crop_pct': 1.0,
         'interpolation': '', 'mean': (0.0,) * input_size[0], 'std': (1.0,) * input_size[0], 'first_conv': '',
-        'classifier': 'head', 'custom_load': True,
+        'classifier': 'head',
         'paper_name': 'SMPConv: Self-moving Point Representations for Continuous Convolution',
         'origin_url': 'https://github.com/sangnekim/SMPConv', 'license': 'mit', **kwargs,
     }

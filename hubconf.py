@@ -1,0 +1,54 @@
+"""torch.hub entrypoints: ``torch.hub.load(REPO_DIR, 'smpconv_t', source='local', num_classes=10)``.
+
+Each entrypoint is ``timm.create_model(name, pretrained=pretrained, **kwargs)`` for a model registered by
+``smpconv_models``; keyword arguments are the model's architecture kwargs (see its factory's docstring).
+"""
+dependencies = ['torch', 'timm', 'safetensors']
+
+
+def _create(name: str, pretrained: bool, **kwargs):
+    import timm
+
+    import smpconv_models  # noqa: F401  (registers the models)
+
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def smpconv_t(pretrained: bool = False, **kwargs):
+    """SMPConv-T, ImageNet (26.7M params): depths (2, 2, 8, 2), dims (96, 192, 384, 768), SMP kernels 31/29/27/13."""
+    return _create('smpconv_t', pretrained, **kwargs)
+
+
+def smpconv_b(pretrained: bool = False, **kwargs):
+    """SMPConv-B, ImageNet (79.5M params): depths (2, 2, 20, 2), dims (128, 256, 512, 1024)."""
+    return _create('smpconv_b', pretrained, **kwargs)
+
+
+def smpconv_cifar(pretrained: bool = False, **kwargs):
+    """SMPConv CIFAR-10 ResNet (489,646 params): 33x33 SMP kernels, 16 points per filter, 32x32 inputs."""
+    return _create('smpconv_cifar', pretrained, **kwargs)
+
+
+def smpconv_tcn_mnist(pretrained: bool = False, **kwargs):
+    """SMPConv TCN for sMNIST / pMNIST (370,960 params): input [B, 1, 784]; ``seq_len`` sets the kernel length."""
+    return _create('smpconv_tcn_mnist', pretrained, **kwargs)
+
+
+def smpconv_tcn_scifar10(pretrained: bool = False, **kwargs):
+    """SMPConv TCN for sequential CIFAR-10 (373,480 params): input [B, 3, 1024]."""
+    return _create('smpconv_tcn_scifar10', pretrained, **kwargs)
+
+
+def smpconv_tcn_chartraj(pretrained: bool = False, **kwargs):
+    """SMPConv TCN for Character Trajectories (373,790 params): input [B, 3, 182], 20 classes."""
+    return _create('smpconv_tcn_chartraj', pretrained, **kwargs)
+
+
+def smpconv_tcn_speech(pretrained: bool = False, **kwargs):
+    """SMPConv TCN for Speech Commands MFCC features (391,840 params): input [B, 20, 161]."""
+    return _create('smpconv_tcn_speech', pretrained, **kwargs)
+
+
+def smpconv_tcn_speech_raw(pretrained: bool = False, **kwargs):
+    """SMPConv TCN for raw Speech Commands waveforms (370,960 params): input [B, 1, 16000]."""
+    return _create('smpconv_tcn_speech_raw', pretrained, **kwargs)
