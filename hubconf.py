@@ -1,17 +1,21 @@
 """torch.hub entrypoints: ``torch.hub.load(REPO_DIR, 'smpconv_t', source='local', num_classes=10)``.
 
 Each entrypoint is ``timm.create_model(name, pretrained=pretrained, **kwargs)`` for a model registered by
-``smpconv_models``; keyword arguments are the model's architecture kwargs (see its factory's docstring).
+``smpconv_models``; keyword arguments are the model's architecture kwargs (see its factory's docstring), and
+``tag=`` picks pretrained weights, e.g. the shipped digits weights:
+``torch.hub.load(REPO_DIR, 'smpconv_tcn_mnist', source='local', pretrained=True, tag='digits')``.
 """
+from __future__ import annotations
+
 dependencies = ['torch', 'timm', 'safetensors']
 
 
-def _create(name: str, pretrained: bool, **kwargs):
+def _create(name: str, pretrained: bool, tag: str | None = None, **kwargs):
     import timm
 
     import smpconv_models  # noqa: F401  (registers the models)
 
-    return timm.create_model(name, pretrained=pretrained, **kwargs)
+    return timm.create_model(f'{name}.{tag}' if tag else name, pretrained=pretrained, **kwargs)
 
 
 def smpconv_t(pretrained: bool = False, **kwargs):
@@ -30,7 +34,10 @@ def smpconv_cifar(pretrained: bool = False, **kwargs):
 
 
 def smpconv_tcn_mnist(pretrained: bool = False, **kwargs):
-    """SMPConv TCN for sMNIST / pMNIST (370,960 params): input [B, 1, 784]; ``seq_len`` sets the kernel length."""
+    """SMPConv TCN for sMNIST / pMNIST (370,960 params): input [B, 1, 784]; ``seq_len`` sets the kernel length.
+
+    ``pretrained=True, tag='digits'`` loads the weights of train.py's default run (64-step digits sequences).
+    """
     return _create('smpconv_tcn_mnist', pretrained, **kwargs)
 
 

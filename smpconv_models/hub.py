@@ -69,7 +69,8 @@ def model_card(
     if recipe:
         lines += ['', '## Training recipe'] + [f'- {k}: {v}' for k, v in recipe.items()]
     if metrics:
-        lines += ['', '## Metrics'] + [f'- {k}: {v}' for k, v in metrics.items()]
+        lines += ['', '## Metrics'] + [f'- {k}: {round(v, 4) if isinstance(v, float) else v}'
+                                       for k, v in metrics.items()]
     lines += ['', '## Usage', '```python', 'import timm, smpconv_models', '',
               "model = timm.create_model('local-dir:PATH_TO_THIS_FOLDER')  # or 'hf-hub:REPO_ID'", '```',
               '', '## Citation', '```bibtex', CITATION, '```', '']

@@ -16,22 +16,32 @@ FFT_MIN_TAPS = 48
 @functools.lru_cache(maxsize=1024)
 def next_fast_len(n: int) -> int:
     """Smallest ``m >= n`` whose prime factors are 2, 3, 5 or 7 (fast sizes for pocketfft and cuFFT)."""
+    n = int(n)  # plain ints even under torch.jit.trace, where sizes are 0-d tensors
     if n < 1:
         raise ValueError(f'FFT length must be positive, got {n}')
+    return _next_fast_len(n)
+
+
+def _is_7_smooth(m: int) -> bool:
+    for p in [2, 3, 5, 7]:
+        while m % p == 0:
+            m = m // p
+    return m == 1
+
+
+def _next_fast_len(n: int) -> int:
+    """:func:`next_fast_len` without the cache and the checks (TorchScript compiles this one)."""
     m = n
-    while True:  # 7-smooth numbers are dense: a handful of steps even for long sequences
-        r = m
-        for p in (2, 3, 5, 7):
-            while r % p == 0:
-                r //= p
-        if r == 1:
-            return m
+    while not _is_7_smooth(m):  # 7-smooth numbers are dense: a handful of steps even for long sequences
         m += 1
+    return m
 
 
-def use_fft_for(length: int, kernel_size: int) -> bool:
-    """Whether :func:`causal_conv1d` picks the FFT path (kernel taps that can reach the output, not the input)."""
-    return min(length, kernel_size) >= FFT_MIN_TAPS
+def use_fft_for(length: int, kernel_size: int, min_taps: int = FFT_MIN_TAPS) -> bool:
+    """Whether :func:`causal_conv1d` picks the FFT path (kernel taps that can reach the output, not the input).
+
+    (The threshold is a default argument because TorchScript cannot read module-level globals.)"""
+    return min(length, kernel_size) >= min_taps
 
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, fft: bool | None = None) -> Tensor:
@@ -53,6 +63,19 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, fft: bo
     Returns:
         ``[B, C_out, L]``.
     """
+    if not torch.jit.is_scripting():  # Python-only argument checks
+        _check_inputs(x, weight, bias)
+    length, taps = x.shape[-1], weight.shape[-1]
+    if taps > length:  # taps older than the first input step never meet data
+        weight = weight[..., taps - length:]
+        taps = length
+    use_fft = use_fft_for(length, taps) if fft is None else fft
+    if not use_fft:
+        return F.conv1d(F.pad(x, (taps - 1, 0)), weight, bias)
+    return _fft_causal_conv1d(x, weight, bias)
+
+
+def _check_inputs(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
         raise TypeError('causal_conv1d expects tensors for x and weight')
     if x.dim() != 3:
@@ -65,20 +88,14 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, fft: bo
         raise ValueError(f'weight expects {weight.shape[1]} input channels, x has {x.shape[1]}')
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f'bias must be [{weight.shape[0]}], got {tuple(bias.shape)}')
-    length, taps = x.shape[-1], weight.shape[-1]
-    if taps > length:  # taps older than the first input step never meet data
-        weight = weight[..., taps - length:]
-        taps = length
-    if fft is None:
-        fft = use_fft_for(length, taps)
-    if not fft:
-        return F.conv1d(F.pad(x, (taps - 1, 0)), weight, bias)
-    return _fft_causal_conv1d(x, weight, bias)
 
 
 def _fft_causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     length, taps = x.shape[-1], weight.shape[-1]
-    n = next_fast_len(length + taps - 1)
+    if torch.jit.is_scripting():
+        n = _next_fast_len(length + taps - 1)
+    else:
+        n = next_fast_len(length + taps - 1)
     out_dtype = torch.result_type(x, weight)
     compute_dtype = torch.promote_types(out_dtype, torch.float32)
     # Linear convolution with the time-reversed kernel: y[t] = sum_m w[K-1-m] x[t-m].

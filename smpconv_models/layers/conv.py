@@ -33,9 +33,12 @@ def prefers_channels_last(x: Tensor, kernel_size: int) -> bool:
 def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1) -> Tensor:
     """'Same'-padded N-d cross-correlation (odd kernel sizes, 1-3 spatial dims), large 2-d kernels in channels_last."""
     nd = weight.dim() - 2
-    padding = tuple(k // 2 for k in weight.shape[2:])
-    if nd == 2 and prefers_channels_last(x, weight.shape[-1]):
-        x = x.contiguous(memory_format=torch.channels_last)
-        weight = weight.contiguous(memory_format=torch.channels_last)
-    conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
-    return conv(x, weight, bias, padding=padding, groups=groups)
+    padding = [k // 2 for k in weight.shape[2:]]
+    if nd == 1:
+        return F.conv1d(x, weight, bias, padding=padding, groups=groups)
+    if nd == 2:
+        if prefers_channels_last(x, weight.shape[-1]):
+            x = x.contiguous(memory_format=torch.channels_last)
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, weight, bias, padding=padding, groups=groups)
+    return F.conv3d(x, weight, bias, padding=padding, groups=groups)

@@ -6,9 +6,10 @@ from typing import Any
 
 import torch.nn as nn
 
+from .reparam import SMPReparamConv
 from .smp_conv import SMPConvBase
 
-__all__ = ['clamp_radii_', 'smp_param_groups']
+__all__ = ['clamp_radii_', 'smp_param_groups', 'rescale_smp_kernels_', 'scaled_kernel_size']
 
 
 def clamp_radii_(model: nn.Module) -> nn.Module:
@@ -63,3 +64,33 @@ def smp_param_groups(
                 group['lr'] = lr * group['lr_scale']
             out.append(dict(name=key, **group))
     return out
+
+
+def scaled_kernel_size(kernel_size: int, scale: float, odd: bool) -> int:
+    """``round((K - 1) * scale) + 1`` (an integer ``scale`` keeps every old tap on the new grid), made odd when a
+    'same' convolution needs it."""
+    if not scale > 0:
+        raise ValueError(f'kernel scale must be positive, got {scale}')
+    k = max(1, round((kernel_size - 1) * scale) + 1)
+    return k + 1 if odd and k % 2 == 0 else k
+
+
+def rescale_smp_kernels_(model: nn.Module, scale: float) -> dict[str, tuple[int, ...]]:
+    """Re-sample every SMP kernel of ``model`` on a grid ``scale`` times as fine (same continuous functions, more
+    taps: the kernel's extent in pixels / steps grows by ``scale``). Returns ``{layer name: new kernel size}``."""
+    changed: dict[str, tuple[int, ...]] = {}
+    inside = set()
+    for name, module in model.named_modules():
+        if isinstance(module, SMPReparamConv):
+            if module.reparam_conv is not None:
+                raise ValueError(f'{name} is reparameterized: rescale kernels before reparameterize()')
+            odd = module.smp.conv.requires_odd_kernel
+            module.set_kernel_size_(scaled_kernel_size(module.kernel_size[0], scale, odd))
+            changed[name] = module.kernel_size
+            inside.add(id(module.smp.conv))
+    for name, module in model.named_modules():
+        if isinstance(module, SMPConvBase) and id(module) not in inside:
+            module.set_kernel_size_(tuple(scaled_kernel_size(k, scale, module.requires_odd_kernel)
+                                          for k in module.kernel_size))
+            changed[name] = module.kernel_size
+    return changed

@@ -12,6 +12,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import Tensor
 
 from .causal_conv import causal_conv1d
@@ -67,6 +68,7 @@ def fold_bn_into_next_conv(bn: nn.modules.batchnorm._BatchNorm, conv: nn.Conv2d 
         conv.bias.copy_(new_bias)
 
 
+@register_notrace_module  # torch.fx leaf: input checks and size-dependent (FFT / direct) paths
 class CausalConv1d(nn.Module):
     """A dense causal 1-d convolution (tap ``K - 1`` = current step) with a plain ``weight`` [C_out, C_in, K]."""
 
@@ -80,17 +82,19 @@ class CausalConv1d(nn.Module):
         nn.init.trunc_normal_(self.weight, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_conv_input(x, 1, self.in_channels, type(self).__name__)
+        if not torch.jit.is_scripting():
+            check_conv_input(x, 1, self.in_channels, type(self).__name__)
         return causal_conv1d(x, self.weight, self.bias, fft=self.fft)
 
     def extra_repr(self) -> str:
         return f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, fft={self.fft}'
 
 
-def _conv_bn(conv: nn.Module, channels: int, norm_layer: type[nn.Module]) -> nn.Sequential:
-    return nn.Sequential(OrderedDict(conv=conv, bn=norm_layer(channels)))
+def _conv_bn(conv: nn.Module, channels: int, norm_layer: type[nn.Module], dd: dict) -> nn.Sequential:
+    return nn.Sequential(OrderedDict(conv=conv, bn=norm_layer(channels, **dd)))
 
 
+@register_notrace_module  # torch.fx leaf (as are the subclasses): SMP branch, input checks, memory-format choice
 class SMPReparamConv(nn.Module):
     """``BN(smp(x)) + BN(small(x))``, or after :meth:`reparameterize` one dense ``reparam_conv``.
 
@@ -98,12 +102,10 @@ class SMPReparamConv(nn.Module):
     the deploy conv; the folding is shared. ``reparameterize()`` is idempotent and is what
     ``timm.utils.reparameterize_model`` calls; ``deploy=True`` builds the folded form directly so reparameterized
     checkpoints load.
-    """
 
-    in_channels: int
-    out_channels: int
-    kernel_size: tuple[int, ...]
-    ndim: int
+    Subclasses set ``in_channels``, ``out_channels``, ``kernel_size`` (a tuple) and ``ndim``. (No class-level
+    annotations for them: under ``from __future__ import annotations`` they are strings TorchScript cannot read.)
+    """
 
     def _init_branches(self, smp: SMPConvBase | None, small: nn.Module | None, norm_layer, deploy: bool,
                        dd: dict) -> None:
@@ -113,8 +115,8 @@ class SMPReparamConv(nn.Module):
             self.small_conv = None
         else:
             self.reparam_conv = None
-            self.smp = _conv_bn(smp, self.out_channels, norm_layer)
-            self.small_conv = _conv_bn(small, self.out_channels, norm_layer)
+            self.smp = _conv_bn(smp, self.out_channels, norm_layer, dd)
+            self.small_conv = _conv_bn(small, self.out_channels, norm_layer, dd)
 
     def _make_deploy_conv(self, device=None, dtype=None) -> nn.Module:
         raise NotImplementedError
@@ -127,7 +129,8 @@ class SMPReparamConv(nn.Module):
         return F.pad(weight, pads)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_conv_input(x, self.ndim, self.in_channels, type(self).__name__)
+        if not torch.jit.is_scripting():
+            check_conv_input(x, self.ndim, self.in_channels, type(self).__name__)
         if self.ndim == 2 and prefers_channels_last(x, self.kernel_size[-1]):
             x = x.contiguous(memory_format=torch.channels_last)
         if self.reparam_conv is not None:
@@ -157,11 +160,21 @@ class SMPReparamConv(nn.Module):
         self.smp = None
         self.small_conv = None
 
+    def set_kernel_size_(self, kernel_size: int) -> None:
+        """Re-sample the SMP branch on a ``kernel_size`` grid (train form only; the small branch is unchanged)."""
+        if self.reparam_conv is not None:
+            raise ValueError(f'{type(self).__name__} is reparameterized: a dense kernel cannot be re-sampled')
+        if kernel_size < self.small_kernel_size:
+            raise ValueError(f'kernel_size {kernel_size} is smaller than small_kernel_size {self.small_kernel_size}')
+        self.smp.conv.set_kernel_size_((int(kernel_size),) * self.ndim)
+        self.kernel_size = self.smp.conv.kernel_size
+
     def extra_repr(self) -> str:
         return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
                 f'deploy={self.reparam_conv is not None}')
 
 
+@register_notrace_module
 class SMPLargeKernelConv2d(SMPReparamConv):
     """Depthwise SMP branch + BN beside a small depthwise conv + BN (the official ImageNet ``SMPCNN``).
 
@@ -199,6 +212,7 @@ class SMPLargeKernelConv2d(SMPReparamConv):
         return nn.Conv2d(self.channels, self.channels, k, padding=k // 2, groups=self.channels, bias=True, **dd)
 
 
+@register_notrace_module
 class SMPParallelConv(SMPReparamConv):
     """Full N-d SMP conv (per-filter points) + BN beside a small 'same' conv + BN (the official CIFAR ResNet's
     ``norm1(cconv1(x)) + norm1s(cconv1s(x))``); deploy form ``nn.ConvNd(C_in, C_out, K, bias=True)``."""
@@ -245,6 +259,7 @@ class SMPParallelConv(SMPReparamConv):
         return conv_cls(self.in_channels, self.out_channels, k, padding=k // 2, bias=True, **dd)
 
 
+@register_notrace_module
 class SMPParallelCausalConv1d(SMPReparamConv):
     """Causal SMP conv + BN beside a small causal conv + BN (the official sequence TCN's
     ``norm1(cconv1(x)) + norm1s(cconv1s(x))``); deploy form :class:`CausalConv1d` with the folded length-K kernel."""

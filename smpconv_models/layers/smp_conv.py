@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_module
 from torch import Tensor
 
 from .causal_conv import causal_conv1d
@@ -38,6 +39,7 @@ def _require_odd(size: tuple[int, ...], name: str) -> None:
         raise ValueError(f"{name} needs odd kernel sizes for 'same' padding, got {size}")
 
 
+@register_notrace_module  # torch.fx leaf (as are the subclasses): kernel cache, custom autograd Function, checks
 class SMPConvBase(nn.Module):
     """Learnable points (``weight_coord`` [G, P, d], ``radius`` [G, P, 1...], ``weights`` [G, C, P]) and the
     dense kernel they define on a ``kernel_size`` grid.
@@ -48,8 +50,8 @@ class SMPConvBase(nn.Module):
     (optimizer step, ``load_state_dict``, :meth:`clamp_radii_`), ``.data`` replacement and ``.to()`` changes.
     """
 
-    radius_min: float
-    radius_max: float
+    # No class-level annotations in the layers: under ``from __future__ import annotations`` they are strings that
+    # TorchScript cannot read (attribute types are inferred from the values instead).
 
     def __init__(
             self,
@@ -101,8 +103,23 @@ class SMPConvBase(nn.Module):
         """Clamp radii in place to ``[radius_min, radius_max]`` (the official per-step ``radius_clip``)."""
         self.radius.clamp_(self.radius_min, self.radius_max)
 
+    @torch.jit.export  # compiled, so smp_weight() can call it on a scripted module too
     def _kernel_layout(self, kernel: Tensor) -> Tensor:
-        raise NotImplementedError
+        """``[G, C, prod(kernel_size)]`` from :func:`smp_kernel` to the convolution weight layout."""
+        return kernel.unflatten(-1, self.kernel_size)
+
+    requires_odd_kernel = True
+
+    def set_kernel_size_(self, kernel_size: int | Sequence[int]) -> None:
+        """Sample the same continuous kernel on another grid (the points are untouched): fine-tuning at another
+        resolution or sequence length with ``kernel_size' = (K - 1) * s + 1`` re-uses the old taps exactly."""
+        size = _as_size(kernel_size, len(self.kernel_size))
+        if self.requires_odd_kernel:
+            _require_odd(size, type(self).__name__)
+        coord = self.kernel_coord
+        self.kernel_size = size
+        self.kernel_coord = kernel_coords(size, device=coord.device, dtype=coord.dtype)
+        self._kernel_cache = None
 
     def generate_kernel(self) -> Tensor:
         """The dense convolution kernel from the current points, always freshly computed (Eq. 1 on the grid)."""
@@ -116,8 +133,15 @@ class SMPConvBase(nn.Module):
         return tuple(key)
 
     @torch.jit.ignore
-    def smp_weight(self) -> Tensor:
-        """The dense kernel: generated with autograd in training, cached while parameters are unchanged in eval."""
+    def smp_weight(self):  # -> Tensor (unannotated: TorchScript cannot read string annotations, assumes Tensor)
+        """The dense kernel: generated with autograd in training, cached while parameters are unchanged in eval.
+
+        Called from Python under TorchScript (``torch.jit.ignore``: the kernel comes from a custom autograd
+        Function and an eval-mode cache), so a scripted SMP model runs but cannot be saved; reparameterize it
+        first (``timm.utils.reparameterize_model``) to script a plain-conv model."""
+        if isinstance(self, torch.jit.ScriptModule):  # called from a scripted model: no cache, compiled methods only
+            kernel = smp_kernel(self.kernel_coord, self.weight_coord, self.radius, self.weights, self.normalize)
+            return self._kernel_layout(kernel)
         needs_grad = torch.is_grad_enabled() and any(
             p.requires_grad for p in (self.weight_coord, self.radius, self.weights))
         if self.training or needs_grad:
@@ -140,6 +164,7 @@ class SMPConvBase(nn.Module):
                 f'radius_bounds=({self.radius_min}, {self.radius_max})')
 
 
+@register_notrace_module
 class SMPDepthwiseConv2d(SMPConvBase):
     """Depthwise 2-d SMP convolution with points shared across channels (ImageNet form, stride 1, 'same').
 
@@ -167,14 +192,17 @@ class SMPDepthwiseConv2d(SMPConvBase):
             groups=1, channels=self.channels, n_points=n_points, kernel_size=size, radius=4.0 / size[0],
             coord_std=0.2, normalize=False, radius_bounds=(1e-3, 1.0), device=device, dtype=dtype)
 
+    @torch.jit.export
     def _kernel_layout(self, kernel: Tensor) -> Tensor:
-        return kernel.reshape(self.channels, 1, *self.kernel_size)
+        return kernel.reshape(self.channels, 1, -1).unflatten(-1, self.kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_conv_input(x, 2, self.channels, type(self).__name__)
+        if not torch.jit.is_scripting():
+            check_conv_input(x, 2, self.channels, type(self).__name__)
         return same_conv(x, self.smp_weight(), None, groups=self.channels)
 
 
+@register_notrace_module
 class SMPConv(SMPConvBase):
     """Full N-d SMP convolution with per-filter points and the ``1/|N(x)|`` average (CIFAR form, Eq. 1).
 
@@ -205,14 +233,17 @@ class SMPConv(SMPConvBase):
             coord_std=coord_std, normalize=True, radius_bounds=(1e-4, 1.0), device=device, dtype=dtype)
         self.bias = nn.Parameter(torch.zeros(self.out_channels, device=device, dtype=dtype)) if bias else None
 
+    @torch.jit.export
     def _kernel_layout(self, kernel: Tensor) -> Tensor:
-        return kernel.reshape(self.out_channels, self.in_channels, *self.kernel_size)
+        return kernel.reshape(self.out_channels, self.in_channels, -1).unflatten(-1, self.kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_conv_input(x, self.ndim, self.in_channels, type(self).__name__)
+        if not torch.jit.is_scripting():
+            check_conv_input(x, self.ndim, self.in_channels, type(self).__name__)
         return same_conv(x, self.smp_weight(), self.bias)
 
 
+@register_notrace_module
 class SMPCausalConv1d(SMPConvBase):
     """Causal 1-d SMP convolution with per-filter points (sequence form; Sec. 4.1 of the paper).
 
@@ -242,10 +273,14 @@ class SMPCausalConv1d(SMPConvBase):
             coord_std=coord_std, normalize=True, radius_bounds=(1e-4, 1.0), causal=True, device=device, dtype=dtype)
         self.bias = nn.Parameter(torch.zeros(self.out_channels, device=device, dtype=dtype)) if bias else None
 
+    requires_odd_kernel = False
+
+    @torch.jit.export
     def _kernel_layout(self, kernel: Tensor) -> Tensor:
         return kernel.reshape(self.out_channels, self.in_channels, self.kernel_size[0])
 
     def forward(self, x: Tensor) -> Tensor:
-        check_conv_input(x, 1, self.in_channels, type(self).__name__)
+        if not torch.jit.is_scripting():
+            check_conv_input(x, 1, self.in_channels, type(self).__name__)
         return causal_conv1d(x, self.smp_weight(), self.bias, fft=self.fft)
 

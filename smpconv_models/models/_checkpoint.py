@@ -15,7 +15,7 @@ from timm.models import adapt_input_conv
 
 __all__ = [
     'load_checkpoint_file', 'unwrap_state_dict', 'load_pretrained_file', 'strip_prefixes', 'check_state_dict_matches',
-    'validate_for_model',
+    'validate_for_model', 'shipped_weights',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def check_state_dict_matches(
     own = model.state_dict()
     prefixes = tuple(f'{n}.' for n in lenient if n)
     missing = sorted(k for k in set(own) - set(state_dict) - set(allowed_missing) if not k.startswith(prefixes))
-    unexpected = sorted(set(state_dict) - set(own))
+    unexpected = sorted(k for k in set(state_dict) - set(own) if not k.startswith(prefixes))  # e.g. no classifier
     shapes = sorted(f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
                     for k, v in state_dict.items()
                     if k in own and own[k].shape != v.shape and not k.startswith(prefixes))
@@ -137,3 +137,13 @@ def validate_for_model(state_dict: dict[str, torch.Tensor], model: nn.Module) ->
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     check_state_dict_matches(model, state_dict, lenient=(cfg.get('classifier'), cfg.get('first_conv')))
     return state_dict
+
+
+def shipped_weights(name: str) -> Path:
+    """``model.safetensors`` of a weight folder shipped with the project: inside the installed package
+    (``smpconv_models/_weights/NAME``, wheels) or in a clone's ``weights/NAME``."""
+    package = Path(__file__).resolve().parents[1]
+    for root in (package / '_weights', package.parent / 'weights'):
+        if (root / name / 'model.safetensors').is_file():
+            return root / name / 'model.safetensors'
+    return package.parent / 'weights' / name / 'model.safetensors'

@@ -8,7 +8,8 @@ folds the SMP and small branches into one depthwise conv and every BatchNorm tha
 Module names follow the official checkpoints where they can (``stem.{i}.conv/bn``, ``stages.{i}.blocks.{j}``,
 ``large_kernel.smp.conv.weight_coord``, ...); ``checkpoint_filter_fn`` maps the rest (transitions, head).
 """
-from __future__ import annotations
+# No ``from __future__ import annotations``: torch.fx copies the traced forward's annotations into the code it
+# generates, and string annotations there break scripting an fx-traced model (timm's fx + torchscript test).
 
 import re
 
@@ -19,7 +20,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import Tensor
 
-from ..layers import ConvBN, SMPLargeKernelConv2d, fold_bn_into_next_conv
+from ..layers import ConvBN, SMPLargeKernelConv2d, fold_bn_into_next_conv, rescale_smp_kernels_
 from ._checkpoint import load_pretrained_file, unwrap_state_dict, validate_for_model
 
 __all__ = ['SMPConvNet', 'SMPBlock', 'ConvFFN', 'SMPStage']
@@ -39,14 +40,15 @@ class SMPBlock(nn.Module):
     """Large-kernel block: BN, 1x1 conv-BN-ReLU, SMP large kernel (+ small kernel), ReLU, 1x1 conv-BN, residual."""
 
     def __init__(self, dim: int, kernel_size: int, drop_path: float = 0.0, n_points_divide: int = 4,
-                 small_kernel_size: int = 5, deploy: bool = False):
+                 small_kernel_size: int = 5, deploy: bool = False, device=None, dtype=None):
         super().__init__()
-        self.prelkb_bn = nn.Identity() if deploy else nn.BatchNorm2d(dim)
-        self.pw1 = ConvBN(dim, dim, 1, act_layer=nn.ReLU, deploy=deploy)
+        dd = dict(device=device, dtype=dtype)
+        self.prelkb_bn = nn.Identity() if deploy else nn.BatchNorm2d(dim, **dd)
+        self.pw1 = ConvBN(dim, dim, 1, act_layer=nn.ReLU, deploy=deploy, **dd)
         self.large_kernel = SMPLargeKernelConv2d(
-            dim, kernel_size, small_kernel_size, n_points_divide=n_points_divide, deploy=deploy)
+            dim, kernel_size, small_kernel_size, n_points_divide=n_points_divide, deploy=deploy, **dd)
         self.lk_nonlinear = nn.ReLU()
-        self.pw2 = ConvBN(dim, dim, 1, deploy=deploy)
+        self.pw2 = ConvBN(dim, dim, 1, deploy=deploy, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -61,12 +63,14 @@ class SMPBlock(nn.Module):
 class ConvFFN(nn.Module):
     """ConvFFN: BN, 1x1 conv-BN, GELU, 1x1 conv-BN, residual."""
 
-    def __init__(self, dim: int, hidden_dim: int, drop_path: float = 0.0, deploy: bool = False):
+    def __init__(self, dim: int, hidden_dim: int, drop_path: float = 0.0, deploy: bool = False, device=None,
+                 dtype=None):
         super().__init__()
-        self.preffn_bn = nn.Identity() if deploy else nn.BatchNorm2d(dim)
-        self.pw1 = ConvBN(dim, hidden_dim, 1, deploy=deploy)
+        dd = dict(device=device, dtype=dtype)
+        self.preffn_bn = nn.Identity() if deploy else nn.BatchNorm2d(dim, **dd)
+        self.pw1 = ConvBN(dim, hidden_dim, 1, deploy=deploy, **dd)
         self.nonlinear = nn.GELU()
-        self.pw2 = ConvBN(hidden_dim, dim, 1, deploy=deploy)
+        self.pw2 = ConvBN(hidden_dim, dim, 1, deploy=deploy, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -82,20 +86,21 @@ class SMPStage(nn.Module):
 
     def __init__(self, in_chs: int, out_chs: int, depth: int, kernel_size: int, drop_path_rates: list[float],
                  n_points_divide: int = 4, small_kernel_size: int = 5, ffn_ratio: float = 4.0,
-                 downsample: bool = True, deploy: bool = False):
+                 downsample: bool = True, deploy: bool = False, device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.grad_checkpointing = False
         if downsample:
             self.downsample = nn.Sequential(
-                ConvBN(in_chs, out_chs, 1, act_layer=nn.ReLU, deploy=deploy),
-                ConvBN(out_chs, out_chs, 3, stride=2, groups=out_chs, act_layer=nn.ReLU, deploy=deploy))
+                ConvBN(in_chs, out_chs, 1, act_layer=nn.ReLU, deploy=deploy, **dd),
+                ConvBN(out_chs, out_chs, 3, stride=2, groups=out_chs, act_layer=nn.ReLU, deploy=deploy, **dd))
         else:
             self.downsample = nn.Identity()
         blocks = []
         for i in range(depth):
             blocks.append(
-                SMPBlock(out_chs, kernel_size, drop_path_rates[i], n_points_divide, small_kernel_size, deploy))
-            blocks.append(ConvFFN(out_chs, int(out_chs * ffn_ratio), drop_path_rates[i], deploy))
+                SMPBlock(out_chs, kernel_size, drop_path_rates[i], n_points_divide, small_kernel_size, deploy, **dd))
+            blocks.append(ConvFFN(out_chs, int(out_chs * ffn_ratio), drop_path_rates[i], deploy, **dd))
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -121,35 +126,43 @@ class SMPConvNet(nn.Module):
             ffn_ratio: float = 4.0,
             drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
+            kernel_scale: float = 1.0,
             deploy: bool = False,
+            device=None,
+            dtype=None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if not (len(depths) == len(dims) == len(kernel_sizes)):
             raise ValueError(f'depths {depths}, dims {dims} and kernel_sizes {kernel_sizes} must have equal lengths')
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         stem_w = dims[0]
         self.stem = nn.Sequential(
-            ConvBN(in_chans, stem_w, 3, stride=2, act_layer=nn.ReLU, deploy=deploy),
-            ConvBN(stem_w, stem_w, 3, groups=stem_w, act_layer=nn.ReLU, deploy=deploy),
-            ConvBN(stem_w, stem_w, 1, act_layer=nn.ReLU, deploy=deploy),
-            ConvBN(stem_w, stem_w, 3, stride=2, groups=stem_w, act_layer=nn.ReLU, deploy=deploy))
-        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
+            ConvBN(in_chans, stem_w, 3, stride=2, act_layer=nn.ReLU, deploy=deploy, **dd),
+            ConvBN(stem_w, stem_w, 3, groups=stem_w, act_layer=nn.ReLU, deploy=deploy, **dd),
+            ConvBN(stem_w, stem_w, 1, act_layer=nn.ReLU, deploy=deploy, **dd),
+            ConvBN(stem_w, stem_w, 3, stride=2, groups=stem_w, act_layer=nn.ReLU, deploy=deploy, **dd))
+        # on the CPU even inside a ``torch.device('meta')`` context (the rates are Python floats)
+        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths), device='cpu').split(list(depths))]
         stages, self.feature_info = [], []
         prev, reduction = stem_w, 4
         for i, (depth, dim, k) in enumerate(zip(depths, dims, kernel_sizes)):
             if i > 0:
                 reduction *= 2
             stages.append(SMPStage(prev, dim, depth, k, dpr[i], n_points_divide, small_kernel_size, ffn_ratio,
-                                   downsample=i > 0, deploy=deploy))
+                                   downsample=i > 0, deploy=deploy, **dd))
             self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f'stages.{i}'))
             prev = dim
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = prev
-        self.norm = nn.BatchNorm2d(prev)
-        self.head = ClassifierHead(prev, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.norm = nn.BatchNorm2d(prev, **dd)
+        self.head = ClassifierHead(prev, num_classes, pool_type=global_pool, drop_rate=drop_rate).to(**dd)
         self.apply(self._init_weights)
+        if kernel_scale != 1.0:
+            self.rescale_kernels(kernel_scale)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -157,6 +170,12 @@ class SMPConvNet(nn.Module):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def rescale_kernels(self, scale: float) -> dict[str, tuple[int, ...]]:
+        """Re-sample every SMP kernel on a grid ``scale`` times as fine: the same continuous kernels spanning
+        ``scale`` times as many pixels / steps (fine-tuning at a higher resolution or longer sequences)."""
+        return rescale_smp_kernels_(self, scale)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -185,6 +204,8 @@ class SMPConvNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
+        p = next(self.parameters(), None)  # a new classifier follows the model's device, dtype and train / eval mode
+        self.head.to(**({} if p is None else dict(device=p.device, dtype=p.dtype))).train(self.training)
 
     def forward_intermediates(
             self,
@@ -254,11 +275,13 @@ _OFFICIAL_RENAMES = [
 ]
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module, validate: bool = True
+                         ) -> dict[str, Tensor]:
     """Convert an official SMPConvNet state dict (or a training checkpoint wrapping one) to this model's keys.
 
     Official ``transitions.{i}`` become ``stages.{i+1}.downsample``, ``head.*`` becomes ``head.fc.*`` and the
     persistent ``kernel_coord`` grids are dropped (ours are derived buffers). Our own state dicts pass unchanged.
+    ``validate=False`` converts keys only (for loaders that adapt the head or input channels afterwards).
     """
     if 'model' in state_dict or 'model_ema' in state_dict or any(k.startswith('module.') for k in state_dict):
         state_dict = unwrap_state_dict(state_dict)
@@ -269,7 +292,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
         for pattern, repl in _OFFICIAL_RENAMES:
             k = pattern.sub(repl, k)
         out[k] = v
-    return validate_for_model(out, model)
+    return validate_for_model(out, model) if validate else out
 
 
 def _create_smpconv(variant: str, pretrained: bool = False, **kwargs) -> SMPConvNet:

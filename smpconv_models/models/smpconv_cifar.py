@@ -4,7 +4,8 @@ A stem of one full 33x33 SMP conv (per-filter points, ``1/|N(x)|`` average) besi
 blocks of two such parallel pairs at full resolution (no downsampling), global average pooling and a linear head.
 Every ``BN(SMP conv) + BN(small conv)`` pair reparameterizes into one dense conv.
 """
-from __future__ import annotations
+# No ``from __future__ import annotations``: torch.fx copies the traced forward's annotations into the code it
+# generates, and string annotations there break scripting an fx-traced model (timm's fx + torchscript test).
 
 import torch
 import torch.nn as nn
@@ -13,7 +14,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import Tensor
 
-from ..layers import SMPParallelConv
+from ..layers import SMPParallelConv, rescale_smp_kernels_
 from ._checkpoint import load_pretrained_file, validate_for_model
 from ._official import convert_ckconv_keys, linear_from_pointwise, pop_train_lengths
 
@@ -24,15 +25,17 @@ class SMPResBlock(nn.Module):
     """``relu(BN(smp2) + BN(small2))(dropout(relu(BN(smp1) + BN(small1))(x))) + shortcut(x))``."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int, n_points: int, radius: float, coord_std: float,
-                 small_kernel_size: int, drop_rate: float, conv_bias: bool = False, deploy: bool = False):
+                 small_kernel_size: int, drop_rate: float, conv_bias: bool = False, deploy: bool = False,
+                 device=None, dtype=None):
         super().__init__()
         args = dict(kernel_size=kernel_size, n_points=n_points, radius=radius, coord_std=coord_std,
-                    small_kernel_size=small_kernel_size, bias=conv_bias, deploy=deploy)
+                    small_kernel_size=small_kernel_size, bias=conv_bias, deploy=deploy, device=device, dtype=dtype)
         self.conv1 = SMPParallelConv(in_chs, out_chs, **args)
         self.conv2 = SMPParallelConv(out_chs, out_chs, **args)
         self.act = nn.ReLU()
         self.drop = nn.Dropout(drop_rate)
-        self.shortcut = nn.Conv2d(in_chs, out_chs, 1) if in_chs != out_chs else nn.Identity()
+        self.shortcut = (nn.Conv2d(in_chs, out_chs, 1, device=device, dtype=dtype) if in_chs != out_chs
+                         else nn.Identity())
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.drop(self.act(self.conv1(x)))
@@ -57,16 +60,21 @@ class SMPConvCifar(nn.Module):
             conv_bias: bool = False,
             drop_rate: float = 0.1,
             drop_path_rate: float = 0.0,
+            kernel_scale: float = 1.0,
             deploy: bool = False,
+            device=None,
+            dtype=None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if drop_path_rate:
             raise ValueError('smpconv_cifar has no residual drop path (the official model uses dropout: drop_rate)')
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         args = dict(kernel_size=kernel_size, n_points=n_points, radius=radius, coord_std=coord_std,
-                    small_kernel_size=small_kernel_size)
+                    small_kernel_size=small_kernel_size, **dd)
         self.stem = SMPParallelConv(in_chans, stem_width, bias=conv_bias, small_bias=True, deploy=deploy, **args)
         self.stem_act = nn.ReLU()
         blocks, self.feature_info, prev = [], [], stem_width
@@ -76,10 +84,18 @@ class SMPConvCifar(nn.Module):
             prev = w
         self.blocks = nn.Sequential(*blocks)
         self.num_features = self.head_hidden_size = prev
-        self.head = ClassifierHead(prev, num_classes, pool_type=global_pool)
+        self.head = ClassifierHead(prev, num_classes, pool_type=global_pool).to(**dd)
         if isinstance(self.head.fc, nn.Linear):
             nn.init.kaiming_normal_(self.head.fc.weight)
             nn.init.zeros_(self.head.fc.bias)
+        if kernel_scale != 1.0:
+            self.rescale_kernels(kernel_scale)
+
+    @torch.jit.ignore
+    def rescale_kernels(self, scale: float) -> dict[str, tuple[int, ...]]:
+        """Re-sample every SMP kernel on a grid ``scale`` times as fine: the same continuous kernels spanning
+        ``scale`` times as many pixels / steps (fine-tuning at a higher resolution or longer sequences)."""
+        return rescale_smp_kernels_(self, scale)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -100,6 +116,8 @@ class SMPConvCifar(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
+        p = next(self.parameters(), None)  # a new classifier follows the model's device, dtype and train / eval mode
+        self.head.to(**({} if p is None else dict(device=p.device, dtype=p.dtype))).train(self.training)
 
     def forward_intermediates(
             self,
@@ -155,9 +173,11 @@ class SMPConvCifar(nn.Module):
         load_pretrained_file(self, path, checkpoint_filter_fn, use_ema=use_ema)
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module, validate: bool = True
+                         ) -> dict[str, Tensor]:
     """Convert an official ``Img_ResNet`` state dict: ``cconv1``/``norm1``... -> ``stem``, block pairs ->
-    ``conv{n}.smp`` / ``conv{n}.small_conv``, ``out_layer`` (a 1x1 conv) -> ``head.fc``; ``train_length`` dropped."""
+    ``conv{n}.smp`` / ``conv{n}.small_conv``, ``out_layer`` (a 1x1 conv) -> ``head.fc``; ``train_length`` dropped.
+    ``validate=False`` converts keys only (for loaders that adapt the head or input channels afterwards)."""
     state_dict = convert_ckconv_keys(dict(state_dict), [('out_layer.', 'head.fc.')])
     pop_train_lengths(state_dict)
     out = {}
@@ -167,12 +187,13 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
         if k == 'head.fc.weight':
             v = linear_from_pointwise(v)
         out[k] = v
-    return validate_for_model(out, model)
+    return validate_for_model(out, model) if validate else out
 
 
 def _cfg(**kwargs) -> dict:
     return {
-        'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': None, 'crop_pct': 1.0, 'interpolation': 'bilinear',
+        'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': (32, 32), 'crop_pct': 1.0,
+        'interpolation': 'bilinear',
         'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2470, 0.2435, 0.2616), 'first_conv': 'stem.small_conv.conv',
         'classifier': 'head.fc',
         'paper_name': 'SMPConv: Self-moving Point Representations for Continuous Convolution',

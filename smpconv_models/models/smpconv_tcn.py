@@ -4,17 +4,23 @@ Six residual TCN blocks of two causal SMP convs (per-filter points, kernel as lo
 5-tap causal conv, BatchNorm on both, ReLU and dropout; the logits come from the last time step. Input
 ``[B, in_chans, L]``. Registered variants carry the official per-task configurations (sMNIST / pMNIST, sCIFAR10,
 Character Trajectories, Speech Commands MFCC and raw).
+
+The models also take timm's image-shaped ``[B, in_chans, 1, L]`` (their cfgs' ``input_size`` is ``(C, 1, L)``) and
+keep the input's layout: unpooled features (``forward_features``, ``global_pool=''``) are ``[B, C, L]`` or
+``[B, C, 1, L]``, and ``features_only`` / ``forward_intermediates(output_fmt='NCHW')`` give ``[B, C, 1, L]`` maps.
 """
-from __future__ import annotations
+# No ``from __future__ import annotations``: torch.fx copies the traced forward's annotations into the code it
+# generates, and string annotations there break scripting an fx-traced model (timm's fx + torchscript test).
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor
 
-from ..layers import SMPParallelCausalConv1d
-from ._checkpoint import load_pretrained_file, validate_for_model
+from ..layers import SMPParallelCausalConv1d, rescale_smp_kernels_
+from ._checkpoint import load_pretrained_file, shipped_weights, validate_for_model
 from ._official import convert_ckconv_keys, pop_train_lengths
 
 __all__ = ['SMPConvTCN', 'TCNBlock']
@@ -22,20 +28,34 @@ __all__ = ['SMPConvTCN', 'TCNBlock']
 _POOLS = ('last', 'avg', 'max', '')
 
 
+# Leaves for torch.fx (the layout tests are data-dependent control flow); fx only auto-wraps public names.
+@register_notrace_function
+def as_sequence(x: Tensor) -> Tensor:
+    """``[B, C, L]`` from ``[B, C, L]`` or timm's image-shaped ``[B, C, 1, L]``."""
+    return x.squeeze(2) if x.dim() == 4 and x.shape[2] == 1 else x
+
+
+@register_notrace_function
+def to_layout_of(x: Tensor, like: Tensor) -> Tensor:
+    """The sequence ``x`` ``[B, C, L]`` in the layout of ``like``: ``[B, C, 1, L]`` when ``like`` is 4-d."""
+    return x.unsqueeze(2) if like.dim() == 4 else x
+
+
 class TCNBlock(nn.Module):
     """``relu(drop(relu(pair2(drop(relu(pair1(x)))))) + shortcut(x))``, pairs = BN(causal SMP) + BN(causal small)."""
 
     def __init__(self, in_chs: int, out_chs: int, seq_len: int, n_points: int, radius: float, coord_std: float,
                  small_kernel_size: int, conv_bias: bool, use_fft: bool | None, drop_rate: float,
-                 deploy: bool = False):
+                 deploy: bool = False, device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         args = dict(kernel_size=seq_len, n_points=n_points, radius=radius, coord_std=coord_std,
-                    small_kernel_size=small_kernel_size, bias=conv_bias, fft=use_fft, deploy=deploy)
+                    small_kernel_size=small_kernel_size, bias=conv_bias, fft=use_fft, deploy=deploy, **dd)
         self.conv1 = SMPParallelCausalConv1d(in_chs, out_chs, **args)
         self.conv2 = SMPParallelCausalConv1d(out_chs, out_chs, **args)
         self.act = nn.ReLU()
         self.drop = nn.Dropout(drop_rate)
-        self.shortcut = nn.Conv1d(in_chs, out_chs, 1) if in_chs != out_chs else nn.Identity()
+        self.shortcut = nn.Conv1d(in_chs, out_chs, 1, **dd) if in_chs != out_chs else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.drop(self.act(self.conv1(x)))
@@ -44,7 +64,8 @@ class TCNBlock(nn.Module):
 
 
 class SMPConvTCN(nn.Module):
-    """SMPConv TCN for sequences ``[B, in_chans, L]``; ``seq_len`` is the kernel length (the training length)."""
+    """SMPConv TCN for sequences ``[B, in_chans, L]`` (or ``[B, in_chans, 1, L]``, see the module docstring);
+    ``seq_len`` is the kernel length (the training length)."""
 
     def __init__(
             self,
@@ -62,9 +83,13 @@ class SMPConvTCN(nn.Module):
             use_fft: bool | None = None,
             drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
+            kernel_scale: float = 1.0,
             deploy: bool = False,
+            device=None,
+            dtype=None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if drop_path_rate:
             raise ValueError('the SMPConv TCNs have no residual drop path (the official models use dropout: drop_rate)')
         if global_pool not in _POOLS:
@@ -72,6 +97,7 @@ class SMPConvTCN(nn.Module):
         if seq_len < 1:
             raise ValueError(f'seq_len must be positive, got {seq_len}')
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.seq_len = int(seq_len)
         self.global_pool = global_pool
         self.drop_rate = drop_rate
@@ -79,20 +105,28 @@ class SMPConvTCN(nn.Module):
         blocks, self.feature_info, prev = [], [], in_chans
         for i in range(depth):
             blocks.append(TCNBlock(prev, width, seq_len, n_points, radius, coord_std, small_kernel_size, conv_bias,
-                                   use_fft, drop_rate, deploy))
+                                   use_fft, drop_rate, deploy, **dd))
             self.feature_info.append(dict(num_chs=width, reduction=1, module=f'blocks.{i}'))
             prev = width
         self.blocks = nn.Sequential(*blocks)
         self.num_features = self.head_hidden_size = width
-        self.head = self._make_head(num_classes)
+        self.head = self._make_head(num_classes, **dd)
+        if kernel_scale != 1.0:
+            self.rescale_kernels(kernel_scale)
 
-    def _make_head(self, num_classes: int) -> nn.Module:
+    def _make_head(self, num_classes: int, device=None, dtype=None) -> nn.Module:
         if num_classes <= 0:
             return nn.Identity()
-        head = nn.Linear(self.num_features, num_classes)
+        head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
         nn.init.normal_(head.weight, std=0.01)
         nn.init.zeros_(head.bias)
         return head
+
+    @torch.jit.ignore
+    def rescale_kernels(self, scale: float) -> dict[str, tuple[int, ...]]:
+        """Re-sample every SMP kernel on a grid ``scale`` times as fine: the same continuous kernels spanning
+        ``scale`` times as many pixels / steps (fine-tuning at a higher resolution or longer sequences)."""
+        return rescale_smp_kernels_(self, scale)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -116,7 +150,9 @@ class SMPConvTCN(nn.Module):
                 raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = self._make_head(num_classes)
+        p = next(self.parameters(), None)  # a new head follows the model's device, dtype and train / eval mode
+        self.head = self._make_head(num_classes, **({} if p is None else dict(device=p.device, dtype=p.dtype)))
+        self.head.train(self.training)
 
     def forward_intermediates(
             self,
@@ -124,23 +160,28 @@ class SMPConvTCN(nn.Module):
             indices: int | list[int] | None = None,
             norm: bool = False,
             stop_early: bool = False,
-            output_fmt: str = 'NCL',
+            output_fmt: str | None = None,
             intermediates_only: bool = False,
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Forward returning block outputs ``[B, C, L]`` (``indices``: last n if int, all if None, else listed)."""
-        if output_fmt not in ('NCL', 'NCHW'):
-            raise ValueError(f"output_fmt must be 'NCL', got {output_fmt!r}")
+        """Forward returning block outputs (``indices``: last n if int, all if None, else listed).
+
+        ``output_fmt``: ``'NCL'`` gives ``[B, C, L]`` intermediates, ``'NCHW'`` ``[B, C, 1, L]``, ``None`` the
+        input's layout. The final features are in the input's layout, as from :meth:`forward_features`.
+        """
+        if output_fmt is not None and output_fmt not in ('NCL', 'NCHW'):
+            raise ValueError(f"output_fmt must be 'NCL' or 'NCHW', got {output_fmt!r}")
+        as_2d = x.dim() == 4 if output_fmt is None else output_fmt == 'NCHW'
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        x = self._as_sequence(x)
+        inp, x = x, as_sequence(x)
         blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
         for i, block in enumerate(blocks):
             x = block(x)
             if i in take_indices:
-                intermediates.append(x)
+                intermediates.append(x.unsqueeze(2) if as_2d else x)
         if intermediates_only:
             return intermediates
-        return x, intermediates
+        return to_layout_of(x, inp), intermediates
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
@@ -150,26 +191,27 @@ class SMPConvTCN(nn.Module):
             self.reset_classifier(0, '')
         return take_indices
 
-    @staticmethod
-    def _as_sequence(x: Tensor) -> Tensor:
-        """Accept ``[B, C, L]`` or timm's image-shaped ``[B, C, 1, L]``."""
-        return x.squeeze(2) if x.dim() == 4 and x.shape[2] == 1 else x
-
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self._as_sequence(x)
+        """Unpooled features ``[B, C, L]``, or ``[B, C, 1, L]`` for a ``[B, C, 1, L]`` input."""
+        seq = as_sequence(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+            seq = checkpoint_seq(self.blocks, seq)
+        else:
+            seq = self.blocks(seq)
+        return to_layout_of(seq, x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pool the features over time (``global_pool``) and classify. Without pooling (``''``) the features
+        stay unpooled and the head gives per-step logits, channels first (``[B, num_classes, L]`` or
+        ``[B, num_classes, 1, L]``)."""
         if self.global_pool == 'last':
-            x = x[:, :, -1]
+            x = x.flatten(2)[:, :, -1]
         elif self.global_pool == 'avg':
-            x = x.mean(-1)
+            x = x.flatten(2).mean(-1)
         elif self.global_pool == 'max':
-            x = x.amax(-1)
-        else:
-            x = x.transpose(1, 2)  # no pooling: per-step features / logits [B, L, C]
+            x = x.flatten(2).amax(-1)
+        elif not pre_logits:
+            return self.head(x.movedim(1, -1)).movedim(-1, 1)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -181,11 +223,13 @@ class SMPConvTCN(nn.Module):
         load_pretrained_file(self, path, checkpoint_filter_fn, use_ema=use_ema)
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module, validate: bool = True
+                         ) -> dict[str, Tensor]:
     """Convert an official ``SeqData_TCN`` state dict (``backbone`` -> ``blocks``, ``finallyr`` -> ``head``).
 
     The official persistent ``train_length`` buffers record the kernel length fixed at the first forward; a value
     different from the model's ``seq_len`` raises ``ValueError`` (the kernels would be sampled on another grid).
+    ``validate=False`` converts keys only (for loaders that adapt the head or input channels afterwards).
     """
     state_dict = convert_ckconv_keys(dict(state_dict), [('backbone.', 'blocks.'), ('finallyr.', 'head.')])
     lengths = pop_train_lengths(state_dict)
@@ -196,14 +240,15 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
         raise ValueError(
             f'checkpoint was trained with kernel length (train_length) {v} at {k}, but the model has seq_len='
             f'{seq_len}; create the model with seq_len={v}')
-    return validate_for_model(state_dict, model)
+    return validate_for_model(state_dict, model) if validate else state_dict
 
 
 def _cfg(input_size: tuple[int, int], num_classes: int = 10, **kwargs) -> dict:
     # timm's cfgs describe inputs as (C, H, W): a sequence [C, L] is (C, 1, L), and the model accepts both forms.
     return {
-        'num_classes': num_classes, 'input_size': (input_size[0], 1, input_size[1]), 'pool_size': None, 'crop_pct': 1.0,
-        'interpolation': '', 'mean': (0.0,) * input_size[0], 'std': (1.0,) * input_size[0], 'first_conv': '',
+        'num_classes': num_classes, 'input_size': (input_size[0], 1, input_size[1]), 'crop_pct': 1.0,
+        'pool_size': (1, input_size[1]), 'interpolation': '', 'mean': (0.0,) * input_size[0],
+        'std': (1.0,) * input_size[0], 'first_conv': 'blocks.0.conv1.small_conv.conv',
         'classifier': 'head',
         'paper_name': 'SMPConv: Self-moving Point Representations for Continuous Convolution',
         'origin_url': 'https://github.com/sangnekim/SMPConv', 'license': 'mit', **kwargs,
@@ -212,6 +257,9 @@ def _cfg(input_size: tuple[int, int], num_classes: int = 10, **kwargs) -> dict:
 
 default_cfgs = generate_default_cfgs({
     'smpconv_tcn_mnist.untrained': _cfg((1, 784)),
+    # train.py's default run: scikit-learn's handwritten digits as 64-step sequences (weights/ in a clone)
+    'smpconv_tcn_mnist.digits': _cfg((1, 64), file=str(shipped_weights('smpconv_tcn_mnist.digits')),
+                                     mean=(0.0,), std=(1.0,)),
     'smpconv_tcn_scifar10.untrained': _cfg((3, 1024)),
     'smpconv_tcn_chartraj.untrained': _cfg((3, 182), num_classes=20),
     'smpconv_tcn_speech.untrained': _cfg((20, 161)),
@@ -219,11 +267,26 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+# Architecture kwargs that go with a pretrained tag (timm cfgs carry no model kwargs).
+_TAG_ARGS = {'smpconv_tcn_mnist.digits': dict(seq_len=64, radius=0.03)}
+
+
 def _create_tcn(variant: str, pretrained: bool, defaults: dict, **kwargs) -> SMPConvTCN:
+    tag = kwargs.get('pretrained_cfg')
+    if isinstance(tag, str):
+        defaults = dict(defaults, **_TAG_ARGS.get(f'{variant}.{tag}', {}))
+    args = dict(defaults, **kwargs)
+    # the cfg's input size follows the sequence length this model is built for
+    overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
+    overlay.setdefault('input_size', (args.get('in_chans', 1), 1, args['seq_len']))
+    overlay.setdefault('pool_size', (1, args['seq_len']))  # unpooled features keep the [B, C, 1, L] input's size
+    args['pretrained_cfg_overlay'] = overlay
     return build_model_with_cfg(
         SMPConvTCN, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=tuple(range(kwargs.get('depth', 6))), flatten_sequential=True),
-        **dict(defaults, **kwargs))
+        # features_only goes through forward_intermediates (FeatureGetterNet): it takes the image-shaped
+        # [B, C, 1, L] input and gives timm's NCHW feature maps [B, C, 1, L]
+        feature_cfg=dict(out_indices=tuple(range(kwargs.get('depth', 6))), feature_cls='getter'),
+        **args)
 
 
 @register_model
