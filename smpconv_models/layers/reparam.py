@@ -16,7 +16,7 @@ from timm.layers import register_notrace_module
 from torch import Tensor
 
 from .causal_conv import causal_conv1d
-from .conv import check_conv_input, prefers_channels_last
+from .conv import check_conv_input, prefers_channels_last, same_conv
 from .smp_conv import SMPCausalConv1d, SMPConv, SMPConvBase, SMPDepthwiseConv2d
 
 __all__ = [
@@ -107,6 +107,8 @@ class SMPReparamConv(nn.Module):
     annotations for them: under ``from __future__ import annotations`` they are strings TorchScript cannot read.)
     """
 
+    dense_deploy: bool = False
+
     def _init_branches(self, smp: SMPConvBase | None, small: nn.Module | None, norm_layer, deploy: bool,
                        dd: dict) -> None:
         if deploy:
@@ -134,6 +136,8 @@ class SMPReparamConv(nn.Module):
         if self.ndim == 2 and prefers_channels_last(x, self.kernel_size[-1]):
             x = x.contiguous(memory_format=torch.channels_last)
         if self.reparam_conv is not None:
+            if self.dense_deploy:  # a large dense kernel: same_conv picks the FFT
+                return same_conv(x, self.reparam_conv.weight, self.reparam_conv.bias)
             return self.reparam_conv(x)
         return self.smp(x) + self.small_conv(x)
 
@@ -216,6 +220,8 @@ class SMPLargeKernelConv2d(SMPReparamConv):
 class SMPParallelConv(SMPReparamConv):
     """Full N-d SMP conv (per-filter points) + BN beside a small 'same' conv + BN (the official CIFAR ResNet's
     ``norm1(cconv1(x)) + norm1s(cconv1s(x))``); deploy form ``nn.ConvNd(C_in, C_out, K, bias=True)``."""
+
+    dense_deploy = True
 
     def __init__(
             self,

@@ -1,0 +1,407 @@
+"""Benchmark: our models against real peers, side by side, as ratios measured in one run.
+
+``python -m smpconv_models.bench [--json FILE] [--plot FILE] [--quick] [--rows NAME ...]``
+
+Every row times "ours" and a peer in the same process, alternating repetitions (ours, peer, peer, ours, ...) after
+a warm-up, and reports the medians and ``ratio = peer_time / our_time`` (> 1: we are faster). Each row runs in its own
+process, whose peak resident memory is reported. Rows:
+
+* ``smpconv_t_infer_vs_convnext_tiny``: reparameterized ``smpconv_t`` vs timm ``convnext_tiny``, eval, batch 8, 224,
+  fp32, each in its faster memory format (NCHW or channels_last, picked in the warm-up);
+* ``smpconv_t_train_vs_convnext_tiny``: one training step (forward, backward, AdamW step), batch 8, 224, train mode
+  (SMP kernels generated from their points);
+* ``smpconv_t_eval_cached_vs_reparam``: eval without reparameterization (kernels cached) vs reparameterized;
+* ``cifar_train_vs_mlp_kernel``: ``smpconv_cifar`` training step vs the same network whose kernels come from an
+  MLP kernel generator (FlexConv's MAGNet: 3 multiplicative Gabor layers, 32 hidden units, 33x33), batch 64, 32x32;
+* ``tcn_mnist_train_fft_vs_direct``: ``smpconv_tcn_mnist`` training step at 784 steps (batch 64), FFT vs direct
+  causal convolution.
+
+The machine's fp32 matmul rate (GFLOP/s, 2 flops per multiply-add) is measured too, next to the GMAC/s each model
+achieves (fvcore MACs / time, when fvcore is installed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['ROWS', 'run_bench', 'time_pair', 'matmul_gflops', 'MAGNetKernel', 'use_mlp_kernels', 'main']
+
+_logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------------ timing
+
+def time_pair(ours: Callable[[], Any], peer: Callable[[], Any], reps: int, warmup: int) -> tuple[float, float]:
+    """Median seconds of ``ours`` and ``peer``, alternating which runs first in each repetition."""
+    for _ in range(warmup):
+        ours()
+        peer()
+    t_ours, t_peer = [], []
+    for i in range(reps):
+        order = ((ours, t_ours), (peer, t_peer)) if i % 2 == 0 else ((peer, t_peer), (ours, t_ours))
+        for fn, sink in order:
+            start = time.perf_counter()
+            fn()
+            sink.append(time.perf_counter() - start)
+    return statistics.median(t_ours), statistics.median(t_peer)
+
+
+def _best_format(make_step: Callable[[bool], Callable[[], Any]], reps: int = 2) -> tuple[Callable[[], Any], str]:
+    """The faster of NCHW and channels_last for a step factory ``make_step(channels_last)``."""
+    best, best_t, best_name = None, math.inf, ''
+    for cl in (False, True):
+        step = make_step(cl)
+        step()
+        t = min(_timed(step) for _ in range(reps))
+        if t < best_t:
+            best, best_t, best_name = step, t, 'channels_last' if cl else 'NCHW'
+    return best, best_name
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    """Measured fp32 matmul rate of this machine (2 flops per multiply-add)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    t = min(_timed(lambda: torch.mm(a, b)) for _ in range(reps))
+    return 2 * n ** 3 / t / 1e9
+
+
+def _gmacs(model: nn.Module, x: torch.Tensor) -> float | None:
+    try:
+        from .flops import flop_count_analysis
+    except ImportError:
+        return None
+    try:
+        with torch.no_grad():
+            return flop_count_analysis(model, (x,)).total() / 1e9
+    except Exception as e:  # a model fvcore cannot trace still gets timed
+        _logger.warning('MAC count failed: %s', e)
+        return None
+
+
+# --------------------------------------------------------------------------------- the MLP-kernel peer (MAGNet)
+
+class _GaborFilter(nn.Module):
+    """``exp(-0.5 * sum_d (gamma_d (x_d - mu_d))^2) * sin(W x + b)`` per hidden unit (anisotropic Gabor)."""
+
+    def __init__(self, ndim: int, hidden: int, omega: float = 16.0):
+        super().__init__()
+        self.linear = nn.Linear(ndim, hidden)
+        self.mu = nn.Parameter(torch.rand(hidden, ndim) * 2 - 1)
+        self.gamma = nn.Parameter(torch.distributions.Gamma(4.0, 1.0).sample((hidden, ndim)))
+        with torch.no_grad():
+            self.linear.weight.mul_(omega * self.gamma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        envelope = torch.exp(-0.5 * ((x[:, None, :] - self.mu) * self.gamma).square().sum(-1))
+        return envelope * torch.sin(self.linear(x))
+
+
+class MAGNetKernel(nn.Module):
+    """FlexConv's kernel generator (multiplicative anisotropic Gabor network): ``h1 = g1(x)``,
+    ``h_{l+1} = (W_l h_l + b_l) * g_{l+1}(x)``, output ``W_L h_L + b`` with one value per (C_out, C_in) pair."""
+
+    def __init__(self, ndim: int, out_features: int, hidden: int = 32, layers: int = 3):
+        super().__init__()
+        self.filters = nn.ModuleList(_GaborFilter(ndim, hidden) for _ in range(layers))
+        self.linears = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers - 1))
+        self.out = nn.Linear(hidden, out_features)
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        h = self.filters[0](coords)
+        for linear, gabor in zip(self.linears, self.filters[1:]):
+            h = linear(h) * gabor(coords)
+        return self.out(h)  # [Q, out_features]
+
+
+class _MLPKernelConv(nn.Module):
+    """An ``SMPConv`` replaced by a MAGNet-generated dense kernel (same grid, same 'same' convolution)."""
+
+    def __init__(self, smp_conv: nn.Module):
+        super().__init__()
+        self.in_channels, self.out_channels = smp_conv.in_channels, smp_conv.out_channels
+        self.kernel_size = smp_conv.kernel_size
+        self.register_buffer('coords', smp_conv.kernel_coord.clone(), persistent=False)
+        self.kernel_net = MAGNetKernel(len(self.kernel_size), self.out_channels * self.in_channels)
+        self.bias = smp_conv.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .layers import same_conv
+
+        k = self.kernel_net(self.coords).t().reshape(self.out_channels, self.in_channels, *self.kernel_size)
+        return same_conv(x, k, self.bias)
+
+
+def use_mlp_kernels(model: nn.Module) -> nn.Module:
+    """Replace every per-filter ``SMPConv`` of ``model`` by an MLP (MAGNet) kernel conv, in place."""
+    from .layers import SMPConv
+
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, SMPConv):
+                setattr(module, child_name, _MLPKernelConv(child))
+    return model
+
+
+# ------------------------------------------------------------------------------------------------------ rows
+
+def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer) -> Callable:
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def _row_infer(quick: bool) -> dict[str, Any]:
+    import timm
+
+    from . import models  # noqa: F401
+
+    x = torch.randn(8, 3, 224, 224)
+    ours_model = timm.utils.reparameterize_model(timm.create_model('smpconv_t').eval())
+    peer_model = timm.create_model('convnext_tiny').eval()
+
+    def factory(model):
+        def make(cl: bool):
+            m = model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            xi = x.contiguous(memory_format=torch.channels_last) if cl else x
+
+            def step():
+                with torch.inference_mode():
+                    m(xi)
+            return step
+        return make
+
+    ours, ours_fmt = _best_format(factory(ours_model))
+    peer, peer_fmt = _best_format(factory(peer_model))
+    t_ours, t_peer = time_pair(ours, peer, *_reps(quick, 5))
+    return dict(ours_time=t_ours, peer_time=t_peer, note=f'ours {ours_fmt}, convnext_tiny {peer_fmt}',
+                ours_gmacs=_gmacs(ours_model, x[:1]), peer_gmacs=_gmacs(peer_model, x[:1]), batch=8)
+
+
+def _row_train(quick: bool) -> dict[str, Any]:
+    import timm
+
+    from . import models  # noqa: F401
+    from .layers import smp_param_groups
+
+    x, y = torch.randn(8, 3, 224, 224), torch.randint(0, 1000, (8,))
+
+    def factory(name):
+        def make(cl: bool):
+            torch.manual_seed(0)
+            m = timm.create_model(name).train()
+            if cl:
+                m = m.to(memory_format=torch.channels_last)
+            groups = smp_param_groups(m, 0.05, lr=1e-4) if name.startswith('smpconv') else m.parameters()
+            opt = torch.optim.AdamW(groups, lr=1e-4)
+            return _train_step(m, x.contiguous(memory_format=torch.channels_last) if cl else x, y, opt)
+        return make
+
+    ours, ours_fmt = _best_format(factory('smpconv_t'), reps=1)
+    peer, peer_fmt = _best_format(factory('convnext_tiny'), reps=1)
+    t_ours, t_peer = time_pair(ours, peer, *_reps(quick, 3))
+    return dict(ours_time=t_ours, peer_time=t_peer, note=f'ours {ours_fmt}, convnext_tiny {peer_fmt}', batch=8)
+
+
+def _row_cached(quick: bool) -> dict[str, Any]:
+    import timm
+
+    from . import models  # noqa: F401
+
+    x = torch.randn(8, 3, 224, 224)
+    cached = timm.create_model('smpconv_t').eval()
+    deployed = timm.utils.reparameterize_model(cached)
+
+    def run(m):
+        def step():
+            with torch.inference_mode():
+                m(x)
+        return step
+
+    t_ours, t_peer = time_pair(run(cached), run(deployed), *_reps(quick, 5))
+    return dict(ours_time=t_ours, peer_time=t_peer, note='ours: eval with cached SMP kernels; peer: reparameterized',
+                batch=8)
+
+
+def _row_cifar(quick: bool) -> dict[str, Any]:
+    import timm
+
+    from . import models  # noqa: F401
+    from .layers import smp_param_groups
+
+    x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    torch.manual_seed(0)
+    ours_model = timm.create_model('smpconv_cifar').train()
+    peer_model = use_mlp_kernels(timm.create_model('smpconv_cifar')).train()
+    ours = _train_step(ours_model, x, y, torch.optim.Adam(smp_param_groups(ours_model, 1e-5, lr=1e-3), lr=1e-3))
+    peer = _train_step(peer_model, x, y, torch.optim.Adam(peer_model.parameters(), lr=1e-3))
+    t_ours, t_peer = time_pair(ours, peer, *_reps(quick, 3))
+    return dict(ours_time=t_ours, peer_time=t_peer, batch=64,
+                note='peer: the same network, kernels from MAGNet (3 layers, 32 hidden) instead of SMP points')
+
+
+def _row_tcn(quick: bool) -> dict[str, Any]:
+    import timm
+
+    from . import models  # noqa: F401
+    from .layers import smp_param_groups
+
+    x, y = torch.randn(64, 1, 784), torch.randint(0, 10, (64,))
+
+    def make(fft: bool):
+        torch.manual_seed(0)
+        m = timm.create_model('smpconv_tcn_mnist', use_fft=fft).train()
+        return _train_step(m, x, y, torch.optim.Adam(smp_param_groups(m, 1e-5, lr=1e-4), lr=1e-4))
+
+    t_ours, t_peer = time_pair(make(True), make(False), *_reps(quick, 3))
+    return dict(ours_time=t_ours, peer_time=t_peer, batch=64, note='ours: FFT causal conv; peer: direct conv1d')
+
+
+def _reps(quick: bool, full: int) -> tuple[int, int]:
+    return (3, 1) if quick else (full, 2)
+
+
+ROWS: dict[str, Callable[[bool], dict[str, Any]]] = {
+    'smpconv_t_infer_vs_convnext_tiny': _row_infer,
+    'smpconv_t_train_vs_convnext_tiny': _row_train,
+    'smpconv_t_eval_cached_vs_reparam': _row_cached,
+    'cifar_train_vs_mlp_kernel': _row_cifar,
+    'tcn_mnist_train_fft_vs_direct': _row_tcn,
+}
+
+TARGETS = {
+    'smpconv_t_infer_vs_convnext_tiny': 1.0, 'smpconv_t_train_vs_convnext_tiny': 0.75,
+    'smpconv_t_eval_cached_vs_reparam': 0.9, 'cifar_train_vs_mlp_kernel': 2.5, 'tcn_mnist_train_fft_vs_direct': 3.0,
+}
+
+
+def _child(name: str, quick: bool, queue) -> None:
+    try:
+        result = ROWS[name](quick)
+        result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        queue.put(result)
+    except Exception as e:  # reported as the row's error
+        queue.put({'error': f'{type(e).__name__}: {e}'})
+
+
+def run_bench(rows: list[str] | None = None, quick: bool = False) -> dict[str, Any]:
+    """Run the rows (each in a fresh process) and return ``{'machine': ..., 'rows': [...]}``."""
+    names = rows or list(ROWS)
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise ValueError(f'unknown rows {unknown}; available: {", ".join(ROWS)}')
+    ctx = mp.get_context('spawn')
+    results = []
+    for name in names:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_child, args=(name, quick, queue))
+        proc.start()
+        result = queue.get()
+        proc.join()
+        result = {'name': name, **result}
+        if 'ours_time' in result:
+            result['ratio'] = result['peer_time'] / result['ours_time']
+            result['target'] = TARGETS[name]
+            if result.get('ours_gmacs'):
+                result['ours_gmacs_per_s'] = result['ours_gmacs'] * result['batch'] / result['ours_time']
+            if result.get('peer_gmacs'):
+                result['peer_gmacs_per_s'] = result['peer_gmacs'] * result['batch'] / result['peer_time']
+        results.append(result)
+        _logger.info('%s: %s', name, {k: v for k, v in result.items() if k != 'name'})
+    machine = {
+        'platform': platform.platform(), 'processor': platform.processor() or platform.machine(),
+        'cpus': os.cpu_count(), 'torch': torch.__version__, 'threads': torch.get_num_threads(),
+        'matmul_fp32_gflops': matmul_gflops(),
+    }
+    return {'machine': machine, 'quick': quick, 'rows': results}
+
+
+def format_table(report: dict[str, Any]) -> str:
+    lines = [f"machine: {report['machine']['processor']}, {report['machine']['cpus']} CPUs, torch "
+             f"{report['machine']['torch']}, fp32 matmul {report['machine']['matmul_fp32_gflops']:.1f} GFLOP/s", '',
+             '| row | ours (s) | peer (s) | ratio peer/ours | target | peak RSS (MB) | note |',
+             '| --- | --- | --- | --- | --- | --- | --- |']
+    for r in report['rows']:
+        if 'error' in r:
+            lines.append(f"| {r['name']} | error: {r['error']} | | | | | |")
+            continue
+        note = r.get('note', '')
+        if r.get('ours_gmacs_per_s'):
+            note += f"; ours {r['ours_gmacs_per_s']:.1f} GMAC/s, peer {r.get('peer_gmacs_per_s', 0):.1f} GMAC/s"
+        lines.append(f"| {r['name']} | {r['ours_time']:.4f} | {r['peer_time']:.4f} | {r['ratio']:.2f} | "
+                     f">= {r['target']} | {r['peak_rss_mb']:.0f} | {note} |")
+    return '\n'.join(lines) + '\n'
+
+
+def plot_ratios(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    import matplotlib
+
+    matplotlib.use('Agg', force=False)
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report['rows'] if 'ratio' in r]
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.2))
+    names = [r['name'] for r in rows]
+    ax.barh(names, [r['ratio'] for r in rows], color=['tab:green' if r['ratio'] >= r['target'] else 'tab:red'
+                                                       for r in rows])
+    ax.scatter([r['target'] for r in rows], names, marker='|', s=300, c='k', label='target')
+    ax.axvline(1.0, color='grey', lw=0.8, ls='--')
+    ax.set_xlabel('peer time / our time (> 1: we are faster)')
+    ax.legend(loc='lower right')
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f'.{path.stem}.tmp{path.suffix}')
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m smpconv_models.bench', description=__doc__.split('\n\n')[0])
+    parser.add_argument('--json', default=None, help='write the report as JSON here')
+    parser.add_argument('--plot', default=None, help='write a PNG of the ratios here')
+    parser.add_argument('--quick', action='store_true', help='fewer repetitions (a smoke run, noisier)')
+    parser.add_argument('--rows', nargs='*', default=None, help=f'subset of rows: {", ".join(ROWS)}')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    try:
+        report = run_bench(args.rows, args.quick)
+    except ValueError as e:
+        _logger.error('error: %s', e)
+        return 2
+    report['command'] = ' '.join(['python -m smpconv_models.bench', *(argv if argv is not None else sys.argv[1:])])
+    sys.stdout.write(format_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    if args.plot:
+        plot_ratios(report, args.plot)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

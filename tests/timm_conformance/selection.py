@@ -1,0 +1,34 @@
+"""Which models the timm conformance run covers, and the (test, model) combinations it leaves out.
+
+Side-effect free (unlike :mod:`tests.timm_conformance.plugin`, which patches timm), so the outer test can import it.
+"""
+import fnmatch
+import os
+
+import timm
+import timm.models
+
+import smpconv_models  # noqa: F401  (registers the smpconv_* models)
+
+# (timm test function, model fnmatch pattern) -> reason. The plugin deselects these; none are needed so far.
+EXCLUDED: dict[tuple[str, str], str] = {}
+
+
+def our_models(list_models=timm.list_models) -> list[str]:
+    """Registered models whose entrypoints live in ``smpconv_models`` (narrowed by ``$SMPCONV_TIMM_MODELS``)."""
+    names = [n for n in list_models() if timm.models.model_entrypoint(n).__module__.startswith('smpconv_models.')]
+    patterns = [p.strip() for p in os.environ.get('SMPCONV_TIMM_MODELS', '').split(',') if p.strip()]
+    if patterns:
+        names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
+    return names
+
+
+def registry_module(name: str) -> str:
+    """The module name timm's registry files a model under (the last part of its entrypoint's module)."""
+    from timm.models import _registry
+    return _registry._model_to_module.get(name) or timm.models.model_entrypoint(name).__module__.split('.')[-1]
+
+
+def excluded_reason(test: str, model: str) -> str | None:
+    base = model.split('.', 1)[0]
+    return next((r for (t, p), r in EXCLUDED.items() if t == test and fnmatch.fnmatch(base, p)), None)
