@@ -110,7 +110,14 @@ def _is_complex(value: Any) -> bool:
 
 
 def _const(value: Any) -> Any:
-    return value.toIValue() if value.node().kind() == 'prim::Constant' else None
+    """A traced constant, or a list built from constants (``prim::ListConstruct``); ``None`` otherwise."""
+    node = value.node()
+    if node.kind() == 'prim::Constant':
+        return value.toIValue()
+    if node.kind() == 'prim::ListConstruct':
+        items = [_const(v) for v in node.inputs()]
+        return None if any(i is None for i in items) else items
+    return None
 
 
 def _is_smp_basis(value: Any) -> bool:
@@ -154,6 +161,24 @@ def _fft_handle(kind: str) -> Callable[[list[Any], list[Any]], Counter]:
     return handle
 
 
+def _fftn_handle(kind: str) -> Callable[[list[Any], list[Any]], Counter]:
+    """``aten::fft_{rfftn,irfftn}(input, s, dim, norm)``: :func:`fft_macs` of the ``prod(s)``-point transform per
+    batch row (the 'same' FFT convolution of large dense kernels)."""
+
+    def handle(inputs: list[Any], outputs: list[Any]) -> Counter:
+        ref = _shape(outputs[0])
+        dims = [d % len(ref) for d in (_const(inputs[2]) or range(len(ref)))]
+        sizes = _const(inputs[1])
+        if sizes is None:  # s only known at run time: irfftn's output has it; rfftn's last axis holds s // 2 + 1
+            sizes = [ref[d] for d in dims]
+            if kind == 'rfftn':
+                sizes[-1] = 2 * (sizes[-1] - 1)  # taken as even (the FFT convolution uses even fast sizes)
+        rows = math.prod(n for d, n in enumerate(ref) if d not in dims)
+        return Counter({f'fft_{kind}': fft_macs(max(math.prod(sizes), 1), rows, real=True)})
+
+    return handle
+
+
 def _no_macs(inputs: list[Any], outputs: list[Any]) -> Counter:
     return Counter()
 
@@ -189,6 +214,8 @@ def flop_count_analysis(
         'aten::fft_irfft': _fft_handle('irfft'),
         'aten::fft_fft': _fft_handle('fft'),
         'aten::fft_ifft': _fft_handle('ifft'),
+        'aten::fft_rfftn': _fftn_handle('rfftn'),
+        'aten::fft_irfftn': _fftn_handle('irfftn'),
     })
     analysis.set_op_handle(**handles)
     return analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings('none')

@@ -107,7 +107,10 @@ class SMPReparamConv(nn.Module):
     annotations for them: under ``from __future__ import annotations`` they are strings TorchScript cannot read.)
     """
 
-    dense_deploy: bool = False
+    # Subclasses with a large dense deploy kernel set True (the folded conv then runs through same_conv's FFT). A
+    # TorchScript constant: a class attribute (a string-annotated one in particular) is invisible to the compiler.
+    __constants__ = ['dense_deploy']
+    dense_deploy = False
 
     def _init_branches(self, smp: SMPConvBase | None, small: nn.Module | None, norm_layer, deploy: bool,
                        dd: dict) -> None:

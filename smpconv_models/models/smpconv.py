@@ -20,8 +20,9 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import Tensor
 
-from ..layers import ConvBN, SMPLargeKernelConv2d, fold_bn_into_next_conv, rescale_smp_kernels_
-from ._checkpoint import load_pretrained_file, unwrap_state_dict, validate_for_model
+from ..layers import ConvBN, SMPLargeKernelConv2d, fold_bn_into_next_conv
+from ._checkpoint import unwrap_state_dict, validate_for_model
+from ._common import SMPModelMixin
 
 __all__ = ['SMPConvNet', 'SMPBlock', 'ConvFFN', 'SMPStage']
 
@@ -110,7 +111,7 @@ class SMPStage(nn.Module):
         return self.blocks(x)
 
 
-class SMPConvNet(nn.Module):
+class SMPConvNet(SMPModelMixin, nn.Module):
     """SMPConvNet (ImageNet). Input ``[B, in_chans, H, W]`` (H, W divisible by 32 for the full feature pyramid)."""
 
     def __init__(
@@ -171,15 +172,7 @@ class SMPConvNet(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    @torch.jit.ignore
-    def rescale_kernels(self, scale: float) -> dict[str, tuple[int, ...]]:
-        """Re-sample every SMP kernel on a grid ``scale`` times as fine: the same continuous kernels spanning
-        ``scale`` times as many pixels / steps (fine-tuning at a higher resolution or longer sequences)."""
-        return rescale_smp_kernels_(self, scale)
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {n for n, p in self.named_parameters() if n.endswith(('.weight_coord', '.radius'))}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -263,10 +256,6 @@ class SMPConvNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
-    @torch.jit.ignore
-    def load_pretrained(self, path: str, use_ema: bool = True) -> None:
-        """Load an official SMPConvNet checkpoint (``model_ema`` preferred) or one of ours."""
-        load_pretrained_file(self, path, checkpoint_filter_fn, use_ema=use_ema)
 
 
 _OFFICIAL_RENAMES = [

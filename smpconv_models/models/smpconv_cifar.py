@@ -14,8 +14,9 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import Tensor
 
-from ..layers import SMPParallelConv, rescale_smp_kernels_
-from ._checkpoint import load_pretrained_file, validate_for_model
+from ..layers import SMPParallelConv
+from ._checkpoint import validate_for_model
+from ._common import SMPModelMixin
 from ._official import convert_ckconv_keys, linear_from_pointwise, pop_train_lengths
 
 __all__ = ['SMPConvCifar', 'SMPResBlock']
@@ -42,7 +43,7 @@ class SMPResBlock(nn.Module):
         return self.act(self.conv2(out) + self.shortcut(x))
 
 
-class SMPConvCifar(nn.Module):
+class SMPConvCifar(SMPModelMixin, nn.Module):
     """SMPConv ResNet for 32x32 images. Input ``[B, in_chans, H, W]``; the kernel covers the whole 32x32 image."""
 
     def __init__(
@@ -91,15 +92,7 @@ class SMPConvCifar(nn.Module):
         if kernel_scale != 1.0:
             self.rescale_kernels(kernel_scale)
 
-    @torch.jit.ignore
-    def rescale_kernels(self, scale: float) -> dict[str, tuple[int, ...]]:
-        """Re-sample every SMP kernel on a grid ``scale`` times as fine: the same continuous kernels spanning
-        ``scale`` times as many pixels / steps (fine-tuning at a higher resolution or longer sequences)."""
-        return rescale_smp_kernels_(self, scale)
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {n for n, _ in self.named_parameters() if n.endswith(('.weight_coord', '.radius'))}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -167,10 +160,6 @@ class SMPConvCifar(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
-    @torch.jit.ignore
-    def load_pretrained(self, path: str, use_ema: bool = True) -> None:
-        """Load an official ``Img_ResNet`` checkpoint or one of ours (see ``load_pretrained_file``)."""
-        load_pretrained_file(self, path, checkpoint_filter_fn, use_ema=use_ema)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module, validate: bool = True

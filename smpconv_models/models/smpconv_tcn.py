@@ -19,8 +19,9 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import Tensor
 
-from ..layers import SMPParallelCausalConv1d, rescale_smp_kernels_
-from ._checkpoint import load_pretrained_file, shipped_weights, validate_for_model
+from ..layers import SMPParallelCausalConv1d
+from ._checkpoint import shipped_weights, validate_for_model
+from ._common import SMPModelMixin
 from ._official import convert_ckconv_keys, pop_train_lengths
 
 __all__ = ['SMPConvTCN', 'TCNBlock']
@@ -63,7 +64,7 @@ class TCNBlock(nn.Module):
         return self.act(out + self.shortcut(x))
 
 
-class SMPConvTCN(nn.Module):
+class SMPConvTCN(SMPModelMixin, nn.Module):
     """SMPConv TCN for sequences ``[B, in_chans, L]`` (or ``[B, in_chans, 1, L]``, see the module docstring);
     ``seq_len`` is the kernel length (the training length)."""
 
@@ -122,15 +123,7 @@ class SMPConvTCN(nn.Module):
         nn.init.zeros_(head.bias)
         return head
 
-    @torch.jit.ignore
-    def rescale_kernels(self, scale: float) -> dict[str, tuple[int, ...]]:
-        """Re-sample every SMP kernel on a grid ``scale`` times as fine: the same continuous kernels spanning
-        ``scale`` times as many pixels / steps (fine-tuning at a higher resolution or longer sequences)."""
-        return rescale_smp_kernels_(self, scale)
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {n for n, _ in self.named_parameters() if n.endswith(('.weight_coord', '.radius'))}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -217,10 +210,6 @@ class SMPConvTCN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
-    @torch.jit.ignore
-    def load_pretrained(self, path: str, use_ema: bool = True) -> None:
-        """Load an official ``SeqData_TCN`` checkpoint or one of ours (see ``load_pretrained_file``)."""
-        load_pretrained_file(self, path, checkpoint_filter_fn, use_ema=use_ema)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module, validate: bool = True

@@ -18,7 +18,7 @@ Environment:
 * ``SMPCONV_TIMM_SDIST`` (a ``timm-<version>.tar.gz``) or ``SMPCONV_TIMM_TEST_MODELS`` (a ``test_models.py``):
   use these instead of downloading;
 * ``SMPCONV_TIMM_CONFORMANCE_FULL=1``: also run ``test_prune_intermediate_layers_contract``, which timm's own CI
-  leaves out as slow (no marker; it prunes every model at every feature index: ~20 minutes on 2 CPU cores);
+  leaves out as slow (no marker; it prunes every model at every feature index: about as long again as the default run);
 * ``SMPCONV_TIMM_MODELS=pattern,...``: only these models (local debugging; the coverage checks follow).
 * ``SMPCONV_TIMM_WORKERS=N``: run the subprocess with pytest-xdist (``-n N``).
 """

@@ -22,7 +22,6 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 import timm
 import timm.models
 from timm.models import _registry
@@ -65,11 +64,15 @@ _MARKERS = ('base', 'cfg', 'cfg_nonstd', 'forward', 'backward', 'torchscript', '
             'timeout(seconds): per-test timeout (needs pytest-timeout; ignored otherwise)')
 
 
+# what the outer test reads: our models and modules, the selection, and per test id its outcome, duration and
+# failure / skip messages
+REPORT: dict = {'models': OUR_MODELS, 'modules': OUR_MODULES, 'timm': timm.__version__, 'collected': [],
+                'deselected': 0, 'excluded': {}, 'results': {}}
+
+
 def pytest_configure(config):
     for marker in _MARKERS:
         config.addinivalue_line('markers', marker)
-    config._smpconv_timm_report = {'models': OUR_MODELS, 'modules': OUR_MODULES, 'timm': timm.__version__,
-                                   'collected': [], 'deselected': [], 'excluded': {}, 'results': {}}
 
 
 def _model_param(item) -> str | None:
@@ -79,7 +82,7 @@ def _model_param(item) -> str | None:
 
 
 def pytest_collection_modifyitems(config, items):
-    report = config._smpconv_timm_report
+    report = REPORT
     keep, drop = [], []
     for item in items:
         name = _model_param(item)
@@ -100,8 +103,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_runtest_logreport(report):
-    results = pytest_runtest_logreport.config._smpconv_timm_report['results']
-    entry = results.setdefault(report.nodeid, {'outcome': 'passed', 'duration': 0.0})
+    entry = REPORT['results'].setdefault(report.nodeid, {'outcome': 'passed', 'duration': 0.0})
     entry['duration'] += report.duration
     if report.when == 'call' or report.outcome != 'passed':
         if entry['outcome'] == 'passed':
@@ -117,13 +119,7 @@ def _short_repr(report) -> str:
     return text[-3000:]
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionstart(session):
-    pytest_runtest_logreport.config = session.config
-
-
 def pytest_sessionfinish(session, exitstatus):
     path = os.environ.get('SMPCONV_TIMM_REPORT')
     if path and not hasattr(session.config, 'workerinput'):  # xdist workers report through the controller
-        report = dict(session.config._smpconv_timm_report, exitstatus=int(exitstatus))
-        Path(path).write_text(json.dumps(report, indent=1))
+        Path(path).write_text(json.dumps(dict(REPORT, exitstatus=int(exitstatus)), indent=1))

@@ -1,0 +1,36 @@
+"""What every smpconv model family shares beyond timm's API: point-parameter helpers and checkpoint loading."""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from ..layers import rescale_smp_kernels_
+from ._checkpoint import load_pretrained_file
+
+__all__ = ['SMPModelMixin']
+
+
+class SMPModelMixin:
+    """Mixed into the model classes: kernel re-sampling, no weight decay on points, official checkpoint loading
+    through the family's ``checkpoint_filter_fn`` (looked up in the model's module)."""
+
+    @torch.jit.ignore
+    def rescale_kernels(self, scale: float) -> dict[str, tuple[int, ...]]:
+        """Re-sample every SMP kernel on a grid ``scale`` times as fine: the same continuous kernels spanning
+        ``scale`` times as many pixels / steps (fine-tuning at a higher resolution or longer sequences)."""
+        return rescale_smp_kernels_(self, scale)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Point positions and radii (the official training applies no weight decay to them)."""
+        return {n for n, _ in self.named_parameters() if n.endswith(('.weight_coord', '.radius'))}
+
+    @torch.jit.ignore
+    def load_pretrained(self, path: str, use_ema: bool = True) -> None:
+        """Load an official checkpoint of this family (``model_ema`` preferred) or one of ours, converting keys."""
+        filter_fn = sys.modules[type(self).__module__].checkpoint_filter_fn
+        load_pretrained_file(self, path, filter_fn, use_ema=use_ema)
+
+
+
