@@ -37,19 +37,28 @@ def prefers_channels_last(x: Tensor, kernel_size: int) -> bool:
 FFT_CONV_MIN_TAPS = 121
 
 
-def use_fft_conv(weight: Tensor, groups: int, min_taps: int = FFT_CONV_MIN_TAPS) -> bool:
-    """Whether :func:`same_conv` takes the FFT path: dense convolutions with large kernels."""
+def use_fft_conv(x: Tensor, weight: Tensor, groups: int, min_taps: int = FFT_CONV_MIN_TAPS) -> bool:
+    """Whether :func:`same_conv` takes the FFT path: dense convolutions with large kernels, and large depthwise
+    kernels while autograd records (the direct depthwise backward dominates a training step: 31x31 on
+    [8, 96, 56, 56] fwd+bwd took 2.0 s in channels_last and 0.15 s through the FFT here)."""
     taps = 1
     for k in weight.shape[2:]:
         taps *= k
-    return groups == 1 and taps >= min_taps
+    if taps < min_taps:
+        return False
+    if groups == 1:
+        return True
+    depthwise = groups == x.shape[1] and weight.shape[0] == groups and weight.shape[1] == 1
+    return depthwise and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
 
 
-def fft_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """'Same'-padded dense N-d cross-correlation through the FFT (exact up to rounding, any sizes).
+def fft_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1) -> Tensor:
+    """'Same'-padded N-d cross-correlation through the FFT (exact up to rounding, any sizes), dense (``groups=1``)
+    or depthwise (``groups = C``).
 
-    Transforms at fast (7-smooth) sizes ``>= H + K - 1`` per axis, so no circular wrap reaches the kept outputs, and
-    mixes channels per frequency with one batched complex matmul. Half-precision inputs are transformed in float32.
+    Transforms at fast (7-smooth) sizes ``>= H + K - 1`` per axis, so no circular wrap reaches the kept outputs;
+    dense convolutions mix channels per frequency with one batched complex matmul, depthwise ones multiply
+    elementwise. Half-precision inputs are transformed in float32.
     """
     nd = weight.dim() - 2
     sizes: list[int] = []
@@ -67,9 +76,13 @@ def fft_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tens
     perm_w += [1, 0]  # [*F, Cin, Cout]
     out_dtype = torch.result_type(x, weight)
     compute = torch.promote_types(out_dtype, torch.float32)
-    xf = torch.fft.rfftn(x.to(compute), s=sizes, dim=dims)
+    xf = torch.fft.rfftn(x.to(compute).contiguous(), s=sizes, dim=dims)
     wf = torch.fft.rfftn(weight.to(compute).flip(dims), s=sizes, dim=dims)  # convolution with the flipped kernel
-    y = torch.fft.irfftn(torch.matmul(xf.permute(perm_x), wf.permute(perm_w)).permute(perm_y), s=sizes, dim=dims)
+    if groups == 1:
+        yf = torch.matmul(xf.permute(perm_x), wf.permute(perm_w)).permute(perm_y)
+    else:
+        yf = xf * wf.transpose(0, 1)  # depthwise: [B, C, *F] * [1, C, *F]
+    y = torch.fft.irfftn(yf, s=sizes, dim=dims)
     for d in range(nd):
         y = y.narrow(2 + d, weight.shape[2 + d] // 2, x.shape[2 + d])
     if bias is not None:
@@ -80,11 +93,12 @@ def fft_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tens
 def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1) -> Tensor:
     """'Same'-padded N-d cross-correlation (odd kernel sizes, 1-3 spatial dims).
 
-    Dense large kernels go through the FFT (:func:`fft_same_conv`); large 2-d depthwise kernels run in channels_last.
+    Large dense kernels, and large depthwise ones in training, go through the FFT (:func:`fft_same_conv`); other
+    large 2-d depthwise kernels run in channels_last.
     """
     nd = weight.dim() - 2
-    if use_fft_conv(weight, groups):
-        return fft_same_conv(x, weight, bias)
+    if use_fft_conv(x, weight, groups):
+        return fft_same_conv(x, weight, bias, groups)
     padding = [k // 2 for k in weight.shape[2:]]
     if nd == 1:
         return F.conv1d(x, weight, bias, padding=padding, groups=groups)
