@@ -372,13 +372,9 @@ def plot_ratios(report: dict[str, Any], path: str | os.PathLike) -> Path:
     ax.axvline(1.0, color='grey', lw=0.8, ls='--')
     ax.set_xlabel('peer time / our time (> 1: we are faster)')
     ax.legend(loc='lower right')
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f'.{path.stem}.tmp{path.suffix}')
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    from .viz import save_figure
+
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

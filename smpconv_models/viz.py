@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from .layers import SMPConvBase
 
-__all__ = ['plot_kernels']
+__all__ = ['plot_kernels', 'save_figure']
 
 
 @torch.no_grad()
@@ -47,6 +47,13 @@ def plot_kernels(model: nn.Module, path: str | os.PathLike, max_layers: int = 4)
         else:
             ax.imshow(kernel[0, 0, kernel.shape[2] // 2], cmap='RdBu_r')
         ax.set_title(f'{name}\n{layer.n_points} points, kernel {tuple(layer.kernel_size)}', fontsize=8)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Save a matplotlib figure as PNG atomically (write a sibling, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f'.{path.stem}.tmp{path.suffix}')

@@ -27,6 +27,18 @@ class SMPModelMixin:
         return {n for n, _ in self.named_parameters() if n.endswith(('.weight_coord', '.radius'))}
 
     @torch.jit.ignore
+    def get_classifier(self):
+        """The classifier layer (``head.fc`` of a timm ``ClassifierHead``; families with another head override)."""
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new ``num_classes`` head (and pooling) that follows the model's device, dtype and train / eval mode."""
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
+        p = next(self.parameters(), None)
+        self.head.to(**({} if p is None else dict(device=p.device, dtype=p.dtype))).train(self.training)
+
+    @torch.jit.ignore
     def load_pretrained(self, path: str, use_ema: bool = True) -> None:
         """Load an official checkpoint of this family (``model_ema`` preferred) or one of ours, converting keys."""
         filter_fn = sys.modules[type(self).__module__].checkpoint_filter_fn

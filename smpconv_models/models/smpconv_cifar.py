@@ -102,16 +102,6 @@ class SMPConvCifar(SMPModelMixin, nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
-        p = next(self.parameters(), None)  # a new classifier follows the model's device, dtype and train / eval mode
-        self.head.to(**({} if p is None else dict(device=p.device, dtype=p.dtype))).train(self.training)
-
     def forward_intermediates(
             self,
             x: Tensor,
