@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .fused import activation_name, cached_eval_value, conv2d_act, folds_in_eval
 from .reparam import fuse_bn
 
 __all__ = ['ConvBN']
@@ -14,7 +15,8 @@ class ConvBN(nn.Module):
     """``act(bn(conv(x)))`` with 'same'-style padding ``k // 2``; ``reparameterize()`` folds the BN into the conv.
 
     Submodule names (``conv``, ``bn``) follow the official checkpoints' ``conv_bn`` / ``conv_bn_relu`` blocks.
-    ``deploy=True`` builds the folded form (conv with bias, no BN) directly.
+    ``deploy=True`` builds the folded form (conv with bias, no BN) directly. In eval mode without autograd the BN is
+    folded on the fly (cached) and the activation fused into the convolution (:func:`conv2d_act`).
     """
 
     def __init__(
@@ -35,16 +37,39 @@ class ConvBN(nn.Module):
                               bias=deploy, device=device, dtype=dtype)
         self.bn = nn.Identity() if deploy else norm_layer(out_channels, device=device, dtype=dtype)
         self.act = act_layer() if act_layer is not None else nn.Identity()
+        self._eval_cache = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting() and self._folds_in_eval(x):
+            weight, bias = cached_eval_value(self, self.folded_weight_bias)
+            return self.conv_act(x, weight, bias)
         return self.act(self.bn(self.conv(x)))
+
+    def _folds_in_eval(self, x: Tensor) -> bool:
+        if activation_name(self.act) is None or not folds_in_eval(self, x):
+            return False
+        return isinstance(self.bn, nn.Identity) or getattr(self.bn, 'running_mean', None) is not None
+
+    def conv_act(self, x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None = None) -> Tensor:
+        """``act(conv(x) + residual)`` with this layer's geometry and a given (folded) ``weight`` and ``bias``."""
+        c = self.conv
+        return conv2d_act(x, weight, bias, list(c.stride), list(c.padding), c.groups, activation_name(self.act),
+                          residual)
+
+    @torch.no_grad()
+    def folded_weight_bias(self) -> tuple[Tensor, Tensor | None]:
+        """Weight and bias of the conv with the eval-mode BatchNorm folded in."""
+        if isinstance(self.bn, nn.Identity):
+            return self.conv.weight, self.conv.bias
+        return fuse_bn(self.conv.weight, self.conv.bias, self.bn)
 
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Fold the BatchNorm into the conv (idempotent)."""
         if isinstance(self.bn, nn.Identity):
             return
-        weight, bias = fuse_bn(self.conv.weight, self.conv.bias, self.bn)
+        weight, bias = self.folded_weight_bias()
         self.conv.weight.copy_(weight)
         self.conv.bias = nn.Parameter(bias)
         self.bn = nn.Identity()
+        self._eval_cache = None

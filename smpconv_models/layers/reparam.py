@@ -17,11 +17,12 @@ from torch import Tensor
 
 from .causal_conv import causal_conv1d
 from .conv import check_conv_input, prefers_channels_last, same_conv
+from .fused import cached_eval_value, folds_in_eval
 from .smp_conv import SMPCausalConv1d, SMPConv, SMPConvBase, SMPDepthwiseConv2d
 
 __all__ = [
-    'fuse_bn', 'fold_bn_into_next_conv', 'CausalConv1d', 'SMPReparamConv', 'SMPLargeKernelConv2d', 'SMPParallelConv',
-    'SMPParallelCausalConv1d',
+    'fuse_bn', 'fuse_pre_bn', 'fold_bn_into_next_conv', 'CausalConv1d', 'SMPReparamConv', 'SMPLargeKernelConv2d',
+    'SMPParallelConv', 'SMPParallelCausalConv1d',
 ]
 
 
@@ -48,24 +49,31 @@ def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
     return scale, beta - bn.running_mean * scale
 
 
-@torch.no_grad()
-def fold_bn_into_next_conv(bn: nn.modules.batchnorm._BatchNorm, conv: nn.Conv2d | nn.Conv1d | nn.Linear) -> None:
-    """Fold an eval-mode BatchNorm that directly precedes a pointwise conv (or linear layer) into it, in place.
+def fuse_pre_bn(weight: Tensor, bias: Tensor | None, bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+    """Fold an eval-mode BatchNorm that directly precedes a pointwise conv (or linear layer) into its weight and bias.
 
     Exact only for kernels without spatial extent (1x1, no padding) and ``groups=1``:
     ``conv(x * s + t) = conv'(x)`` with ``w' = w * s`` over input channels and ``b' = b + w @ t``.
     """
-    weight = conv.weight
-    if isinstance(conv, nn.modules.conv._ConvNd) and (conv.groups != 1 or any(k != 1 for k in conv.kernel_size)):
-        raise ValueError('a preceding BatchNorm folds exactly only into a pointwise conv with groups=1')
     scale, shift = _bn_affine(bn)
     w2d = weight.reshape(weight.shape[0], weight.shape[1])
-    new_bias = w2d @ shift + (conv.bias if conv.bias is not None else 0.0)
-    conv.weight.mul_(scale.reshape(1, -1, *(1,) * (weight.dim() - 2)))
+    new_bias = w2d @ shift
+    if bias is not None:
+        new_bias = new_bias + bias
+    return weight * scale.reshape(1, -1, *(1,) * (weight.dim() - 2)), new_bias
+
+
+@torch.no_grad()
+def fold_bn_into_next_conv(bn: nn.modules.batchnorm._BatchNorm, conv: nn.Conv2d | nn.Conv1d | nn.Linear) -> None:
+    """In place: :func:`fuse_pre_bn` into ``conv`` (a pointwise conv with ``groups=1``, or a linear layer)."""
+    if isinstance(conv, nn.modules.conv._ConvNd) and (conv.groups != 1 or any(k != 1 for k in conv.kernel_size)):
+        raise ValueError('a preceding BatchNorm folds exactly only into a pointwise conv with groups=1')
+    weight, bias = fuse_pre_bn(conv.weight, conv.bias, bn)
+    conv.weight.copy_(weight)
     if conv.bias is None:
-        conv.bias = nn.Parameter(new_bias)
+        conv.bias = nn.Parameter(bias)
     else:
-        conv.bias.copy_(new_bias)
+        conv.bias.copy_(bias)
 
 
 @register_notrace_module  # torch.fx leaf: input checks and size-dependent (FFT / direct) paths
@@ -114,6 +122,7 @@ class SMPReparamConv(nn.Module):
 
     def _init_branches(self, smp: SMPConvBase | None, small: nn.Module | None, norm_layer, deploy: bool,
                        dd: dict) -> None:
+        self._eval_cache = None
         if deploy:
             self.reparam_conv = self._make_deploy_conv(**dd)
             self.smp = None
@@ -142,7 +151,20 @@ class SMPReparamConv(nn.Module):
             if self.dense_deploy:  # a large dense kernel: same_conv picks the FFT
                 return same_conv(x, self.reparam_conv.weight, self.reparam_conv.bias)
             return self.reparam_conv(x)
+        if not torch.jit.is_scripting() and self._folds_in_eval(x):
+            # eval without autograd: the folded kernel, cached until a parameter or statistic changes
+            weight, bias = cached_eval_value(self, self.fused_kernel_bias)
+            return self._folded_conv(x, weight, bias)
         return self.smp(x) + self.small_conv(x)
+
+    def _folds_in_eval(self, x: Tensor) -> bool:
+        if not folds_in_eval(self, x):
+            return False
+        return self.smp.bn.running_mean is not None and self.small_conv.bn.running_mean is not None
+
+    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """The deploy convolution with a given folded ``weight`` and ``bias``."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def fused_kernel_bias(self) -> tuple[Tensor, Tensor]:
@@ -164,6 +186,7 @@ class SMPReparamConv(nn.Module):
         conv.weight.copy_(weight)
         conv.bias.copy_(bias)
         self.reparam_conv = conv
+        self._eval_cache = None
         self.smp = None
         self.small_conv = None
 
@@ -218,6 +241,10 @@ class SMPLargeKernelConv2d(SMPReparamConv):
         dd = dict(device=device, dtype=dtype)
         return nn.Conv2d(self.channels, self.channels, k, padding=k // 2, groups=self.channels, bias=True, **dd)
 
+    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        k = self.kernel_size[0]
+        return F.conv2d(x, weight, bias, padding=k // 2, groups=self.channels)
+
 
 @register_notrace_module
 class SMPParallelConv(SMPReparamConv):
@@ -267,6 +294,9 @@ class SMPParallelConv(SMPReparamConv):
         conv_cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self.ndim - 1]
         return conv_cls(self.in_channels, self.out_channels, k, padding=k // 2, bias=True, **dd)
 
+    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return same_conv(x, weight, bias)
+
 
 @register_notrace_module
 class SMPParallelCausalConv1d(SMPReparamConv):
@@ -308,6 +338,9 @@ class SMPParallelCausalConv1d(SMPReparamConv):
     def _make_deploy_conv(self, device=None, dtype=None) -> nn.Module:
         dd = dict(device=device, dtype=dtype)
         return CausalConv1d(self.in_channels, self.out_channels, self.kernel_size[0], bias=True, fft=self.fft, **dd)
+
+    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return causal_conv1d(x, weight, bias, fft=self.fft)
 
 
 def _check_small(kernel_size: int, small_kernel_size: int, name: str) -> None:

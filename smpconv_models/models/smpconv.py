@@ -20,7 +20,8 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import Tensor
 
-from ..layers import ConvBN, SMPLargeKernelConv2d, fold_bn_into_next_conv
+from ..layers import ConvBN, SMPLargeKernelConv2d, fold_bn_into_next_conv, fuse_pre_bn
+from ..layers.fused import activation_name, cached_eval_value, conv2d_act, folds_in_eval
 from ._checkpoint import unwrap_state_dict, validate_for_model
 from ._common import SMPModelMixin
 
@@ -35,6 +36,19 @@ def _fold_pre_bn(module: nn.Module, bn_name: str, conv_bn: ConvBN) -> None:
     conv_bn.reparameterize()
     fold_bn_into_next_conv(bn, conv_bn.conv)
     setattr(module, bn_name, nn.Identity())
+    module._eval_cache = None
+
+
+def _folded(pre_bn: nn.Module, conv_bn: ConvBN) -> tuple[Tensor, Tensor | None]:
+    """Weight and bias of ``conv_bn`` (1x1) with its own BN and the eval-mode BN before it folded in."""
+    weight, bias = conv_bn.folded_weight_bias()
+    if isinstance(pre_bn, nn.Identity):
+        return weight, bias
+    return fuse_pre_bn(weight, bias, pre_bn)
+
+
+def _bns_foldable(module: nn.Module) -> bool:
+    return all(m.running_mean is not None for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
 
 class SMPBlock(nn.Module):
@@ -51,10 +65,19 @@ class SMPBlock(nn.Module):
         self.lk_nonlinear = nn.ReLU()
         self.pw2 = ConvBN(dim, dim, 1, deploy=deploy, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self._eval_cache = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting() and folds_in_eval(self, x) and _bns_foldable(self):
+            # inference: pre-BN and BNs folded (cached), ReLU and the residual add fused into the 1x1 convs
+            w1, b1, w2, b2 = cached_eval_value(self, self._folded_weights)
+            out = torch.relu_(self.large_kernel(self.pw1.conv_act(x, w1, b1)))
+            return self.pw2.conv_act(out, w2, b2, residual=x)
         out = self.pw2(self.lk_nonlinear(self.large_kernel(self.pw1(self.prelkb_bn(x)))))
         return x + self.drop_path(out)
+
+    def _folded_weights(self) -> tuple:
+        return _folded(self.prelkb_bn, self.pw1) + self.pw2.folded_weight_bias()
 
     @torch.no_grad()
     def reparameterize(self) -> None:
@@ -73,9 +96,19 @@ class ConvFFN(nn.Module):
         self.nonlinear = nn.GELU()
         self.pw2 = ConvBN(hidden_dim, dim, 1, deploy=deploy, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self._eval_cache = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if (not torch.jit.is_scripting() and activation_name(self.nonlinear) == 'gelu' and folds_in_eval(self, x)
+                and _bns_foldable(self)):
+            # inference: pre-BN and BNs folded (cached), GELU and the residual add fused into the 1x1 convs
+            w1, b1, w2, b2 = cached_eval_value(self, self._folded_weights)
+            h = conv2d_act(x, w1, b1, [1, 1], [0, 0], 1, 'gelu')
+            return self.pw2.conv_act(h, w2, b2, residual=x)
         return x + self.drop_path(self.pw2(self.nonlinear(self.pw1(self.preffn_bn(x)))))
+
+    def _folded_weights(self) -> tuple:
+        return _folded(self.preffn_bn, self.pw1) + self.pw2.folded_weight_bias()
 
     @torch.no_grad()
     def reparameterize(self) -> None:

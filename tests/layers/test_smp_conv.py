@@ -73,8 +73,8 @@ def test_reparameterize_matches_eval_output():
     nn.init.normal_(block.small_conv.conv.weight, std=0.2)
     block.eval()
     x = torch.randn(2, 8, 24, 24)
+    ref = block(x).detach()  # autograd recording: the two branches, not the eval-mode folded kernel
     with torch.no_grad():
-        ref = block(x)
         block.reparameterize()
         out = block(x)
     assert block.smp is None and block.small_conv is None
@@ -91,8 +91,8 @@ def test_timm_reparameterize_model_and_deploy_load():
     randomize_bn_(model)
     model.eval()
     x = torch.randn(1, 4, 16, 16)
+    ref = model(x).detach()
     with torch.no_grad():
-        ref = model(x)
         deployed = timm.utils.reparameterize_model(model)
         assert rel_err(deployed(x), ref) <= 1e-5
     assert not any(isinstance(m, SMPDepthwiseConv2d) for m in deployed.modules())
@@ -226,8 +226,8 @@ def test_parallel_branches_reparameterize(make, x):
     if block.smp.conv.bias is not None:
         nn.init.normal_(block.smp.conv.bias)
     block.eval()
+    ref = block(x).detach()
     with torch.no_grad():
-        ref = block(x)
         deployed = timm.utils.reparameterize_model(nn.Sequential(block))[0]  # it converts children of its argument
         out = deployed(x)
     assert deployed.smp is None and not any(isinstance(m, SMPConvBase) for m in deployed.modules())

@@ -1,0 +1,113 @@
+"""Inference fast paths: a 2-d convolution with its bias, activation and residual add in one oneDNN call on CPU,
+and per-module caches of eval-mode folded weights (BatchNorms folded on the fly, recomputed only on change)."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ['conv2d_act', 'activation_name', 'needs_grad', 'folds_in_eval', 'cached_eval_value']
+
+# oneDNN post-op names and algorithms of the activations we fuse (exact, erf-based GELU only).
+_ONEDNN_ACTS = {'none': ('none', ''), 'relu': ('relu', ''), 'gelu': ('gelu', 'none')}
+
+
+def activation_name(act: nn.Module) -> str | None:
+    """``'none'``, ``'relu'`` or ``'gelu'`` for activations :func:`conv2d_act` computes, else ``None``."""
+    if isinstance(act, nn.Identity):
+        return 'none'
+    if isinstance(act, nn.ReLU):
+        return 'relu'
+    if isinstance(act, nn.GELU) and act.approximate == 'none':
+        return 'gelu'
+    return None
+
+
+def needs_grad(x: Tensor, tensors: Sequence[Tensor]) -> bool:
+    """Whether autograd would record an op on ``x`` and ``tensors``."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in tensors))
+
+
+def folds_in_eval(module: nn.Module, x: Any) -> bool:
+    """Whether ``module`` may run its folded inference form on ``x``: eval mode, no autograd, not while ``torch.fx``
+    or ``torch.jit.trace`` records (traces and FLOP counts see the modules as they are), and no forward hook on a
+    submodule (a hook on an inner conv or BatchNorm still fires: the plain path runs)."""
+    if not isinstance(x, Tensor) or module.training or torch.jit.is_tracing():
+        return False
+    if needs_grad(x, list(module.parameters())) or _global_hooks():
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in module.modules() if m is not module)
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as module_mod
+
+    return bool(module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks)
+
+
+def _onednn_fusable(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None) -> bool:
+    if x.device.type != 'cpu' or x.dim() != 4 or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return False
+    # traced graphs (fvcore FLOP counts, torch.jit.trace) and autocast see the plain ops
+    if torch.jit.is_tracing() or torch.is_autocast_enabled('cpu'):
+        return False
+    tensors = [weight] + ([bias] if bias is not None else []) + ([residual] if residual is not None else [])
+    return not needs_grad(x, tensors)
+
+
+def conv2d_act(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int], padding: list[int], groups: int,
+               act: str = 'none', residual: Tensor | None = None) -> Tensor:
+    """``act(conv2d(x, weight, bias) + residual)`` (``residual`` optional, ``act`` in ``'none'/'relu'/'gelu'``).
+
+    On CPU in fp32 without autograd, one oneDNN convolution with the activation / residual add as post-ops (one
+    pass over the output instead of two or three); elsewhere the plain ops. Same values either way (up to rounding).
+    """
+    if not torch.jit.is_scripting() and _onednn_fusable(x, weight, bias, residual):
+        name, algorithm = _ONEDNN_ACTS[act]
+        dilation = [1] * len(stride)
+        if residual is None:
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, weight, bias, padding, stride, dilation, groups, name, [], algorithm)
+        if act == 'none':
+            fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, residual.contiguous(memory_format=fmt), weight, bias, padding, stride, dilation, groups, 'add',
+                None, None, [], None)
+    y = F.conv2d(x, weight, bias, stride, padding, 1, groups)
+    if residual is not None:
+        y = y + residual
+    if act == 'relu':
+        y = F.relu(y)
+    elif act == 'gelu':
+        y = F.gelu(y)
+    return y
+
+
+def _tensor_key(tensors: Sequence[Tensor]) -> tuple:
+    key: list[Any] = [torch.is_inference_mode_enabled()]
+    for t in tensors:
+        key += [t.data_ptr(), t._version, t.dtype, t.device, t.shape]
+    return tuple(key)
+
+
+def cached_eval_value(module: nn.Module, compute: Callable[[], Any]) -> Any:
+    """``compute()`` (run without autograd) cached on ``module`` until one of its parameters or buffers changes.
+
+    The key is each tensor's storage pointer, version counter, dtype, device and shape, which every in-place update
+    (optimizer step, ``load_state_dict``), ``.data`` replacement and ``.to()`` changes. Stored in the module's
+    ``_eval_cache`` attribute (set it to ``None`` in ``__init__``; not part of the state dict).
+    """
+    key = _tensor_key(list(module.parameters()) + list(module.buffers()))
+    cache = module._eval_cache
+    if cache is not None and cache[0] == key:
+        return cache[1]
+    with torch.no_grad():
+        value = compute()
+    module._eval_cache = (key, value)
+    return value
