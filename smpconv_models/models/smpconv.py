@@ -237,7 +237,7 @@ class SMPConvNet(SMPModelMixin, nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        x = self.stem(x)
+        x = self.forward_stem(x)
         last_idx = len(self.stages) - 1
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
         feat_idx = 0
@@ -265,8 +265,23 @@ class SMPConvNet(SMPModelMixin, nn.Module):
             self.num_classes = 0
         return take_indices
 
+    # Above 32 MB glibc's allocator maps fresh, page-faulting memory for every tensor of every forward; the stem's
+    # 112x112 activations pass that size from batch 7 on at 224x224. In inference on CPU the stem runs in
+    # micro-batches of at most this many bytes of activations (same values; ~8% of a batch-8 forward here).
+    stem_chunk_bytes = 16 * 2 ** 20
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        """The stem (on CPU in inference, in micro-batches: see ``stem_chunk_bytes``)."""
+        if (not torch.jit.is_scripting() and x.device.type == 'cpu' and x.dim() == 4 and x.shape[0] > 1
+                and not (self.stem._forward_hooks or self.stem._forward_pre_hooks) and folds_in_eval(self.stem, x)):
+            per_image = self.stem[0].conv.out_channels * -(-x.shape[-2] // 2) * -(-x.shape[-1] // 2) * x.element_size()
+            chunk = max(1, self.stem_chunk_bytes // per_image)
+            if chunk < x.shape[0]:
+                return torch.cat([self.stem(part) for part in x.split(chunk)])
+        return self.stem(x)
+
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self.stem(x)
+        x = self.forward_stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.stages, x)
         else:

@@ -170,3 +170,22 @@ def test_hooks_on_inner_modules_still_fire():
     with torch.no_grad():
         block(torch.randn(1, 4, 5, 5))
     assert seen == [torch.Size([1, 16, 5, 5])]
+
+
+def test_stem_micro_batches_in_cpu_inference():
+    model = timm.create_model('smpconv_t', depths=(1, 1, 1, 1), dims=(8, 16, 16, 16), kernel_sizes=(7, 7, 7, 7),
+                              num_classes=5)
+    randomize_bn_(model)
+    model.eval()
+    x = torch.randn(5, 3, 32, 32)
+    per_image = 8 * 16 * 16 * 4
+    model.stem_chunk_bytes = 2 * per_image  # micro-batches of 2 images
+    calls = []
+    stem_forward = model.stem.forward
+    model.stem.forward = lambda t: calls.append(t.shape[0]) or stem_forward(t)
+    with torch.no_grad():
+        out = model(x)
+    assert calls == [2, 2, 1]
+    calls.clear()
+    torch.testing.assert_close(out, plain(model, x), rtol=1e-4, atol=1e-5)
+    assert calls == [5]  # with autograd recording: one call
