@@ -10,7 +10,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['conv2d_act', 'activation_name', 'needs_grad', 'folds_in_eval', 'cached_eval_value']
+__all__ = [
+    'conv2d_act', 'activation_name', 'needs_grad', 'folds_in_eval', 'cached_eval_value', 'micro_batch_size',
+    'MICRO_BATCH_BYTES',
+]
 
 # oneDNN post-op names and algorithms of the activations we fuse (exact, erf-based GELU only).
 _ONEDNN_ACTS = {'none': ('none', ''), 'relu': ('relu', ''), 'gelu': ('gelu', 'none')}
@@ -111,3 +114,17 @@ def cached_eval_value(module: nn.Module, compute: Callable[[], Any]) -> Any:
         value = compute()
     module._eval_cache = (key, value)
     return value
+
+
+# Above 32 MB glibc's allocator maps fresh, page-faulting memory for every tensor on every forward (its mmap threshold
+# stops growing there). CPU inference paths with larger activations run in micro-batches whose largest activation
+# stays under this size (same values; the stem and the stage-1 ConvFFNs of smpconv_t at batch 8: ~10% of a forward).
+MICRO_BATCH_BYTES = 16 * 2 ** 20
+
+
+def micro_batch_size(x: Tensor, bytes_per_image: int) -> int:
+    """Images per micro-batch on CPU so that an activation of ``bytes_per_image`` per image stays under
+    :data:`MICRO_BATCH_BYTES`; ``x.shape[0]`` (no split) off the CPU or when the whole batch fits."""
+    if x.device.type != 'cpu' or x.shape[0] * bytes_per_image <= MICRO_BATCH_BYTES:
+        return x.shape[0]
+    return max(1, MICRO_BATCH_BYTES // bytes_per_image)

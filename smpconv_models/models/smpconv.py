@@ -21,7 +21,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor
 
 from ..layers import ConvBN, SMPLargeKernelConv2d, fold_bn_into_next_conv, fuse_pre_bn
-from ..layers.fused import activation_name, cached_eval_value, conv2d_act, folds_in_eval
+from ..layers.fused import activation_name, cached_eval_value, conv2d_act, folds_in_eval, micro_batch_size
 from ._checkpoint import unwrap_state_dict, validate_for_model
 from ._common import SMPModelMixin
 
@@ -103,9 +103,15 @@ class ConvFFN(nn.Module):
                 and _bns_foldable(self)):
             # inference: pre-BN and BNs folded (cached), GELU and the residual add fused into the 1x1 convs
             w1, b1, w2, b2 = cached_eval_value(self, self._folded_weights)
-            h = conv2d_act(x, w1, b1, [1, 1], [0, 0], 1, 'gelu')
-            return self.pw2.conv_act(h, w2, b2, residual=x)
+            chunk = micro_batch_size(x, w1.shape[0] * x[0].numel() // x.shape[1] * x.element_size())
+            if chunk < x.shape[0]:
+                return torch.cat([self._fused(part, w1, b1, w2, b2) for part in x.split(chunk)])
+            return self._fused(x, w1, b1, w2, b2)
         return x + self.drop_path(self.pw2(self.nonlinear(self.pw1(self.preffn_bn(x)))))
+
+    def _fused(self, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+        h = conv2d_act(x, w1, b1, [1, 1], [0, 0], 1, 'gelu')
+        return self.pw2.conv_act(h, w2, b2, residual=x)
 
     def _folded_weights(self) -> tuple:
         return _folded(self.preffn_bn, self.pw1) + self.pw2.folded_weight_bias()
@@ -265,17 +271,13 @@ class SMPConvNet(SMPModelMixin, nn.Module):
             self.num_classes = 0
         return take_indices
 
-    # Above 32 MB glibc's allocator maps fresh, page-faulting memory for every tensor of every forward; the stem's
-    # 112x112 activations pass that size from batch 7 on at 224x224. In inference on CPU the stem runs in
-    # micro-batches of at most this many bytes of activations (same values; ~8% of a batch-8 forward here).
-    stem_chunk_bytes = 16 * 2 ** 20
-
     def forward_stem(self, x: Tensor) -> Tensor:
-        """The stem (on CPU in inference, in micro-batches: see ``stem_chunk_bytes``)."""
-        if (not torch.jit.is_scripting() and x.device.type == 'cpu' and x.dim() == 4 and x.shape[0] > 1
-                and not (self.stem._forward_hooks or self.stem._forward_pre_hooks) and folds_in_eval(self.stem, x)):
+        """The stem; on CPU in inference in micro-batches when its activations exceed ``MICRO_BATCH_BYTES``."""
+        if (not torch.jit.is_scripting() and x.dim() == 4 and not (self.stem._forward_hooks or
+                                                                   self.stem._forward_pre_hooks)
+                and folds_in_eval(self.stem, x)):
             per_image = self.stem[0].conv.out_channels * -(-x.shape[-2] // 2) * -(-x.shape[-1] // 2) * x.element_size()
-            chunk = max(1, self.stem_chunk_bytes // per_image)
+            chunk = micro_batch_size(x, per_image)
             if chunk < x.shape[0]:
                 return torch.cat([self.stem(part) for part in x.split(chunk)])
         return self.stem(x)

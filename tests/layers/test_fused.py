@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from smpconv_models.layers import ConvBN, SMPLargeKernelConv2d, SMPParallelConv, conv2d_act
+from smpconv_models.layers import ConvBN, SMPLargeKernelConv2d, SMPParallelConv, conv2d_act, fused
 from smpconv_models.models.smpconv import ConvFFN, SMPBlock
 
 onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='PyTorch built without oneDNN')
@@ -172,14 +172,14 @@ def test_hooks_on_inner_modules_still_fire():
     assert seen == [torch.Size([1, 16, 5, 5])]
 
 
-def test_stem_micro_batches_in_cpu_inference():
+def test_stem_micro_batches_in_cpu_inference(monkeypatch):
     model = timm.create_model('smpconv_t', depths=(1, 1, 1, 1), dims=(8, 16, 16, 16), kernel_sizes=(7, 7, 7, 7),
                               num_classes=5)
     randomize_bn_(model)
     model.eval()
     x = torch.randn(5, 3, 32, 32)
     per_image = 8 * 16 * 16 * 4
-    model.stem_chunk_bytes = 2 * per_image  # micro-batches of 2 images
+    monkeypatch.setattr(fused, "MICRO_BATCH_BYTES", 2 * per_image)  # micro-batches of 2 images
     calls = []
     stem_forward = model.stem.forward
     model.stem.forward = lambda t: calls.append(t.shape[0]) or stem_forward(t)
@@ -189,3 +189,17 @@ def test_stem_micro_batches_in_cpu_inference():
     calls.clear()
     torch.testing.assert_close(out, plain(model, x), rtol=1e-4, atol=1e-5)
     assert calls == [5]  # with autograd recording: one call
+
+
+def test_convffn_micro_batches_match(monkeypatch):
+    block = ConvFFN(4, 16)
+    randomize_bn_(block)
+    block.eval()
+    x = torch.randn(5, 4, 6, 6)
+    with torch.no_grad():
+        whole = block(x)
+    monkeypatch.setattr(fused, 'MICRO_BATCH_BYTES', 2 * 16 * 36 * 4)  # hidden activation of 2 images
+    assert fused.micro_batch_size(x, 16 * 36 * 4) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), whole)
+    torch.testing.assert_close(whole, plain(block, x), rtol=1e-4, atol=1e-5)
