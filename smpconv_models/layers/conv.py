@@ -56,9 +56,11 @@ def fft_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups:
     """'Same'-padded N-d cross-correlation through the FFT (exact up to rounding, any sizes), dense (``groups=1``)
     or depthwise (``groups = C``).
 
-    Transforms at fast (7-smooth) sizes ``>= H + K - 1`` per axis, so no circular wrap reaches the kept outputs;
-    dense convolutions mix channels per frequency with one batched complex matmul, depthwise ones multiply
-    elementwise. Half-precision inputs are transformed in float32.
+    Only kernel offsets ``|d| < H`` reach an output of an ``H``-long axis, so the kernel is cropped to them and laid
+    out circularly (offset ``d`` at index ``d mod n``); a transform of size ``n >= H + max|d|`` (rounded up to a fast
+    7-smooth size) then has no wrap-around onto the kept outputs: for a 27x27 kernel on 14x14 maps, 28x28 instead of
+    the 40x40 of plain zero padding. Dense convolutions mix channels per frequency with one batched complex matmul,
+    depthwise ones multiply elementwise. Half-precision inputs are transformed in float32.
     """
     nd = weight.dim() - 2
     sizes: list[int] = []
@@ -66,25 +68,33 @@ def fft_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups:
     perm_x: list[int] = []
     perm_w: list[int] = []
     perm_y: list[int] = [nd, nd + 1]
+    out_dtype = torch.result_type(x, weight)
+    compute = torch.promote_types(out_dtype, torch.float32)
+    w = weight.to(compute)
     for d in range(nd):
-        sizes.append(_next_fast_len(x.shape[2 + d] + weight.shape[2 + d] - 1))
-        dims.append(2 + d)
-        perm_x.append(2 + d)
-        perm_w.append(2 + d)
+        dim, length, taps = 2 + d, x.shape[2 + d], weight.shape[2 + d]
+        centre = taps // 2  # tap of offset 0 ('same' padding)
+        before, after = min(centre, length - 1), min(taps - 1 - centre, length - 1)  # reachable offsets
+        n = _next_fast_len(length + max(before, after))
+        w = w.narrow(dim, centre - before, before + after + 1)
+        pad = [0, 0] * (nd - 1 - d) + [0, n - (before + after + 1)]  # F.pad lists the last dim first
+        w = torch.roll(F.pad(w, pad), -before, dim)  # offset d at index d mod n
+        sizes.append(n)
+        dims.append(dim)
+        perm_x.append(dim)
+        perm_w.append(dim)
         perm_y.append(d)
     perm_x += [0, 1]  # [*F, B, Cin]
     perm_w += [1, 0]  # [*F, Cin, Cout]
-    out_dtype = torch.result_type(x, weight)
-    compute = torch.promote_types(out_dtype, torch.float32)
     xf = torch.fft.rfftn(x.to(compute).contiguous(), s=sizes, dim=dims)
-    wf = torch.fft.rfftn(weight.to(compute).flip(dims), s=sizes, dim=dims)  # convolution with the flipped kernel
+    wf = torch.fft.rfftn(w, dim=dims).conj()  # correlation: y = irfft(X * conj(W))
     if groups == 1:
         yf = torch.matmul(xf.permute(perm_x), wf.permute(perm_w)).permute(perm_y)
     else:
         yf = xf * wf.transpose(0, 1)  # depthwise: [B, C, *F] * [1, C, *F]
     y = torch.fft.irfftn(yf, s=sizes, dim=dims)
     for d in range(nd):
-        y = y.narrow(2 + d, weight.shape[2 + d] // 2, x.shape[2 + d])
+        y = y.narrow(2 + d, 0, x.shape[2 + d])
     if bias is not None:
         y = y + bias.to(compute).reshape([-1] + [1] * nd)
     return y.to(out_dtype)

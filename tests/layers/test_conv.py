@@ -12,6 +12,8 @@ from smpconv_models.layers.conv import fft_same_conv, use_fft_conv
 @pytest.mark.parametrize('nd,spatial,k,groups', [
     (1, (20,), 7, 1), (1, (5,), 9, 1), (2, (9, 12), 5, 1), (2, (7, 7), 9, 1), (3, (5, 6, 4), 3, 1),
     (2, (9, 11), 7, 4), (2, (6, 6), 13, 4), (1, (17,), 5, 4),
+    # kernels larger than the map: cropped to the reachable offsets, transforms smaller than H + K - 1
+    (2, (3, 14), 27, 4), (2, (1, 2), 9, 1), (1, (4,), 31, 1), (3, (2, 3, 5), 7, 4),
 ])
 def test_fft_same_conv_matches_direct(nd, spatial, k, groups):
     cin = 4
