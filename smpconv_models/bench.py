@@ -24,9 +24,9 @@ achieves (fvcore MACs / time, when fvcore is installed).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -66,16 +66,18 @@ def time_pair(ours: Callable[[], Any], peer: Callable[[], Any], reps: int, warmu
     return statistics.median(t_ours), statistics.median(t_peer)
 
 
-def _best_format(make_step: Callable[[bool], Callable[[], Any]], reps: int = 2) -> tuple[Callable[[], Any], str]:
-    """The faster of NCHW and channels_last for a step factory ``make_step(channels_last)``."""
-    best, best_t, best_name = None, math.inf, ''
-    for cl in (False, True):
-        step = make_step(cl)
+def _best_format(make_step: Callable[[bool], Callable[[], Any]], reps: int = 3) -> tuple[Callable[[], Any], str]:
+    """The faster of NCHW and channels_last for a step factory ``make_step(channels_last)`` (alternating runs, the
+    smaller median wins)."""
+    steps = {False: make_step(False), True: make_step(True)}
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for step in steps.values():
         step()
-        t = min(_timed(step) for _ in range(reps))
-        if t < best_t:
-            best, best_t, best_name = step, t, 'channels_last' if cl else 'NCHW'
-    return best, best_name
+    for i in range(reps):
+        for cl in ((False, True) if i % 2 == 0 else (True, False)):
+            times[cl].append(_timed(steps[cl]))
+    cl = statistics.median(times[True]) < statistics.median(times[False])
+    return steps[cl], 'channels_last' if cl else 'NCHW'
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -203,7 +205,7 @@ def calibrate_bn_(model: nn.Module, x: torch.Tensor, passes: int = 2) -> nn.Modu
 
 def _infer_factory(model: nn.Module, x: torch.Tensor) -> Callable[[bool], Callable[[], Any]]:
     def make(cl: bool):
-        m = model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        m = copy.deepcopy(model).to(memory_format=torch.channels_last if cl else torch.contiguous_format)
         xi = x.contiguous(memory_format=torch.channels_last) if cl else x
 
         def step():
@@ -248,8 +250,8 @@ def _row_train(quick: bool) -> dict[str, Any]:
             return _train_step(m, x.contiguous(memory_format=torch.channels_last) if cl else x, y, opt)
         return make
 
-    ours, ours_fmt = _best_format(factory('smpconv_t'), reps=1)
-    peer, peer_fmt = _best_format(factory('convnext_tiny'), reps=1)
+    ours, ours_fmt = _best_format(factory('smpconv_t'))
+    peer, peer_fmt = _best_format(factory('convnext_tiny'))
     t_ours, t_peer = time_pair(ours, peer, *_reps(quick, 3))
     return dict(ours_time=t_ours, peer_time=t_peer, note=f'ours {ours_fmt}, convnext_tiny {peer_fmt}', batch=8)
 

@@ -1,11 +1,16 @@
 """Convolution helpers shared by the SMP layers: input checks and memory-format choice for large kernels."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['check_conv_input', 'prefers_channels_last', 'same_conv', 'fft_same_conv', 'use_fft_conv']
+__all__ = [
+    'check_conv_input', 'prefers_channels_last', 'same_conv', 'fft_same_conv', 'fft_depthwise_weight_grad',
+    'conv_path', 'use_fft_conv',
+]
 
 
 def check_conv_input(x: Tensor, ndim: int, channels: int, name: str) -> None:
@@ -35,19 +40,40 @@ def prefers_channels_last(x: Tensor, kernel_size: int) -> bool:
 FFT_CONV_MIN_TAPS = 121
 
 
-def use_fft_conv(x: Tensor, weight: Tensor, groups: int, min_taps: int = FFT_CONV_MIN_TAPS) -> bool:
-    """Whether :func:`same_conv` takes the FFT path: dense convolutions with large kernels, and large depthwise
-    kernels while autograd records (the direct depthwise backward dominates a training step: 31x31 on
-    [8, 96, 56, 56] fwd+bwd took 2.0 s in channels_last and 0.15 s through the FFT here)."""
+# A large depthwise kernel in training runs forward and input gradient directly and only the kernel gradient through
+# the FFT (_DepthwiseSameConv) while the direct forward costs at most this many MACs per image and channel
+# (H * W * taps); above, everything goes through the FFT. Measured fwd+bwd at batch 8 here: 27x27 on 14x14
+# (143 K) 27 ms vs 43 ms all-FFT; 29x29 on 28x28 (659 K) 50 vs 53 ms; 31x31 on 56x56 (3 M) 112 vs 94 ms.
+HYBRID_MAX_DIRECT_MACS = 2 ** 20
+
+
+def conv_path(x: Tensor, weight: Tensor, groups: int, min_taps: int = FFT_CONV_MIN_TAPS) -> str:
+    """How :func:`same_conv` computes a convolution: ``'direct'``, ``'fft'`` (:func:`fft_same_conv`) or
+    ``'hybrid'`` (depthwise, direct with an FFT kernel gradient).
+
+    Dense convolutions with large kernels take the FFT; large depthwise kernels take the FFT or the hybrid while
+    autograd records (oneDNN's direct depthwise backward dominated a training step: 31x31 on [8, 96, 56, 56]
+    fwd+bwd took 2.0 s in channels_last and 0.15 s through the FFT here) and run directly otherwise.
+    """
     taps = 1
     for k in weight.shape[2:]:
         taps *= k
     if taps < min_taps:
-        return False
+        return 'direct'
     if groups == 1:
-        return True
+        return 'fft'
     depthwise = groups == x.shape[1] and weight.shape[0] == groups and weight.shape[1] == 1
-    return depthwise and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if not (depthwise and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        return 'direct'
+    spatial = 1
+    for n in x.shape[2:]:
+        spatial *= n
+    return 'hybrid' if spatial * taps <= HYBRID_MAX_DIRECT_MACS else 'fft'
+
+
+def use_fft_conv(x: Tensor, weight: Tensor, groups: int, min_taps: int = FFT_CONV_MIN_TAPS) -> bool:
+    """Whether :func:`same_conv` takes the all-FFT path (:func:`conv_path` is ``'fft'``)."""
+    return conv_path(x, weight, groups, min_taps) == 'fft'
 
 
 def _fft_size(n: int) -> int:
@@ -74,7 +100,8 @@ def fft_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups:
     out circularly (offset ``d`` at index ``d mod n``); a transform of size ``n >= H + max|d|`` (rounded up by
     :func:`_fft_size`) then has no wrap-around onto the kept outputs: for a 27x27 kernel on 14x14 maps, 32x32 instead
     of the 40x40 of plain zero padding. Dense convolutions mix channels per frequency with one batched complex matmul,
-    depthwise ones multiply elementwise. Half-precision inputs are transformed in float32.
+    depthwise ones multiply elementwise. Half-precision inputs are transformed in float32; a channels_last input
+    gives a channels_last output.
     """
     nd = weight.dim() - 2
     sizes: list[int] = []
@@ -111,18 +138,84 @@ def fft_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups:
         y = y.narrow(2 + d, 0, x.shape[2 + d])
     if bias is not None:
         y = y + bias.to(compute).reshape([-1] + [1] * nd)
+    if nd == 2 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return y.to(dtype=out_dtype, memory_format=torch.channels_last)  # the input's layout
     return y.to(out_dtype)
+
+
+def _reachable(length: int, taps: int) -> tuple[int, int, int]:
+    """Kernel centre and the offsets before / after it that reach an output of a ``length``-long 'same' conv."""
+    centre = taps // 2
+    return centre, min(centre, length - 1), min(taps - 1 - centre, length - 1)
+
+
+def fft_depthwise_weight_grad(x: Tensor, grad_y: Tensor, kernel_size: Sequence[int]) -> Tensor:
+    """Gradient of a depthwise 'same' cross-correlation w.r.t. its ``[C, 1, *kernel_size]`` kernel, through the FFT:
+    ``g[c, d] = sum_{b, o} grad_y[b, c, o] x[b, c, o + d]`` for the reachable offsets ``d`` (others are zero), the
+    batch summed in the frequency domain so only a ``[C, *n]`` transform is inverted."""
+    nd = len(kernel_size)
+    dims = list(range(2, 2 + nd))
+    sizes = []
+    for d in range(nd):
+        _, before, after = _reachable(x.shape[2 + d], kernel_size[d])
+        sizes.append(_fft_size(x.shape[2 + d] + max(before, after)))
+    compute = torch.promote_types(grad_y.dtype, torch.float32)
+    xf = torch.fft.rfftn(x.to(compute).contiguous(), s=sizes, dim=dims)
+    gf = torch.fft.rfftn(grad_y.to(compute).contiguous(), s=sizes, dim=dims)
+    r = torch.fft.irfftn((xf * gf.conj()).sum(0, keepdim=True), s=sizes, dim=dims)  # r[d mod n]
+    for d in range(nd):
+        centre, before, after = _reachable(x.shape[2 + d], kernel_size[d])
+        r = torch.roll(r, before, 2 + d).narrow(2 + d, 0, before + after + 1)  # offsets -before..after
+        pad = [0, 0] * (nd - 1 - d) + [centre - before, kernel_size[d] - 1 - centre - after]
+        r = F.pad(r, pad)
+    return r.transpose(0, 1).to(grad_y.dtype)
+
+
+class _DepthwiseSameConv(torch.autograd.Function):
+    """Depthwise 'same' conv: forward and input gradient direct (oneDNN is fast there), kernel gradient through the
+    FFT (oneDNN's large-kernel depthwise weight gradient is not: 27x27 on [8, 384, 14, 14] fwd+bwd took 200 ms
+    direct, 43 ms all-FFT and 27 ms this way here)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        return _direct_depthwise(x, weight)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _direct_depthwise(grad_y, weight.flip(list(range(2, weight.dim()))))  # the transposed conv
+        if ctx.needs_input_grad[1]:
+            grad_w = fft_depthwise_weight_grad(x, grad_y, weight.shape[2:])
+        return grad_x, grad_w
+
+
+def _direct_depthwise(x: Tensor, weight: Tensor) -> Tensor:
+    padding = [k // 2 for k in weight.shape[2:]]
+    conv = (F.conv1d, F.conv2d, F.conv3d)[weight.dim() - 3]
+    if weight.dim() == 4 and prefers_channels_last(x, weight.shape[-1]):
+        x = x.contiguous(memory_format=torch.channels_last)
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    return conv(x, weight, None, padding=padding, groups=x.shape[1])
 
 
 def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1) -> Tensor:
     """'Same'-padded N-d cross-correlation (odd kernel sizes, 1-3 spatial dims).
 
-    Large dense kernels, and large depthwise ones in training, go through the FFT (:func:`fft_same_conv`); other
-    large 2-d depthwise kernels run in channels_last.
+    Large dense kernels, and large depthwise ones in training, go through the FFT (:func:`fft_same_conv`, or for
+    depthwise kernels on small maps only their kernel gradient: :func:`conv_path`); other large 2-d depthwise kernels
+    run in channels_last.
     """
     nd = weight.dim() - 2
-    if use_fft_conv(x, weight, groups):
+    path = conv_path(x, weight, groups)
+    if path == 'fft':
         return fft_same_conv(x, weight, bias, groups)
+    if path == 'hybrid' and not torch.jit.is_scripting():
+        y = _DepthwiseSameConv.apply(x, weight)
+        return y if bias is None else y + bias.reshape([-1] + [1] * nd)
     padding = [k // 2 for k in weight.shape[2:]]
     if nd == 1:
         return F.conv1d(x, weight, bias, padding=padding, groups=groups)

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .fused import activation_name, cached_eval_value, conv2d_act, folds_in_eval
+from .fused import activation_name, cached_eval_value, conv2d_act, folds_in_eval, pointwise_conv2d
 from .reparam import fuse_bn
 
 __all__ = ['ConvBN']
@@ -43,6 +43,8 @@ class ConvBN(nn.Module):
         if not torch.jit.is_scripting() and self._folds_in_eval(x):
             weight, bias = cached_eval_value(self, self.folded_weight_bias)
             return self.conv_act(x, weight, bias)
+        if not torch.jit.is_scripting():
+            return self.act(self.bn(pointwise_conv2d(self.conv, x)))
         return self.act(self.bn(self.conv(x)))
 
     def _folds_in_eval(self, x: Tensor) -> bool:

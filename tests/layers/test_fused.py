@@ -203,3 +203,23 @@ def test_convffn_micro_batches_match(monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(block(x), whole)
     torch.testing.assert_close(whole, plain(block, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_pointwise_conv2d_matches_conv_with_gradients(channels_last):
+    conv = nn.Conv2d(6, 10, 1)
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    conv = conv.double()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    out = fused.pointwise_conv2d(conv, x)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    ref_x = x.detach().clone().requires_grad_()
+    ref = F.conv2d(ref_x, conv.weight, conv.bias)
+    torch.testing.assert_close(out, ref)
+    gy = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * gy).sum(), (x, conv.weight, conv.bias))
+    ref_grads = torch.autograd.grad((ref * gy).sum(), (ref_x, conv.weight, conv.bias))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
