@@ -12,6 +12,7 @@ Module names follow the official checkpoints where they can (``stem.{i}.conv/bn`
 # generates, and string annotations there break scripting an fx-traced model (timm's fx + torchscript test).
 
 import re
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -26,6 +27,11 @@ from ._checkpoint import unwrap_state_dict, validate_for_model
 from ._common import SMPModelMixin
 
 __all__ = ['SMPConvNet', 'SMPBlock', 'ConvFFN', 'SMPStage']
+
+
+# In place: every ReLU here follows a BatchNorm, a sum or a conv, none of which needs its output for the backward
+# (saves one activation-sized allocation and pass per ReLU; at 112x112 in the stem each is 38.5 MB at batch 8).
+_ReLU = partial(nn.ReLU, inplace=True)
 
 
 def _fold_pre_bn(module: nn.Module, bn_name: str, conv_bn: ConvBN) -> None:
@@ -59,10 +65,10 @@ class SMPBlock(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.prelkb_bn = nn.Identity() if deploy else nn.BatchNorm2d(dim, **dd)
-        self.pw1 = ConvBN(dim, dim, 1, act_layer=nn.ReLU, deploy=deploy, **dd)
+        self.pw1 = ConvBN(dim, dim, 1, act_layer=_ReLU, deploy=deploy, **dd)
         self.large_kernel = SMPLargeKernelConv2d(
             dim, kernel_size, small_kernel_size, n_points_divide=n_points_divide, deploy=deploy, **dd)
-        self.lk_nonlinear = nn.ReLU()
+        self.lk_nonlinear = nn.ReLU(inplace=True)
         self.pw2 = ConvBN(dim, dim, 1, deploy=deploy, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self._eval_cache = None
@@ -132,8 +138,8 @@ class SMPStage(nn.Module):
         self.grad_checkpointing = False
         if downsample:
             self.downsample = nn.Sequential(
-                ConvBN(in_chs, out_chs, 1, act_layer=nn.ReLU, deploy=deploy, **dd),
-                ConvBN(out_chs, out_chs, 3, stride=2, groups=out_chs, act_layer=nn.ReLU, deploy=deploy, **dd))
+                ConvBN(in_chs, out_chs, 1, act_layer=_ReLU, deploy=deploy, **dd),
+                ConvBN(out_chs, out_chs, 3, stride=2, groups=out_chs, act_layer=_ReLU, deploy=deploy, **dd))
         else:
             self.downsample = nn.Identity()
         blocks = []
@@ -181,10 +187,10 @@ class SMPConvNet(SMPModelMixin, nn.Module):
         self.grad_checkpointing = False
         stem_w = dims[0]
         self.stem = nn.Sequential(
-            ConvBN(in_chans, stem_w, 3, stride=2, act_layer=nn.ReLU, deploy=deploy, **dd),
-            ConvBN(stem_w, stem_w, 3, groups=stem_w, act_layer=nn.ReLU, deploy=deploy, **dd),
-            ConvBN(stem_w, stem_w, 1, act_layer=nn.ReLU, deploy=deploy, **dd),
-            ConvBN(stem_w, stem_w, 3, stride=2, groups=stem_w, act_layer=nn.ReLU, deploy=deploy, **dd))
+            ConvBN(in_chans, stem_w, 3, stride=2, act_layer=_ReLU, deploy=deploy, **dd),
+            ConvBN(stem_w, stem_w, 3, groups=stem_w, act_layer=_ReLU, deploy=deploy, **dd),
+            ConvBN(stem_w, stem_w, 1, act_layer=_ReLU, deploy=deploy, **dd),
+            ConvBN(stem_w, stem_w, 3, stride=2, groups=stem_w, act_layer=_ReLU, deploy=deploy, **dd))
         # on the CPU even inside a ``torch.device('meta')`` context (the rates are Python floats)
         dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths), device='cpu').split(list(depths))]
         stages, self.feature_info = [], []
