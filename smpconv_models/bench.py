@@ -10,7 +10,8 @@ process, whose peak resident memory is reported. Rows:
   fp32, each in its faster memory format (NCHW or channels_last, picked in the warm-up); random weights, with
   smpconv_t's BatchNorm statistics calibrated on the input (:func:`calibrate_bn_`) for trained-like activations;
 * ``smpconv_t_train_vs_convnext_tiny``: one training step (forward, backward, AdamW step), batch 8, 224, train mode
-  (SMP kernels generated from their points);
+  (SMP kernels generated from their points), stochastic depth 0.1 for both (their papers' recipes), each in its
+  faster memory format;
 * ``smpconv_t_eval_cached_vs_reparam``: eval without reparameterization (SMP kernels and folded BatchNorms cached)
   vs reparameterized, same calibrated weights, each in its faster memory format;
 * ``cifar_train_vs_mlp_kernel``: ``smpconv_cifar`` training step vs the same network whose kernels come from an
@@ -242,7 +243,7 @@ def _row_train(quick: bool) -> dict[str, Any]:
     def factory(name):
         def make(cl: bool):
             torch.manual_seed(0)
-            m = timm.create_model(name).train()
+            m = timm.create_model(name, drop_path_rate=0.1).train()  # both papers' ImageNet recipes
             if cl:
                 m = m.to(memory_format=torch.channels_last)
             groups = smp_param_groups(m, 0.05, lr=1e-4) if name.startswith('smpconv') else m.parameters()

@@ -34,6 +34,18 @@ __all__ = ['SMPConvNet', 'SMPBlock', 'ConvFFN', 'SMPStage']
 _ReLU = partial(nn.ReLU, inplace=True)
 
 
+def _residual(x: Tensor, out: Tensor, drop_path: nn.Module) -> Tensor:
+    """``x + drop_path(out)``; in training with stochastic depth as one fused multiply-add (one pass fewer)."""
+    if (isinstance(drop_path, DropPath) and drop_path.training and drop_path.drop_prob > 0.0
+            and isinstance(out, Tensor) and not torch.jit.is_scripting()):
+        keep = 1.0 - drop_path.drop_prob
+        mask = out.new_empty((out.shape[0],) + (1,) * (out.dim() - 1)).bernoulli_(keep)
+        if drop_path.scale_by_keep:
+            mask.div_(keep)
+        return torch.addcmul(x, out, mask)
+    return x + drop_path(out)
+
+
 def _fold_pre_bn(module: nn.Module, bn_name: str, conv_bn: ConvBN) -> None:
     """Fold the BatchNorm named ``bn_name`` (directly before the 1x1 ``conv_bn``) into it."""
     bn = getattr(module, bn_name)
@@ -80,7 +92,7 @@ class SMPBlock(nn.Module):
             out = torch.relu_(self.large_kernel(self.pw1.conv_act(x, w1, b1)))
             return self.pw2.conv_act(out, w2, b2, residual=x)
         out = self.pw2(self.lk_nonlinear(self.large_kernel(self.pw1(self.prelkb_bn(x)))))
-        return x + self.drop_path(out)
+        return _residual(x, out, self.drop_path)
 
     def _folded_weights(self) -> tuple:
         return _folded(self.prelkb_bn, self.pw1) + self.pw2.folded_weight_bias()
@@ -113,7 +125,7 @@ class ConvFFN(nn.Module):
             if chunk < x.shape[0]:
                 return torch.cat([self._fused(part, w1, b1, w2, b2) for part in x.split(chunk)])
             return self._fused(x, w1, b1, w2, b2)
-        return x + self.drop_path(self.pw2(self.nonlinear(self.pw1(self.preffn_bn(x)))))
+        return _residual(x, self.pw2(self.nonlinear(self.pw1(self.preffn_bn(x)))), self.drop_path)
 
     def _fused(self, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
         h = conv2d_act(x, w1, b1, [1, 1], [0, 0], 1, 'gelu')

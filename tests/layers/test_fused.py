@@ -223,3 +223,16 @@ def test_pointwise_conv2d_matches_conv_with_gradients(channels_last):
     ref_grads = torch.autograd.grad((ref * gy).sum(), (ref_x, conv.weight, conv.bias))
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b)
+
+
+def test_stochastic_depth_residual_matches_timm_drop_path():
+    block = SMPBlock(4, 7, drop_path=0.5).train()
+    x = torch.randn(6, 4, 9, 9)
+    torch.manual_seed(3)
+    out = block(x)
+    torch.manual_seed(3)
+    branch = block.pw2(block.lk_nonlinear(block.large_kernel(block.pw1(block.prelkb_bn(x)))))
+    ref = x + block.drop_path(branch)  # timm's DropPath, same random draw
+    torch.testing.assert_close(out, ref)
+    kept = [(out[i] - x[i]).abs().sum() > 0 for i in range(6)]
+    assert 0 < sum(kept) < 6  # some samples dropped, some kept (seeded)
