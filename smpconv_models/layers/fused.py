@@ -42,15 +42,17 @@ def folds_in_eval(module: nn.Module, x: Any) -> bool:
     submodule (a hook on an inner conv or BatchNorm still fires: the plain path runs)."""
     if not isinstance(x, Tensor) or module.training or torch.jit.is_tracing():
         return False
-    if needs_grad(x, list(module.parameters())) or _global_hooks():
+    if needs_grad(x, list(module.parameters())):
         return False
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in module.modules() if m is not module)
+    return not any(_has_hooks(m) for m in module.modules() if m is not module)
 
 
-def _global_hooks() -> bool:
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs forward (pre-)hooks, its own or global ones."""
     from torch.nn.modules import module as module_mod
 
-    return bool(module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks)
+    return bool(module._forward_hooks or module._forward_pre_hooks or module_mod._global_forward_hooks
+                or module_mod._global_forward_pre_hooks)
 
 
 def _onednn_fusable(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None) -> bool:
@@ -96,8 +98,9 @@ def conv2d_act(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int]
 def pointwise_conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:
     """``conv(x)``; a 1x1 conv (stride 1, ``groups=1``) of a channels_last ``x`` runs as a matmul over channels on its
     NHWC view (no copies, output channels_last), whose backward is cheaper than oneDNN's 1x1 convolution backward
-    (fwd+bwd over smpconv_t's 1x1 shapes at batch 8: about 23% less time here)."""
+    (fwd+bwd over smpconv_t's 1x1 shapes at batch 8: about 23% less time here). A conv with hooks is called."""
     if (isinstance(x, Tensor) and not torch.jit.is_tracing() and x.dim() == 4 and conv.kernel_size == (1, 1)
+            and not _has_hooks(conv)
             and conv.stride == (1, 1) and conv.groups == 1 and conv.padding in ((0, 0), 'valid')
             and x.is_contiguous(memory_format=torch.channels_last)):
         weight = conv.weight.reshape(conv.weight.shape[0], conv.weight.shape[1])

@@ -236,3 +236,11 @@ def test_stochastic_depth_residual_matches_timm_drop_path():
     torch.testing.assert_close(out, ref)
     kept = [(out[i] - x[i]).abs().sum() > 0 for i in range(6)]
     assert 0 < sum(kept) < 6  # some samples dropped, some kept (seeded)
+
+
+def test_hooks_fire_on_pointwise_convs_in_training():
+    block = ConvFFN(4, 16).train()
+    seen = []
+    block.pw1.conv.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    block(torch.randn(2, 4, 5, 5).contiguous(memory_format=torch.channels_last))
+    assert seen == [torch.Size([2, 16, 5, 5])]
