@@ -78,8 +78,8 @@ _ZERO_MAC_OPS = (
     'aten::amax', 'aten::adaptive_avg_pool1d', 'aten::adaptive_avg_pool2d', 'aten::adaptive_max_pool2d',
     'aten::avg_pool2d', 'aten::max_pool2d', 'aten::flip', 'aten::pad', 'aten::constant_pad_nd', 'aten::bernoulli_',
     'aten::feature_dropout', 'aten::empty_like', 'aten::ones_like', 'aten::lt', 'aten::le', 'aten::ne',
-    'aten::real', 'aten::imag', 'aten::view_as_real', 'aten::view_as_complex', 'aten::conj', 'aten::_conj', 'aten::roll',
-    'aten::addcmul', 'aten::unflatten',
+    'aten::real', 'aten::imag', 'aten::view_as_real', 'aten::view_as_complex', 'aten::conj', 'aten::_conj',
+    'aten::roll', 'aten::addcmul', 'aten::unflatten',
 )
 
 

@@ -47,7 +47,8 @@ FFT_CONV_MIN_TAPS = 121
 HYBRID_MAX_DIRECT_MACS = 2 ** 20
 
 
-def conv_path(x: Tensor, weight: Tensor, groups: int, min_taps: int = FFT_CONV_MIN_TAPS) -> str:
+def conv_path(x: Tensor, weight: Tensor, groups: int, min_taps: int = FFT_CONV_MIN_TAPS,
+              max_direct_macs: int = HYBRID_MAX_DIRECT_MACS) -> str:
     """How :func:`same_conv` computes a convolution: ``'direct'``, ``'fft'`` (:func:`fft_same_conv`) or
     ``'hybrid'`` (depthwise, direct with an FFT kernel gradient).
 
@@ -68,7 +69,7 @@ def conv_path(x: Tensor, weight: Tensor, groups: int, min_taps: int = FFT_CONV_M
     spatial = 1
     for n in x.shape[2:]:
         spatial *= n
-    return 'hybrid' if spatial * taps <= HYBRID_MAX_DIRECT_MACS else 'fft'
+    return 'hybrid' if spatial * taps <= max_direct_macs else 'fft'
 
 
 def use_fft_conv(x: Tensor, weight: Tensor, groups: int, min_taps: int = FFT_CONV_MIN_TAPS) -> bool:
@@ -213,9 +214,10 @@ def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int
     path = conv_path(x, weight, groups)
     if path == 'fft':
         return fft_same_conv(x, weight, bias, groups)
-    if path == 'hybrid' and not torch.jit.is_scripting():
-        y = _DepthwiseSameConv.apply(x, weight)
-        return y if bias is None else y + bias.reshape([-1] + [1] * nd)
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
+        if path == 'hybrid':
+            y = _DepthwiseSameConv.apply(x, weight)
+            return y if bias is None else y + bias.reshape([-1] + [1] * nd)
     padding = [k // 2 for k in weight.shape[2:]]
     if nd == 1:
         return F.conv1d(x, weight, bias, padding=padding, groups=groups)

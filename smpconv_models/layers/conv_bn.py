@@ -40,10 +40,10 @@ class ConvBN(nn.Module):
         self._eval_cache = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.jit.is_scripting() and self._folds_in_eval(x):
-            weight, bias = cached_eval_value(self, self.folded_weight_bias)
-            return self.conv_act(x, weight, bias)
-        if not torch.jit.is_scripting():
+        if not torch.jit.is_scripting():  # (TorchScript skips a branch only under this sole condition)
+            if self._folds_in_eval(x):
+                weight, bias = cached_eval_value(self, self.folded_weight_bias)
+                return self.conv_act(x, weight, bias)
             return self.act(self.bn(pointwise_conv2d(self.conv, x)))
         return self.act(self.bn(self.conv(x)))
 

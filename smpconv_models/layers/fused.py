@@ -74,17 +74,19 @@ def conv2d_act(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int]
     On CPU in fp32 without autograd, one oneDNN convolution with the activation / residual add as post-ops (one
     pass over the output instead of two or three); elsewhere the plain ops. Same values either way (up to rounding).
     """
-    if not torch.jit.is_scripting() and _onednn_fusable(x, weight, bias, residual):
-        name, algorithm = _ONEDNN_ACTS[act]
-        dilation = [1] * len(stride)
-        if residual is None:
-            return torch.ops.mkldnn._convolution_pointwise(
-                x, weight, bias, padding, stride, dilation, groups, name, [], algorithm)
-        if act == 'none':
-            fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-            return torch.ops.mkldnn._convolution_pointwise.binary(
-                x, residual.contiguous(memory_format=fmt), weight, bias, padding, stride, dilation, groups, 'add',
-                None, None, [], None)
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
+        if _onednn_fusable(x, weight, bias, residual):
+            name, algorithm = _ONEDNN_ACTS[act]
+            dilation = [1] * len(stride)
+            if residual is None:
+                return torch.ops.mkldnn._convolution_pointwise(
+                    x, weight, bias, padding, stride, dilation, groups, name, [], algorithm)
+            if act == 'none':
+                cl = x.is_contiguous(memory_format=torch.channels_last)
+                fmt = torch.channels_last if cl else torch.contiguous_format
+                return torch.ops.mkldnn._convolution_pointwise.binary(
+                    x, residual.contiguous(memory_format=fmt), weight, bias, padding, stride, dilation, groups, 'add',
+                    None, None, [], None)
     y = F.conv2d(x, weight, bias, stride, padding, 1, groups)
     if residual is not None:
         y = y + residual

@@ -151,10 +151,11 @@ class SMPReparamConv(nn.Module):
             if self.dense_deploy:  # a large dense kernel: same_conv picks the FFT
                 return same_conv(x, self.reparam_conv.weight, self.reparam_conv.bias)
             return self.reparam_conv(x)
-        if not torch.jit.is_scripting() and self._folds_in_eval(x):
-            # eval without autograd: the folded kernel, cached until a parameter or statistic changes
-            weight, bias = cached_eval_value(self, self.fused_kernel_bias)
-            return self._folded_conv(x, weight, bias)
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
+            if self._folds_in_eval(x):
+                # eval without autograd: the folded kernel, cached until a parameter or statistic changes
+                weight, bias = cached_eval_value(self, self.fused_kernel_bias)
+                return self._folded_conv(x, weight, bias)
         return self.smp(x) + self.small_conv(x)
 
     def _folds_in_eval(self, x: Tensor) -> bool:

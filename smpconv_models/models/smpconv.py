@@ -36,8 +36,7 @@ _ReLU = partial(nn.ReLU, inplace=True)
 
 def _residual(x: Tensor, out: Tensor, drop_path: nn.Module) -> Tensor:
     """``x + drop_path(out)``; in training with stochastic depth as one fused multiply-add (one pass fewer)."""
-    if (isinstance(drop_path, DropPath) and drop_path.training and drop_path.drop_prob > 0.0
-            and isinstance(out, Tensor) and not torch.jit.is_scripting()):
+    if isinstance(drop_path, DropPath) and drop_path.training and drop_path.drop_prob > 0.0 and isinstance(out, Tensor):
         keep = 1.0 - drop_path.drop_prob
         mask = out.new_empty((out.shape[0],) + (1,) * (out.dim() - 1)).bernoulli_(keep)
         if drop_path.scale_by_keep:
@@ -86,13 +85,16 @@ class SMPBlock(nn.Module):
         self._eval_cache = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.jit.is_scripting() and folds_in_eval(self, x) and _bns_foldable(self):
-            # inference: pre-BN and BNs folded (cached), ReLU and the residual add fused into the 1x1 convs
-            w1, b1, w2, b2 = cached_eval_value(self, self._folded_weights)
-            out = torch.relu_(self.large_kernel(self.pw1.conv_act(x, w1, b1)))
-            return self.pw2.conv_act(out, w2, b2, residual=x)
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
+            if folds_in_eval(self, x) and _bns_foldable(self):
+                # inference: pre-BN and BNs folded (cached), ReLU and the residual add fused into the 1x1 convs
+                w1, b1, w2, b2 = cached_eval_value(self, self._folded_weights)
+                out = torch.relu_(self.large_kernel(self.pw1.conv_act(x, w1, b1)))
+                return self.pw2.conv_act(out, w2, b2, residual=x)
         out = self.pw2(self.lk_nonlinear(self.large_kernel(self.pw1(self.prelkb_bn(x)))))
-        return _residual(x, out, self.drop_path)
+        if not torch.jit.is_scripting():
+            return _residual(x, out, self.drop_path)
+        return x + self.drop_path(out)
 
     def _folded_weights(self) -> tuple:
         return _folded(self.prelkb_bn, self.pw1) + self.pw2.folded_weight_bias()
@@ -117,15 +119,18 @@ class ConvFFN(nn.Module):
         self._eval_cache = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if (not torch.jit.is_scripting() and activation_name(self.nonlinear) == 'gelu' and folds_in_eval(self, x)
-                and _bns_foldable(self)):
-            # inference: pre-BN and BNs folded (cached), GELU and the residual add fused into the 1x1 convs
-            w1, b1, w2, b2 = cached_eval_value(self, self._folded_weights)
-            chunk = micro_batch_size(x, w1.shape[0] * x[0].numel() // x.shape[1] * x.element_size())
-            if chunk < x.shape[0]:
-                return torch.cat([self._fused(part, w1, b1, w2, b2) for part in x.split(chunk)])
-            return self._fused(x, w1, b1, w2, b2)
-        return _residual(x, self.pw2(self.nonlinear(self.pw1(self.preffn_bn(x)))), self.drop_path)
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
+            if activation_name(self.nonlinear) == 'gelu' and folds_in_eval(self, x) and _bns_foldable(self):
+                # inference: pre-BN and BNs folded (cached), GELU and the residual add fused into the 1x1 convs
+                w1, b1, w2, b2 = cached_eval_value(self, self._folded_weights)
+                chunk = micro_batch_size(x, w1.shape[0] * x[0].numel() // x.shape[1] * x.element_size())
+                if chunk < x.shape[0]:
+                    return torch.cat([self._fused(part, w1, b1, w2, b2) for part in x.split(chunk)])
+                return self._fused(x, w1, b1, w2, b2)
+        out = self.pw2(self.nonlinear(self.pw1(self.preffn_bn(x))))
+        if not torch.jit.is_scripting():
+            return _residual(x, out, self.drop_path)
+        return x + self.drop_path(out)
 
     def _fused(self, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
         h = conv2d_act(x, w1, b1, [1, 1], [0, 0], 1, 'gelu')
@@ -291,13 +296,13 @@ class SMPConvNet(SMPModelMixin, nn.Module):
 
     def forward_stem(self, x: Tensor) -> Tensor:
         """The stem; on CPU in inference in micro-batches when its activations exceed ``MICRO_BATCH_BYTES``."""
-        if (not torch.jit.is_scripting() and x.dim() == 4 and not (self.stem._forward_hooks or
-                                                                   self.stem._forward_pre_hooks)
-                and folds_in_eval(self.stem, x)):
-            per_image = self.stem[0].conv.out_channels * -(-x.shape[-2] // 2) * -(-x.shape[-1] // 2) * x.element_size()
-            chunk = micro_batch_size(x, per_image)
-            if chunk < x.shape[0]:
-                return torch.cat([self.stem(part) for part in x.split(chunk)])
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
+            if (folds_in_eval(self.stem, x) and x.dim() == 4
+                    and not (self.stem._forward_hooks or self.stem._forward_pre_hooks)):
+                c = self.stem[0].conv.out_channels
+                chunk = micro_batch_size(x, c * -(-x.shape[-2] // 2) * -(-x.shape[-1] // 2) * x.element_size())
+                if chunk < x.shape[0]:
+                    return torch.cat([self.stem(part) for part in x.split(chunk)])
         return self.stem(x)
 
     def forward_features(self, x: Tensor) -> Tensor:
