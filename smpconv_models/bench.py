@@ -1,6 +1,8 @@
 """Benchmark: our models against real peers, side by side, as ratios measured in one run.
 
-``python -m smpconv_models.bench [--json FILE] [--plot FILE] [--quick] [--rows NAME ...]``
+``python -m smpconv_models.bench [--json FILE] [--plot FILE] [--quick] [--rows NAME ...]``; ``--profile`` instead
+reports where smpconv_t spends its time (op-group shares of a training step and of deploy inference from
+torch.profiler, and the fwd+bwd time of its large depthwise kernels through each path of ``conv_path``).
 
 Every row times "ours" and a peer in the same process, alternating repetitions (ours, peer, peer, ours, ...) after
 a warm-up, and reports the medians and ``ratio = peer_time / our_time`` (> 1: we are faster). Each row runs in its own
@@ -44,7 +46,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
-    'ROWS', 'run_bench', 'calibrate_bn_', 'time_pair', 'matmul_gflops', 'MAGNetKernel', 'use_mlp_kernels', 'main',
+    'ROWS', 'run_bench', 'run_profile', 'calibrate_bn_', 'time_pair', 'matmul_gflops', 'MAGNetKernel',
+    'use_mlp_kernels', 'main',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -188,7 +191,7 @@ def calibrate_bn_(model: nn.Module, x: torch.Tensor, passes: int = 2) -> nn.Modu
     passes with a cumulative average), then switch to eval.
 
     A freshly initialised BN network in eval mode (running mean 0, variance 1) shrinks its activations layer by layer
-    (to ~1e-9 in smpconv_t's last stages), where exact GELU takes a slow path (7x slower here at 1e-9); trained
+    (to ~1e-9 in smpconv_t's last stages), where exact GELU takes a several times slower path; trained
     weights keep activations O(1). Calibrated statistics give the benchmark trained-like activation scales.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -404,14 +407,104 @@ def plot_ratios(report: dict[str, Any], path: str | os.PathLike) -> Path:
     return save_figure(fig, path)
 
 
+# ------------------------------------------------------------------------------------------------------ profile
+
+_OP_GROUPS = (('matmul / conv', ('mm', 'addmm', 'bmm', 'linear', 'convolution', 'mkldnn')),
+              ('batch norm', ('batch_norm',)), ('fft', ('fft',)), ('activations', ('gelu', 'relu', 'threshold',
+                                                                                    'clamp')))
+
+
+def _op_breakdown(fn: Callable[[], Any]) -> dict[str, float]:
+    """Share of self CPU time per op group in one call of ``fn`` (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        name = event.key.lower()
+        group = next((g for g, keys in _OP_GROUPS if any(k in name for k in keys)), 'other')
+        totals[group] = totals.get(group, 0.0) + event.self_cpu_time_total
+    total = sum(totals.values()) or 1.0
+    return {g: 100 * t / total for g, t in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def _depthwise_step(path: str, x0: torch.Tensor, w0: torch.Tensor) -> Callable[[], Any]:
+    from .layers.conv import _DepthwiseSameConv, fft_same_conv
+
+    x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+    channels, k = w.shape[0], w.shape[-1]
+
+    def step():
+        if path == 'fft':
+            y = fft_same_conv(x, w, None, channels)
+        elif path == 'hybrid':
+            y = _DepthwiseSameConv.apply(x, w)
+        else:
+            y = F.conv2d(x, w, padding=k // 2, groups=channels)
+        y.backward(torch.ones_like(y))
+    return step
+
+
+def _depthwise_paths(reps: int) -> list[dict[str, Any]]:
+    """fwd+bwd ms of smpconv_t's large depthwise kernels (batch 8, channels_last) through each path of
+    :func:`~smpconv_models.layers.conv.conv_path` (direct oneDNN, all-FFT, hybrid), alternating medians."""
+    rows = []
+    for c, h, k in ((96, 56, 31), (192, 28, 29), (384, 14, 27), (768, 7, 13)):
+        x0 = torch.randn(8, c, h, h).contiguous(memory_format=torch.channels_last)
+        w0 = torch.randn(c, 1, k, k) * 0.01
+        steps = {p: _depthwise_step(p, x0, w0) for p in ('direct', 'fft', 'hybrid')}
+        times: dict[str, list[float]] = {p: [] for p in steps}
+        for step in steps.values():
+            step()
+        for i in range(reps):
+            for p in (list(steps) if i % 2 == 0 else list(reversed(steps))):
+                times[p].append(_timed(steps[p]))
+        rows.append({'shape': f'{k}x{k} on [8, {c}, {h}, {h}]',
+                     **{f'{p}_ms': 1e3 * statistics.median(t) for p, t in times.items()}})
+    return rows
+
+
+def run_profile(quick: bool = False) -> dict[str, Any]:
+    """Where the time goes: op-group shares of the smpconv_t training step and deploy inference (batch 8,
+    channels_last), and the depthwise convolution paths per stage shape."""
+    import timm
+
+    from . import models  # noqa: F401
+    from .layers import smp_param_groups
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (8,))
+    model = timm.create_model('smpconv_t', drop_path_rate=0.1).to(memory_format=torch.channels_last).train()
+    step = _train_step(model, x, y, torch.optim.AdamW(smp_param_groups(model, 0.05, lr=1e-4), lr=1e-4))
+    deployed = timm.utils.reparameterize_model(calibrate_bn_(model, x)).to(memory_format=torch.channels_last)
+
+    def infer():
+        with torch.inference_mode():
+            deployed(x)
+
+    return {'train_step_percent': _op_breakdown(step), 'inference_percent': _op_breakdown(infer),
+            'depthwise_fwd_bwd': _depthwise_paths(3 if quick else 7)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m smpconv_models.bench', description=__doc__.split('\n\n')[0])
     parser.add_argument('--json', default=None, help='write the report as JSON here')
     parser.add_argument('--plot', default=None, help='write a PNG of the ratios here')
     parser.add_argument('--quick', action='store_true', help='fewer repetitions (a smoke run, noisier)')
     parser.add_argument('--rows', nargs='*', default=None, help=f'subset of rows: {", ".join(ROWS)}')
+    parser.add_argument('--profile', action='store_true',
+                        help='instead of the rows: where smpconv_t spends its time (op groups, depthwise paths)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
+    if args.profile:
+        report = run_profile(args.quick)
+        sys.stdout.write(json.dumps(report, indent=1) + '\n')
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
+        return 0
     try:
         report = run_bench(args.rows, args.quick)
     except ValueError as e:

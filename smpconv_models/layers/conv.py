@@ -42,8 +42,8 @@ FFT_CONV_MIN_TAPS = 121
 
 # A large depthwise kernel in training runs forward and input gradient directly and only the kernel gradient through
 # the FFT (_DepthwiseSameConv) while the direct forward costs at most this many MACs per image and channel
-# (H * W * taps); above, everything goes through the FFT. Measured fwd+bwd at batch 8 here: 27x27 on 14x14
-# (143 K) 27 ms vs 43 ms all-FFT; 29x29 on 28x28 (659 K) 50 vs 53 ms; 31x31 on 56x56 (3 M) 112 vs 94 ms.
+# (H * W * taps); above, everything goes through the FFT. `python -m smpconv_models.bench --profile` times both paths
+# on smpconv_t's shapes: the hybrid wins up to 29x29 on 28x28 (659 K), the FFT at 31x31 on 56x56 (3 M).
 HYBRID_MAX_DIRECT_MACS = 2 ** 20
 
 
@@ -53,8 +53,8 @@ def conv_path(x: Tensor, weight: Tensor, groups: int, min_taps: int = FFT_CONV_M
     ``'hybrid'`` (depthwise, direct with an FFT kernel gradient).
 
     Dense convolutions with large kernels take the FFT; large depthwise kernels take the FFT or the hybrid while
-    autograd records (oneDNN's direct depthwise backward dominated a training step: 31x31 on [8, 96, 56, 56]
-    fwd+bwd took 2.0 s in channels_last and 0.09 s through the FFT here) and run directly otherwise.
+    autograd records (oneDNN's direct depthwise backward is slow for large kernels: see
+    ``python -m smpconv_models.bench --profile``) and run directly otherwise.
     """
     taps = 1
     for k in weight.shape[2:]:
@@ -78,8 +78,8 @@ def use_fft_conv(x: Tensor, weight: Tensor, groups: int, min_taps: int = FFT_CON
 
 
 def _fft_size(n: int) -> int:
-    """The smallest ``2^a 3^b >= n`` with ``a >= 1``: odd and 5- or 7-factor sizes of batched 2-d real FFTs ran up to
-    4x slower here (a 14x14 map padded to 27: 26 ms, to 32: 13 ms; 71: 67 ms, 72: 16 ms)."""
+    """The smallest ``2^a 3^b >= n`` with ``a >= 1``: odd sizes and 5- or 7-factor sizes of batched 2-d real FFTs
+    were markedly slower in MKL on our test machine."""
     best = 2
     while best < n:
         best *= 2
@@ -91,6 +91,12 @@ def _fft_size(n: int) -> int:
         best = min(best, m)
         p3 *= 3
     return best
+
+
+def _reachable(length: int, taps: int) -> tuple[int, int, int]:
+    """Kernel centre and the offsets before / after it that reach an output of a ``length``-long 'same' conv."""
+    centre = taps // 2
+    return centre, min(centre, length - 1), min(taps - 1 - centre, length - 1)
 
 
 def fft_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1) -> Tensor:
@@ -114,9 +120,8 @@ def fft_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups:
     compute = torch.promote_types(out_dtype, torch.float32)
     w = weight.to(compute)
     for d in range(nd):
-        dim, length, taps = 2 + d, x.shape[2 + d], weight.shape[2 + d]
-        centre = taps // 2  # tap of offset 0 ('same' padding)
-        before, after = min(centre, length - 1), min(taps - 1 - centre, length - 1)  # reachable offsets
+        dim, length = 2 + d, x.shape[2 + d]
+        centre, before, after = _reachable(length, weight.shape[2 + d])
         n = _fft_size(length + max(before, after))
         w = w.narrow(dim, centre - before, before + after + 1)
         pad = [0, 0] * (nd - 1 - d) + [0, n - (before + after + 1)]  # F.pad lists the last dim first
@@ -144,28 +149,19 @@ def fft_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups:
     return y.to(out_dtype)
 
 
-def _reachable(length: int, taps: int) -> tuple[int, int, int]:
-    """Kernel centre and the offsets before / after it that reach an output of a ``length``-long 'same' conv."""
-    centre = taps // 2
-    return centre, min(centre, length - 1), min(taps - 1 - centre, length - 1)
-
-
 def fft_depthwise_weight_grad(x: Tensor, grad_y: Tensor, kernel_size: Sequence[int]) -> Tensor:
     """Gradient of a depthwise 'same' cross-correlation w.r.t. its ``[C, 1, *kernel_size]`` kernel, through the FFT:
     ``g[c, d] = sum_{b, o} grad_y[b, c, o] x[b, c, o + d]`` for the reachable offsets ``d`` (others are zero), the
     batch summed in the frequency domain so only a ``[C, *n]`` transform is inverted."""
     nd = len(kernel_size)
     dims = list(range(2, 2 + nd))
-    sizes = []
-    for d in range(nd):
-        _, before, after = _reachable(x.shape[2 + d], kernel_size[d])
-        sizes.append(_fft_size(x.shape[2 + d] + max(before, after)))
+    reach = [_reachable(x.shape[2 + d], kernel_size[d]) for d in range(nd)]
+    sizes = [_fft_size(x.shape[2 + d] + max(before, after)) for d, (_, before, after) in enumerate(reach)]
     compute = torch.promote_types(grad_y.dtype, torch.float32)
     xf = torch.fft.rfftn(x.to(compute).contiguous(), s=sizes, dim=dims)
     gf = torch.fft.rfftn(grad_y.to(compute).contiguous(), s=sizes, dim=dims)
     r = torch.fft.irfftn((xf * gf.conj()).sum(0, keepdim=True), s=sizes, dim=dims)  # r[d mod n]
-    for d in range(nd):
-        centre, before, after = _reachable(x.shape[2 + d], kernel_size[d])
+    for d, (centre, before, after) in enumerate(reach):
         r = torch.roll(r, before, 2 + d).narrow(2 + d, 0, before + after + 1)  # offsets -before..after
         pad = [0, 0] * (nd - 1 - d) + [centre - before, kernel_size[d] - 1 - centre - after]
         r = F.pad(r, pad)
@@ -174,8 +170,8 @@ def fft_depthwise_weight_grad(x: Tensor, grad_y: Tensor, kernel_size: Sequence[i
 
 class _DepthwiseSameConv(torch.autograd.Function):
     """Depthwise 'same' conv: forward and input gradient direct (oneDNN is fast there), kernel gradient through the
-    FFT (oneDNN's large-kernel depthwise weight gradient is not: 27x27 on [8, 384, 14, 14] fwd+bwd took 200 ms
-    direct, 43 ms all-FFT and 27 ms this way here)."""
+    FFT (oneDNN's large-kernel depthwise weight gradient is not; ``python -m smpconv_models.bench --profile`` times
+    the three ways)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:

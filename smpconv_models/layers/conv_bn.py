@@ -5,7 +5,14 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .fused import activation_name, cached_eval_value, conv2d_act, folds_in_eval, pointwise_conv2d
+from .fused import (
+    activation_name,
+    bns_have_statistics,
+    cached_eval_value,
+    conv2d_act,
+    folds_in_eval,
+    pointwise_conv2d,
+)
 from .reparam import fuse_bn
 
 __all__ = ['ConvBN']
@@ -48,9 +55,9 @@ class ConvBN(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
     def _folds_in_eval(self, x: Tensor) -> bool:
-        if activation_name(self.act) is None or not folds_in_eval(self, x):
+        if activation_name(self.act) is None or not isinstance(self.bn, (nn.Identity, nn.modules.batchnorm._BatchNorm)):
             return False
-        return isinstance(self.bn, nn.Identity) or getattr(self.bn, 'running_mean', None) is not None
+        return folds_in_eval(self, x) and bns_have_statistics(self)
 
     def conv_act(self, x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None = None) -> Tensor:
         """``act(conv(x) + residual)`` with this layer's geometry and a given (folded) ``weight`` and ``bias``."""

@@ -9,11 +9,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.modules import module as _module
 
 __all__ = [
-    'conv2d_act', 'pointwise_conv2d', 'activation_name', 'needs_grad', 'folds_in_eval', 'cached_eval_value',
-    'micro_batch_size',
-    'MICRO_BATCH_BYTES',
+    'conv2d_act', 'pointwise_conv2d', 'activation_name', 'needs_grad', 'has_forward_hooks', 'bns_have_statistics',
+    'folds_in_eval', 'cached_eval_value', 'micro_batch_size', 'MICRO_BATCH_BYTES',
 ]
 
 # oneDNN post-op names and algorithms of the activations we fuse (exact, erf-based GELU only).
@@ -44,15 +44,19 @@ def folds_in_eval(module: nn.Module, x: Any) -> bool:
         return False
     if needs_grad(x, list(module.parameters())):
         return False
-    return not any(_has_hooks(m) for m in module.modules() if m is not module)
+    return not any(has_forward_hooks(m) for m in module.modules() if m is not module)
 
 
-def _has_hooks(module: nn.Module) -> bool:
+def has_forward_hooks(module: nn.Module) -> bool:
     """Whether calling ``module`` runs forward (pre-)hooks, its own or global ones."""
-    from torch.nn.modules import module as module_mod
+    return bool(module._forward_hooks or module._forward_pre_hooks or _module._global_forward_hooks
+                or _module._global_forward_pre_hooks)
 
-    return bool(module._forward_hooks or module._forward_pre_hooks or module_mod._global_forward_hooks
-                or module_mod._global_forward_pre_hooks)
+
+def bns_have_statistics(module: nn.Module) -> bool:
+    """Whether every BatchNorm in ``module`` has running statistics (so its eval form folds into a conv)."""
+    return all(m.running_mean is not None and m.running_var is not None
+               for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
 
 def _onednn_fusable(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None) -> bool:
@@ -74,6 +78,8 @@ def conv2d_act(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int]
     On CPU in fp32 without autograd, one oneDNN convolution with the activation / residual add as post-ops (one
     pass over the output instead of two or three); elsewhere the plain ops. Same values either way (up to rounding).
     """
+    if act not in ('none', 'relu', 'gelu'):
+        raise ValueError(f"conv2d_act: act must be 'none', 'relu' or 'gelu', got {act!r}")
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
         if _onednn_fusable(x, weight, bias, residual):
             name, algorithm = _ONEDNN_ACTS[act]
@@ -99,10 +105,10 @@ def conv2d_act(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int]
 
 def pointwise_conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:
     """``conv(x)``; a 1x1 conv (stride 1, ``groups=1``) of a channels_last ``x`` runs as a matmul over channels on its
-    NHWC view (no copies, output channels_last), whose backward is cheaper than oneDNN's 1x1 convolution backward
-    (fwd+bwd over smpconv_t's 1x1 shapes at batch 8: about 23% less time here). A conv with hooks is called."""
+    NHWC view (no copies, output channels_last), whose backward was cheaper than oneDNN's 1x1 convolution backward
+    on smpconv_t's shapes. A conv with hooks is called as usual."""
     if (isinstance(x, Tensor) and not torch.jit.is_tracing() and x.dim() == 4 and conv.kernel_size == (1, 1)
-            and not _has_hooks(conv)
+            and not has_forward_hooks(conv)
             and conv.stride == (1, 1) and conv.groups == 1 and conv.padding in ((0, 0), 'valid')
             and x.is_contiguous(memory_format=torch.channels_last)):
         weight = conv.weight.reshape(conv.weight.shape[0], conv.weight.shape[1])
@@ -136,7 +142,7 @@ def cached_eval_value(module: nn.Module, compute: Callable[[], Any]) -> Any:
 
 # Above 32 MB glibc's allocator maps fresh, page-faulting memory for every tensor on every forward (its mmap threshold
 # stops growing there). CPU inference paths with larger activations run in micro-batches whose largest activation
-# stays under this size (same values; the stem and the stage-1 ConvFFNs of smpconv_t at batch 8: ~10% of a forward).
+# stays under this size (same values; at batch 8 this covers smpconv_t's stem and stage-1 ConvFFNs).
 MICRO_BATCH_BYTES = 16 * 2 ** 20
 
 

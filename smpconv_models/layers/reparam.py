@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .causal_conv import causal_conv1d
 from .conv import check_conv_input, prefers_channels_last, same_conv
-from .fused import cached_eval_value, folds_in_eval
+from .fused import bns_have_statistics, cached_eval_value, folds_in_eval
 from .smp_conv import SMPCausalConv1d, SMPConv, SMPConvBase, SMPDepthwiseConv2d
 
 __all__ = [
@@ -159,9 +159,7 @@ class SMPReparamConv(nn.Module):
         return self.smp(x) + self.small_conv(x)
 
     def _folds_in_eval(self, x: Tensor) -> bool:
-        if not folds_in_eval(self, x):
-            return False
-        return self.smp.bn.running_mean is not None and self.small_conv.bn.running_mean is not None
+        return folds_in_eval(self, x) and bns_have_statistics(self)
 
     def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """The deploy convolution with a given folded ``weight`` and ``bias``."""

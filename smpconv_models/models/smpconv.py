@@ -22,7 +22,15 @@ from timm.models._features import feature_take_indices
 from torch import Tensor
 
 from ..layers import ConvBN, SMPLargeKernelConv2d, fold_bn_into_next_conv, fuse_pre_bn
-from ..layers.fused import activation_name, cached_eval_value, conv2d_act, folds_in_eval, micro_batch_size
+from ..layers.fused import (
+    activation_name,
+    bns_have_statistics,
+    cached_eval_value,
+    conv2d_act,
+    folds_in_eval,
+    has_forward_hooks,
+    micro_batch_size,
+)
 from ._checkpoint import unwrap_state_dict, validate_for_model
 from ._common import SMPModelMixin
 
@@ -64,10 +72,6 @@ def _folded(pre_bn: nn.Module, conv_bn: ConvBN) -> tuple[Tensor, Tensor | None]:
     return fuse_pre_bn(weight, bias, pre_bn)
 
 
-def _bns_foldable(module: nn.Module) -> bool:
-    return all(m.running_mean is not None for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
-
-
 class SMPBlock(nn.Module):
     """Large-kernel block: BN, 1x1 conv-BN-ReLU, SMP large kernel (+ small kernel), ReLU, 1x1 conv-BN, residual."""
 
@@ -86,7 +90,7 @@ class SMPBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
-            if folds_in_eval(self, x) and _bns_foldable(self):
+            if folds_in_eval(self, x) and bns_have_statistics(self):
                 # inference: pre-BN and BNs folded (cached), ReLU and the residual add fused into the 1x1 convs
                 w1, b1, w2, b2 = cached_eval_value(self, self._folded_weights)
                 out = torch.relu_(self.large_kernel(self.pw1.conv_act(x, w1, b1)))
@@ -120,7 +124,7 @@ class ConvFFN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
-            if activation_name(self.nonlinear) == 'gelu' and folds_in_eval(self, x) and _bns_foldable(self):
+            if activation_name(self.nonlinear) == 'gelu' and folds_in_eval(self, x) and bns_have_statistics(self):
                 # inference: pre-BN and BNs folded (cached), GELU and the residual add fused into the 1x1 convs
                 w1, b1, w2, b2 = cached_eval_value(self, self._folded_weights)
                 chunk = micro_batch_size(x, w1.shape[0] * x[0].numel() // x.shape[1] * x.element_size())
@@ -297,8 +301,7 @@ class SMPConvNet(SMPModelMixin, nn.Module):
     def forward_stem(self, x: Tensor) -> Tensor:
         """The stem; on CPU in inference in micro-batches when its activations exceed ``MICRO_BATCH_BYTES``."""
         if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
-            if (folds_in_eval(self.stem, x) and x.dim() == 4
-                    and not (self.stem._forward_hooks or self.stem._forward_pre_hooks)):
+            if folds_in_eval(self.stem, x) and x.dim() == 4 and not has_forward_hooks(self.stem):
                 c = self.stem[0].conv.out_channels
                 chunk = micro_batch_size(x, c * -(-x.shape[-2] // 2) * -(-x.shape[-1] // 2) * x.element_size())
                 if chunk < x.shape[0]:

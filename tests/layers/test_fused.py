@@ -15,17 +15,9 @@ import torch.nn.functional as F
 
 from smpconv_models.layers import ConvBN, SMPLargeKernelConv2d, SMPParallelConv, conv2d_act, fused
 from smpconv_models.models.smpconv import ConvFFN, SMPBlock
+from tests.helpers import randomize_bn_
 
 onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='PyTorch built without oneDNN')
-
-
-def randomize_bn_(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
 
 
 def plain(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -244,3 +236,8 @@ def test_hooks_fire_on_pointwise_convs_in_training():
     block.pw1.conv.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     block(torch.randn(2, 4, 5, 5).contiguous(memory_format=torch.channels_last))
     assert seen == [torch.Size([2, 16, 5, 5])]
+
+
+def test_conv2d_act_rejects_unknown_activation():
+    with pytest.raises(ValueError, match="act must be 'none', 'relu' or 'gelu', got 'silu'"):
+        conv2d_act(torch.randn(1, 2, 3, 3), torch.randn(2, 2, 1, 1), None, [1, 1], [0, 0], 1, 'silu')

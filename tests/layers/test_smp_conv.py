@@ -23,19 +23,7 @@ from smpconv_models.layers import (
     fuse_bn,
     smp_param_groups,
 )
-
-
-def randomize_bn_(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
+from tests.helpers import randomize_bn_, rel_err
 
 
 def test_depthwise_forward_is_grouped_conv():

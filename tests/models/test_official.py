@@ -15,16 +15,13 @@ from safetensors.torch import load_file
 import smpconv_models  # noqa: F401
 from smpconv_models.layers import SMPConvBase, SMPReparamConv
 from smpconv_models.models._checkpoint import check_state_dict_matches
+from tests.helpers import rel_err
 
 PARAMS = {
     'smpconv_t': 26_705_248, 'smpconv_b': 79_546_520, 'smpconv_cifar': 489_646, 'smpconv_tcn_mnist': 370_960,
     'smpconv_tcn_scifar10': 373_480, 'smpconv_tcn_chartraj': 373_790, 'smpconv_tcn_speech': 391_840,
     'smpconv_tcn_speech_raw': 370_960,
 }
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def tiny_imagenet_kwargs(official_dir):
