@@ -14,7 +14,7 @@ from .reparam import (
     fuse_bn,
     fuse_pre_bn,
 )
-from .smp_conv import SMPCausalConv1d, SMPConv, SMPConvBase, SMPDepthwiseConv2d
+from .smp_conv import SMPCausalConv1d, SMPConv, SMPConvBase, SMPDepthwiseConv2d, share_kernels
 from .smp_kernel import kernel_coords, smp_basis, smp_kernel
 
 __all__ = [
@@ -22,5 +22,5 @@ __all__ = [
     'prefers_channels_last', 'same_conv', 'clamp_radii_', 'smp_param_groups', 'rescale_smp_kernels_',
     'scaled_kernel_size', 'CausalConv1d', 'SMPLargeKernelConv2d', 'SMPParallelCausalConv1d', 'SMPParallelConv',
     'SMPReparamConv', 'fold_bn_into_next_conv', 'fuse_bn', 'fuse_pre_bn', 'SMPCausalConv1d', 'SMPConv', 'SMPConvBase',
-    'SMPDepthwiseConv2d', 'kernel_coords', 'smp_basis', 'smp_kernel',
+    'SMPDepthwiseConv2d', 'share_kernels', 'kernel_coords', 'smp_basis', 'smp_kernel',
 ]

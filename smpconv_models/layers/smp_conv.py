@@ -11,7 +11,9 @@ dicts load after stripping wrapper prefixes.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -22,7 +24,7 @@ from .causal_conv import causal_conv1d
 from .conv import check_conv_input, same_conv
 from .smp_kernel import kernel_coords, smp_kernel
 
-__all__ = ['SMPConvBase', 'SMPDepthwiseConv2d', 'SMPConv', 'SMPCausalConv1d']
+__all__ = ['SMPConvBase', 'SMPDepthwiseConv2d', 'SMPConv', 'SMPCausalConv1d', 'share_kernels']
 
 
 def _as_size(kernel_size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
@@ -39,6 +41,19 @@ def _require_odd(size: tuple[int, ...], name: str) -> None:
         raise ValueError(f"{name} needs odd kernel sizes for 'same' padding, got {size}")
 
 
+class _AddPendingGrad(torch.autograd.Function):
+    """Identity on the kernel whose backward adds the kernel gradient accumulated by earlier micro-batches."""
+
+    @staticmethod
+    def forward(ctx, kernel: Tensor, pending: Tensor) -> Tensor:
+        ctx.pending = pending
+        return kernel.view_as(kernel)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad + ctx.pending, None
+
+
 @register_notrace_module  # torch.fx leaf (as are the subclasses): kernel cache, custom autograd Function, checks
 class SMPConvBase(nn.Module):
     """Learnable points (``weight_coord`` [G, P, d], ``radius`` [G, P, 1...], ``weights`` [G, C, P]) and the
@@ -48,6 +63,7 @@ class SMPConvBase(nn.Module):
     eval mode, when no gradient is needed, it is cached and regenerated only when a point parameter changed: the
     cache key is each parameter's storage pointer and version counter, which every in-place update
     (optimizer step, ``load_state_dict``, :meth:`clamp_radii_`), ``.data`` replacement and ``.to()`` changes.
+    Under :func:`share_kernels` (gradient accumulation) one kernel serves every micro-batch of an optimizer step.
     """
 
     # No class-level annotations in the layers: under ``from __future__ import annotations`` they are strings that
@@ -85,6 +101,10 @@ class SMPConvBase(nn.Module):
         self.weights = nn.Parameter(torch.empty(groups, channels, self.n_points, **dd))
         self.register_buffer('kernel_coord', kernel_coords(kernel_size, device=device, dtype=dtype), persistent=False)
         self._kernel_cache: tuple[tuple, Tensor] | None = None
+        # share_kernels(): None outside it, else whether this micro-batch is the last one before the optimizer step;
+        # _shared = (cache key, kernel with its autograd graph, detached leaf the earlier micro-batches use)
+        self._share_final: bool | None = None
+        self._shared: tuple[tuple, Tensor, Tensor] | None = None
         self._init_points(radius, coord_std, causal)
 
     @torch.no_grad()
@@ -146,6 +166,8 @@ class SMPConvBase(nn.Module):
             p.requires_grad for p in (self.weight_coord, self.radius, self.weights))
         if self.training or needs_grad:
             self._kernel_cache = None
+            if self._share_final is not None and needs_grad:
+                return self._shared_kernel(self._share_final)
             return self.generate_kernel()
         key = self._cache_key()
         if self._kernel_cache is not None and self._kernel_cache[0] == key:
@@ -154,6 +176,30 @@ class SMPConvBase(nn.Module):
             kernel = self.generate_kernel()
         self._kernel_cache = (key, kernel)
         return kernel
+
+    def _shared_kernel(self, final: bool) -> Tensor:
+        """One kernel per optimizer step: generated (with its graph) at the first micro-batch; earlier micro-batches
+        run on a detached leaf that accumulates their kernel gradient, the final one on the generated kernel, whose
+        backward adds that gradient, so the points receive the whole step's gradient in the final backward (inside
+        DDP's gradient synchronisation)."""
+        key = self._cache_key()
+        shared = self._shared
+        if shared is not None and shared[0] != key:
+            if shared[2].grad is not None:
+                warnings.warn(f'{type(self).__name__}: point parameters changed before the final micro-batch of '
+                              'share_kernels(); the kernel gradient of the earlier micro-batches was discarded '
+                              '(pass final=True on the micro-batch before optimizer.step())', stacklevel=3)
+            shared = self._shared = None
+        if final:
+            self._shared = None
+            if shared is None:
+                return self.generate_kernel()
+            pending = shared[2].grad
+            return shared[1] if pending is None else _AddPendingGrad.apply(shared[1], pending)
+        if shared is None:
+            kernel = self.generate_kernel()
+            shared = self._shared = (key, kernel, kernel.detach().requires_grad_())
+        return shared[2]
 
     def train(self, mode: bool = True):
         self._kernel_cache = None
@@ -284,3 +330,22 @@ class SMPCausalConv1d(SMPConvBase):
             check_conv_input(x, 1, self.in_channels, type(self).__name__)
         return causal_conv1d(x, self.smp_weight(), self.bias, fft=self.fft)
 
+
+
+@contextmanager
+def share_kernels(model: nn.Module, final: bool) -> Iterator[nn.Module]:
+    """Generate every SMP kernel of ``model`` once per optimizer step under gradient accumulation.
+
+    Wrap each micro-batch's forward and backward; ``final`` marks the last micro-batch before ``optimizer.step()``
+    (``accelerator.sync_gradients`` under Accelerate). The point gradients are the same as without sharing and
+    arrive in the final backward, so DDP synchronises them with the rest; earlier micro-batches skip the kernel
+    generation and its backward. With ``final=True`` on every micro-batch it changes nothing.
+    """
+    layers = [m for m in model.modules() if isinstance(m, SMPConvBase)]
+    for layer in layers:
+        layer._share_final = bool(final)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer._share_final = None

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from ..layers import clamp_radii_, smp_param_groups
+from ..layers import clamp_radii_, share_kernels, smp_param_groups
 from .checkpoint import STATE_DIR, load_training_state, save_training_state
 from .config import TrainConfig, recipe_for, recipe_model_args
 from .data import EpochShuffleSampler, build_data
@@ -241,7 +241,9 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
         for i, (x, y) in enumerate(train_loader):
             if i >= batches:
                 break
-            with accelerator.accumulate(model):
+            # share_kernels: one kernel per SMP layer and optimizer step, not per micro-batch (sync_gradients is
+            # set on entering accumulate(); it marks the micro-batch whose backward feeds the optimizer step)
+            with accelerator.accumulate(model), share_kernels(model, final=accelerator.sync_gradients):
                 target = y
                 if mixup_fn is not None:
                     x, target = mixup_fn(x, y)

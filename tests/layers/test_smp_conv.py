@@ -1,6 +1,7 @@
 """SMP conv modules: outputs against plain convolutions, reparameterization, kernel cache, bad input."""
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -21,6 +22,7 @@ from smpconv_models.layers import (
     clamp_radii_,
     fold_bn_into_next_conv,
     fuse_bn,
+    share_kernels,
     smp_param_groups,
 )
 from tests.helpers import randomize_bn_, rel_err
@@ -140,6 +142,53 @@ def test_eval_with_grad_still_backprops_to_points():
     layer = SMPDepthwiseConv2d(2, 7).eval()
     layer(torch.randn(1, 2, 8, 8)).sum().backward()
     assert layer.weight_coord.grad is not None and layer.weight_coord.grad.abs().sum() > 0
+
+
+def _accumulation_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(SMPConv(3, 4, 5, n_points=6, radius=0.3, coord_std=0.3), nn.GELU(),
+                         SMPDepthwiseConv2d(4, 7), nn.GELU(), SMPConv(4, 2, 3, n_points=4, radius=0.5, coord_std=0.3)
+                         ).double()
+
+
+def _accumulate(net: nn.Module, xs: list[torch.Tensor], share: bool) -> dict[str, torch.Tensor]:
+    net.zero_grad()
+    for i, x in enumerate(xs):
+        with share_kernels(net, final=i == len(xs) - 1) if share else contextlib.nullcontext():
+            (net(x) * torch.linspace(-1, 1, x.shape[-1], dtype=x.dtype)).square().sum().backward()
+    return {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+def test_share_kernels_generates_once_per_step_with_equal_gradients(monkeypatch):
+    net = _accumulation_net()
+    xs = [torch.randn(2, 3, 10, 10, dtype=torch.float64) for _ in range(3)]
+    expected = _accumulate(net, xs, share=False)
+    calls = []
+    original = SMPConvBase.generate_kernel
+    monkeypatch.setattr(SMPConvBase, 'generate_kernel', lambda self: calls.append(1) or original(self))
+    got = _accumulate(net, xs, share=True)
+    assert len(calls) == 3  # one per layer, not one per layer and micro-batch
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-12, atol=1e-14, msg=name)
+    assert all(m._shared is None and m._share_final is None for m in net.modules() if isinstance(m, SMPConvBase))
+    # after an optimizer step the next accumulation window generates fresh kernels from the new points
+    torch.optim.SGD(net.parameters(), lr=0.1).step()
+    expected = _accumulate(net, xs, share=False)
+    calls.clear()
+    got = _accumulate(net, xs, share=True)
+    assert len(calls) == 3
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_share_kernels_warns_when_points_change_mid_window():
+    net = _accumulation_net()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    with share_kernels(net, final=False):
+        net(x).sum().backward()
+    with torch.no_grad():  # points updated without a final micro-batch (its gradient never reached them)
+        net[2].weights.mul_(2.0)
+    with pytest.warns(UserWarning, match='before the final micro-batch'), share_kernels(net, final=True):
+        net(x).sum()
 
 
 def test_deepcopy_and_to_regenerate():

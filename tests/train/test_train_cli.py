@@ -41,7 +41,8 @@ def max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
 
 
 def test_one_process_equals_two_processes(tmp_path):
-    common = ['--epochs', '1', '--batch-size', '32', *TINY, '--seed', '3']
+    # gradient accumulation with shared SMP kernels: the point gradients of both micro-batches reach DDP's all-reduce
+    common = ['--epochs', '1', '--batch-size', '16', '--grad-accum', '2', *TINY, '--seed', '3']
     one = train('--output-dir', str(tmp_path / 'one'), *common)
     launcher = [sys.executable, '-m', 'accelerate.commands.launch', '--cpu', '--num_processes', '2',
                 '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port',
