@@ -79,7 +79,7 @@ _ZERO_MAC_OPS = (
     'aten::avg_pool2d', 'aten::max_pool2d', 'aten::flip', 'aten::pad', 'aten::constant_pad_nd', 'aten::bernoulli_',
     'aten::feature_dropout', 'aten::empty_like', 'aten::ones_like', 'aten::lt', 'aten::le', 'aten::ne',
     'aten::real', 'aten::imag', 'aten::view_as_real', 'aten::view_as_complex', 'aten::conj', 'aten::_conj',
-    'aten::roll', 'aten::addcmul', 'aten::unflatten',
+    'aten::roll', 'aten::addcmul', 'aten::unflatten', 'prim::PythonOp._ContiguousGrad',
 )
 
 

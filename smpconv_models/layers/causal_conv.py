@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .conv import mix_channels_fft
+
 __all__ = ['causal_conv1d', 'next_fast_len', 'use_fft_for']
 
 # Below about this many taps the direct convolution is faster than the FFT on CPU (30 channels, batch 32).
@@ -101,8 +103,7 @@ def _fft_causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor
     # Linear convolution with the time-reversed kernel: y[t] = sum_m w[K-1-m] x[t-m].
     xf = torch.fft.rfft(x.to(compute_dtype), n=n)  # [B, Cin, F]
     wf = torch.fft.rfft(weight.to(compute_dtype).flip(-1), n=n)  # [Cout, Cin, F]
-    # Channel mixing per frequency as one batched matmul: [F, B, Cin] @ [F, Cin, Cout] -> [F, B, Cout].
-    yf = torch.matmul(xf.permute(2, 0, 1), wf.permute(2, 1, 0)).permute(1, 2, 0)
+    yf = mix_channels_fft(xf, wf)  # one batched matmul over frequencies
     y = torch.fft.irfft(yf, n=n)[..., :length]
     if bias is not None:
         y = y + bias.to(compute_dtype)[:, None]

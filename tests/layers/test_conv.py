@@ -11,6 +11,7 @@ from smpconv_models.layers.conv import (
     conv_path,
     fft_depthwise_weight_grad,
     fft_same_conv,
+    mix_channels_fft,
     use_fft_conv,
 )
 
@@ -32,6 +33,19 @@ def test_fft_same_conv_matches_direct(nd, spatial, k, groups):
     torch.testing.assert_close(out, ref)
     gy = torch.randn_like(ref)
     for a, r in zip(torch.autograd.grad((out * gy).sum(), (x, w)), torch.autograd.grad((ref * gy).sum(), (x, w))):
+        torch.testing.assert_close(a, r)
+
+
+@pytest.mark.parametrize('fshape', [(7,), (5, 3)])
+def test_mix_channels_fft_is_per_frequency_matmul(fshape):
+    xf = torch.randn(3, 4, *fshape, dtype=torch.complex128, requires_grad=True)
+    wf = torch.randn(5, 4, *fshape, dtype=torch.complex128, requires_grad=True)
+    out = mix_channels_fft(xf, wf)
+    ref = torch.einsum('bi...,oi...->bo...', xf, wf)
+    torch.testing.assert_close(out, ref)
+    gy = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * gy).real.sum(), (xf, wf))
+    for a, r in zip(grads, torch.autograd.grad((ref * gy).real.sum(), (xf, wf))):
         torch.testing.assert_close(a, r)
 
 
