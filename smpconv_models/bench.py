@@ -45,6 +45,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._io import write_json_atomic
+
 __all__ = [
     'ROWS', 'run_bench', 'run_profile', 'calibrate_bn_', 'time_pair', 'matmul_gflops', 'MAGNetKernel',
     'use_mlp_kernels', 'main',
@@ -503,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_profile(args.quick)
         sys.stdout.write(json.dumps(report, indent=1) + '\n')
         if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=1))
+            write_json_atomic(args.json, report)
         return 0
     try:
         report = run_bench(args.rows, args.quick)
@@ -513,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     report['command'] = ' '.join(['python -m smpconv_models.bench', *(argv if argv is not None else sys.argv[1:])])
     sys.stdout.write(format_table(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        write_json_atomic(args.json, report)
     if args.plot:
         plot_ratios(report, args.plot)
     return 0

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from .._io import write_json_atomic, write_text_atomic
 from ..layers import clamp_radii_, share_kernels, smp_param_groups
 from .checkpoint import STATE_DIR, load_training_state, save_training_state
 from .config import TrainConfig, recipe_for, recipe_model_args
@@ -122,12 +123,6 @@ def _check_output_dir(out: Path) -> None:
         raise TrainingError(f'output directory {out} is not writable: {e.strerror or e}') from e
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     """Train (or with ``eval_only`` evaluate) as configured; returns the summary written to ``summary.json``."""
     from accelerate import Accelerator
@@ -216,13 +211,13 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
         summary = {'model': arch, 'data': cfg.data, 'params': params, **metrics, 'seconds': time.time() - started,
                    'command': ' '.join(argv or sys.argv), 'eval_only': True}
         if main_proc:
-            _write_json_atomic(out / 'summary.json', summary)
+            write_json_atomic(out / 'summary.json', summary)
         return summary
     if main_proc and progress['epoch'] == 0 and metrics_path.exists():
         metrics_path.unlink()
     if main_proc and progress['epoch'] > 0 and metrics_path.exists():  # drop lines of epochs that will rerun
         kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)['epoch'] <= progress['epoch']]
-        metrics_path.write_text(''.join(ln + '\n' for ln in kept))
+        write_text_atomic(metrics_path, ''.join(ln + '\n' for ln in kept))
 
     last_metrics: dict[str, float] = {}
     for epoch in range(progress['epoch'], cfg.epochs):
@@ -316,7 +311,7 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
             except (RuntimeError, FileNotFoundError) as e:
                 summary['hub_error'] = str(e)
                 _logger.error('push to the Hub failed (local checkpoints are in %s): %s', out, e)
-        _write_json_atomic(out / 'summary.json', summary)
+        write_json_atomic(out / 'summary.json', summary)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
