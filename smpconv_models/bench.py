@@ -1,8 +1,9 @@
 """Benchmark: our models against real peers, side by side, as ratios measured in one run.
 
 ``python -m smpconv_models.bench [--json FILE] [--plot FILE] [--quick] [--rows NAME ...]``; ``--profile`` instead
-reports where smpconv_t spends its time (op-group shares of a training step and of deploy inference from
-torch.profiler, and the fwd+bwd time of its large depthwise kernels through each path of ``conv_path``).
+reports where the time goes (op-group shares of an smpconv_t training step and of deploy inference from
+torch.profiler, the fwd+bwd time of its large depthwise kernels through each path of ``conv_path``, and the share of
+kernel generation in the CIFAR training step for SMP and MAGNet kernels).
 
 Every row times "ours" and a peer in the same process, alternating repetitions (ours, peer, peer, ours, ...) after
 a warm-up, and reports the medians and ``ratio = peer_time / our_time`` (> 1: we are faster). Each row runs in its own
@@ -159,11 +160,13 @@ class _MLPKernelConv(nn.Module):
         self.kernel_net = MAGNetKernel(len(self.kernel_size), self.out_channels * self.in_channels)
         self.bias = smp_conv.bias
 
+    def generate_kernel(self) -> torch.Tensor:
+        return self.kernel_net(self.coords).t().reshape(self.out_channels, self.in_channels, *self.kernel_size)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from .layers import same_conv
 
-        k = self.kernel_net(self.coords).t().reshape(self.out_channels, self.in_channels, *self.kernel_size)
-        return same_conv(x, k, self.bias)
+        return same_conv(x, self.generate_kernel(), self.bias)
 
 
 def use_mlp_kernels(model: nn.Module) -> nn.Module:
@@ -468,9 +471,47 @@ def _depthwise_paths(reps: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _cifar_kernel_generation(reps: int) -> dict[str, dict[str, float]]:
+    """The ``cifar_train_vs_mlp_kernel`` setting split up: ms of a whole training step and of generating every
+    kernel with its backward, for SMP points and for MAGNet, alternating medians. Everything else (the convolutions)
+    is shared, which bounds the row's ratio: ``bound`` is the peer's step over the peer's step without its kernels."""
+    import timm
+
+    from . import models  # noqa: F401
+    from .layers import SMPConv
+
+    x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    torch.manual_seed(0)
+    nets = {'smp': timm.create_model('smpconv_cifar').train(),
+            'mlp_kernel': use_mlp_kernels(timm.create_model('smpconv_cifar')).train()}
+    calls: dict[str, Callable[[], Any]] = {}
+    for name, net in nets.items():
+        calls[f'{name}_step'] = _train_step(net, x, y, torch.optim.Adam(net.parameters(), lr=1e-3))
+        layers = [m for m in net.modules() if isinstance(m, (SMPConv, _MLPKernelConv))]
+
+        def kernels(layers=layers):
+            outs = [layer.generate_kernel() for layer in layers]
+            torch.autograd.backward(outs, [torch.ones_like(k) for k in outs])
+        calls[f'{name}_kernels'] = kernels
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for fn in calls.values():
+        fn()
+    for i in range(reps):
+        for key in (list(calls) if i % 2 == 0 else list(reversed(calls))):
+            times[key].append(_timed(calls[key]))
+    ms = {k: 1e3 * statistics.median(t) for k, t in times.items()}
+    out = {name: {'step_ms': ms[f'{name}_step'], 'kernels_ms': ms[f'{name}_kernels'],
+                  'kernels_percent': 100 * ms[f'{name}_kernels'] / ms[f'{name}_step']} for name in nets}
+    # with free SMP kernels our step would be the peer's step minus its kernel generation
+    out['bound'] = {'ratio_if_smp_kernels_were_free': ms['mlp_kernel_step'] / (ms['mlp_kernel_step']
+                                                                              - ms['mlp_kernel_kernels'])}
+    return out
+
+
 def run_profile(quick: bool = False) -> dict[str, Any]:
     """Where the time goes: op-group shares of the smpconv_t training step and deploy inference (batch 8,
-    channels_last), and the depthwise convolution paths per stage shape."""
+    channels_last), the depthwise convolution paths per stage shape, and the kernel-generation share of the
+    CIFAR training step for SMP and MAGNet kernels."""
     import timm
 
     from . import models  # noqa: F401
@@ -488,7 +529,8 @@ def run_profile(quick: bool = False) -> dict[str, Any]:
             deployed(x)
 
     return {'train_step_percent': _op_breakdown(step), 'inference_percent': _op_breakdown(infer),
-            'depthwise_fwd_bwd': _depthwise_paths(3 if quick else 7)}
+            'depthwise_fwd_bwd': _depthwise_paths(3 if quick else 7),
+            'cifar_train_kernel_generation': _cifar_kernel_generation(3 if quick else 7)}
 
 
 def main(argv: list[str] | None = None) -> int:

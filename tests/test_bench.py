@@ -1,0 +1,83 @@
+"""The benchmark's machinery (not its timings): alternation and medians, the MAGNet peer, reports and errors."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import smpconv_models  # noqa: F401
+from smpconv_models import bench
+from smpconv_models.layers import SMPConv
+
+
+def test_time_pair_alternates_and_takes_medians(monkeypatch):
+    clock, order = [0.0], []
+    monkeypatch.setattr(bench.time, 'perf_counter', lambda: clock[0])
+
+    def fn(name, cost):
+        def run():
+            order.append(name)
+            clock[0] += cost.pop(0) if isinstance(cost, list) else cost
+        return run
+
+    ours = fn('ours', [9.0, 1.0, 2.0, 3.0, 100.0])  # first one is the warm-up
+    t_ours, t_peer = bench.time_pair(ours, fn('peer', 5.0), reps=4, warmup=1)
+    assert order == ['ours', 'peer', 'ours', 'peer', 'peer', 'ours', 'ours', 'peer', 'peer', 'ours']
+    assert (t_ours, t_peer) == (2.5, 5.0)  # median of 1, 2, 3, 100
+
+
+def test_magnet_peer_replaces_every_smp_conv_with_same_convolution():
+    torch.manual_seed(0)
+    net = timm.create_model('smpconv_cifar', widths=(8,), stem_width=8, kernel_size=9)
+    n_smp = sum(isinstance(m, SMPConv) for m in net.modules())
+    bench.use_mlp_kernels(net)
+    layers = [m for m in net.modules() if isinstance(m, bench._MLPKernelConv)]
+    assert n_smp >= 2 and len(layers) == n_smp and not any(isinstance(m, SMPConv) for m in net.modules())
+    layer = layers[-1]
+    x = torch.randn(2, layer.in_channels, 12, 12)
+    k = layer.generate_kernel()
+    assert k.shape == (layer.out_channels, layer.in_channels, 9, 9)
+    torch.testing.assert_close(layer(x), F.conv2d(x, k, layer.bias, padding=4), rtol=1e-4, atol=1e-5)
+
+
+def test_magnet_layers_follow_their_formula():
+    torch.manual_seed(0)
+    net = bench.MAGNetKernel(2, out_features=6, hidden=4, layers=2)
+    x = torch.rand(5, 2) * 2 - 1
+
+    def gabor(g):
+        return (torch.exp(-0.5 * (((x[:, None] - g.mu) * g.gamma) ** 2).sum(-1))
+                * torch.sin(x @ g.linear.weight.t() + g.linear.bias))
+    h = net.linears[0](gabor(net.filters[0])) * gabor(net.filters[1])
+    torch.testing.assert_close(net(x), net.out(h))
+
+
+REPORT = {'machine': {'processor': 'x86_64', 'cpus': 2, 'torch': '2.x', 'matmul_fp32_gflops': 100.0},
+          'quick': True, 'rows': [
+              {'name': 'tcn_mnist_train_fft_vs_direct', 'ours_time': 0.5, 'peer_time': 2.0, 'ratio': 4.0,
+               'target': 3.0, 'peak_rss_mb': 100.0, 'note': 'n'},
+              {'name': 'cifar_train_vs_mlp_kernel', 'error': 'RuntimeError: boom'}]}
+
+
+def test_main_writes_json_and_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, 'run_bench', lambda rows, quick: json.loads(json.dumps(REPORT)))
+    out = tmp_path / 'r.json'
+    assert bench.main(['--json', str(out), '--quick']) == 0
+    saved = json.loads(out.read_text())
+    assert saved['rows'] == REPORT['rows']
+    assert saved['command'] == f'python -m smpconv_models.bench --json {out} --quick'
+    table = capsys.readouterr().out
+    assert '| tcn_mnist_train_fft_vs_direct | 0.5000 | 2.0000 | 4.00 | >= 3.0 | 100 | n |' in table
+    assert '| cifar_train_vs_mlp_kernel | error: RuntimeError: boom |' in table
+
+
+def test_unknown_row_is_a_clear_error(caplog):
+    with pytest.raises(ValueError, match="unknown rows \\['resnet'\\]"):
+        bench.run_bench(['resnet'])
+    with caplog.at_level(logging.ERROR):
+        assert bench.main(['--rows', 'resnet']) == 2
+    assert 'unknown rows' in caplog.text and 'smpconv_t_infer_vs_convnext_tiny' in caplog.text
