@@ -136,7 +136,7 @@ def fft_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups:
     Only kernel offsets ``|d| < H`` reach an output of an ``H``-long axis, so the kernel is cropped to them and laid
     out circularly (offset ``d`` at index ``d mod n``); a transform of size ``n >= H + max|d|`` (rounded up by
     :func:`_fft_size`) then has no wrap-around onto the kept outputs: for a 27x27 kernel on 14x14 maps, 32x32 instead
-    of the 40x40 of plain zero padding. Dense convolutions mix channels per frequency with one batched complex matmul,
+    of the 40x40 of plain zero padding. Dense convolutions mix channels per frequency (:func:`mix_channels_fft`),
     depthwise ones multiply elementwise. Half-precision inputs are transformed in float32; a channels_last input
     gives a channels_last output.
     """

@@ -201,6 +201,13 @@ class SMPConvBase(nn.Module):
             shared = self._shared = (key, kernel, kernel.detach().requires_grad_())
         return shared[2]
 
+    def __getstate__(self) -> dict:
+        # copies and pickles start without cached or shared kernels (a shared one holds an autograd graph, which
+        # deepcopy refuses)
+        state = self.__dict__.copy()
+        state['_kernel_cache'] = state['_shared'] = None
+        return state
+
     def train(self, mode: bool = True):
         self._kernel_cache = None
         return super().train(mode)

@@ -180,6 +180,22 @@ def test_share_kernels_generates_once_per_step_with_equal_gradients(monkeypatch)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
 
 
+def test_copy_mid_window_starts_without_shared_kernels():
+    net = _accumulation_net()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    with share_kernels(net, final=False):
+        net(x).sum().backward()
+    assert net[0]._shared is not None
+    twin = copy.deepcopy(net)
+    assert all(m._shared is None for m in twin.modules() if isinstance(m, SMPConvBase))
+    twin.zero_grad()
+    twin(x).sum().backward()
+    with share_kernels(net, final=True):  # the original still finishes its window: two micro-batches of gradient
+        net(x).sum().backward()
+    for (name, p), q in zip(net.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, 2 * q.grad, msg=name)
+
+
 def test_share_kernels_warns_when_points_change_mid_window():
     net = _accumulation_net()
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
