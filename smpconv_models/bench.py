@@ -2,8 +2,9 @@
 
 ``python -m smpconv_models.bench [--json FILE] [--plot FILE] [--quick] [--rows NAME ...]``; ``--profile`` instead
 reports where the time goes (op-group shares of an smpconv_t training step and of deploy inference from
-torch.profiler, the fwd+bwd time of its large depthwise kernels through each path of ``conv_path``, and the share of
-kernel generation in the CIFAR training step for SMP and MAGNet kernels).
+torch.profiler, the fwd+bwd time of its large depthwise kernels through each path of ``conv_path``, of the
+frequency-domain channel mixing, and the share of kernel generation in the CIFAR training step for SMP and MAGNet
+kernels).
 
 Every row times "ours" and a peer in the same process, alternating repetitions (ours, peer, peer, ours, ...) after
 a warm-up, and reports the medians and ``ratio = peer_time / our_time`` (> 1: we are faster). Each row runs in its own
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import logging
 import multiprocessing as mp
@@ -77,14 +79,20 @@ def _best_format(make_step: Callable[[bool], Callable[[], Any]], reps: int = 3) 
     """The faster of NCHW and channels_last for a step factory ``make_step(channels_last)`` (alternating runs, the
     smaller median wins)."""
     steps = {False: make_step(False), True: make_step(True)}
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for step in steps.values():
-        step()
-    for i in range(reps):
-        for cl in ((False, True) if i % 2 == 0 else (True, False)):
-            times[cl].append(_timed(steps[cl]))
-    cl = statistics.median(times[True]) < statistics.median(times[False])
+    medians = _alternating_medians(steps, reps)
+    cl = medians[True] < medians[False]
     return steps[cl], 'channels_last' if cl else 'NCHW'
+
+
+def _alternating_medians(calls: dict[Any, Callable[[], Any]], reps: int) -> dict[Any, float]:
+    """Median seconds of each call after one warm-up each, the order reversed on every other repetition."""
+    times: dict[Any, list[float]] = {k: [] for k in calls}
+    for fn in calls.values():
+        fn()
+    for i in range(reps):
+        for key in (list(calls) if i % 2 == 0 else list(reversed(calls))):
+            times[key].append(_timed(calls[key]))
+    return {k: statistics.median(t) for k, t in times.items()}
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -460,14 +468,37 @@ def _depthwise_paths(reps: int) -> list[dict[str, Any]]:
         x0 = torch.randn(8, c, h, h).contiguous(memory_format=torch.channels_last)
         w0 = torch.randn(c, 1, k, k) * 0.01
         steps = {p: _depthwise_step(p, x0, w0) for p in ('direct', 'fft', 'hybrid')}
-        times: dict[str, list[float]] = {p: [] for p in steps}
-        for step in steps.values():
-            step()
-        for i in range(reps):
-            for p in (list(steps) if i % 2 == 0 else list(reversed(steps))):
-                times[p].append(_timed(steps[p]))
-        rows.append({'shape': f'{k}x{k} on [8, {c}, {h}, {h}]',
-                     **{f'{p}_ms': 1e3 * statistics.median(t) for p, t in times.items()}})
+        medians = _alternating_medians(steps, reps)
+        rows.append({'shape': f'{k}x{k} on [8, {c}, {h}, {h}]', **{f'{p}_ms': 1e3 * t for p, t in medians.items()}})
+    return rows
+
+
+def _mix_step(fn: Callable, xf: torch.Tensor, wf: torch.Tensor, grad: torch.Tensor) -> None:
+    torch.autograd.backward(fn(xf, wf), grad)
+
+
+def _channel_mixing(reps: int) -> list[dict[str, Any]]:
+    """fwd+bwd ms of the frequency-domain channel mixing at smpconv_cifar's widest and smpconv_tcn_mnist's shapes
+    (batch 64): ``torch.matmul`` on permuted spectrum views vs :func:`~smpconv_models.layers.conv.mix_channels_fft`
+    (contiguous ``[F, B, C]`` operands and gradient), alternating medians."""
+    from .layers.conv import mix_channels_fft
+
+    def permuted(xf: torch.Tensor, wf: torch.Tensor) -> torch.Tensor:
+        nd = xf.dim() - 2
+        f_axes = list(range(2, 2 + nd))
+        y = torch.matmul(xf.permute(*f_axes, 0, 1), wf.permute(*f_axes, 1, 0))  # [*F, B, Cout]
+        return y.permute(nd, nd + 1, *range(nd))
+
+    rows = []
+    for label, fshape, c in (('smpconv_cifar, 48 channels, 48x48 transform', (48, 25), 48),
+                             ('smpconv_tcn_mnist, 30 channels, 1568 transform', (785,), 30)):
+        xf = torch.randn(64, c, *fshape, dtype=torch.complex64, requires_grad=True)
+        wf = torch.randn(c, c, *fshape, dtype=torch.complex64, requires_grad=True)
+        gy = torch.randn(64, c, *fshape, dtype=torch.complex64)
+        calls = {name: functools.partial(_mix_step, fn, xf, wf, gy)
+                 for name, fn in (('permuted_matmul', permuted), ('mix_channels_fft', mix_channels_fft))}
+        ms = {f'{k}_ms': 1e3 * t for k, t in _alternating_medians(calls, reps).items()}
+        rows.append({'shape': label, **ms, 'speedup': ms['permuted_matmul_ms'] / ms['mix_channels_fft_ms']})
     return rows
 
 
@@ -493,13 +524,7 @@ def _cifar_kernel_generation(reps: int) -> dict[str, dict[str, float]]:
             outs = [layer.generate_kernel() for layer in layers]
             torch.autograd.backward(outs, [torch.ones_like(k) for k in outs])
         calls[f'{name}_kernels'] = kernels
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for fn in calls.values():
-        fn()
-    for i in range(reps):
-        for key in (list(calls) if i % 2 == 0 else list(reversed(calls))):
-            times[key].append(_timed(calls[key]))
-    ms = {k: 1e3 * statistics.median(t) for k, t in times.items()}
+    ms = {k: 1e3 * t for k, t in _alternating_medians(calls, reps).items()}
     out = {name: {'step_ms': ms[f'{name}_step'], 'kernels_ms': ms[f'{name}_kernels'],
                   'kernels_percent': 100 * ms[f'{name}_kernels'] / ms[f'{name}_step']} for name in nets}
     # with free SMP kernels our step would be the peer's step minus its kernel generation
@@ -510,8 +535,8 @@ def _cifar_kernel_generation(reps: int) -> dict[str, dict[str, float]]:
 
 def run_profile(quick: bool = False) -> dict[str, Any]:
     """Where the time goes: op-group shares of the smpconv_t training step and deploy inference (batch 8,
-    channels_last), the depthwise convolution paths per stage shape, and the kernel-generation share of the
-    CIFAR training step for SMP and MAGNet kernels."""
+    channels_last), the depthwise convolution paths per stage shape, the frequency-domain channel mixing, and the
+    kernel-generation share of the CIFAR training step for SMP and MAGNet kernels."""
     import timm
 
     from . import models  # noqa: F401
@@ -530,6 +555,7 @@ def run_profile(quick: bool = False) -> dict[str, Any]:
 
     return {'train_step_percent': _op_breakdown(step), 'inference_percent': _op_breakdown(infer),
             'depthwise_fwd_bwd': _depthwise_paths(3 if quick else 7),
+            'channel_mixing_fwd_bwd': _channel_mixing(3 if quick else 7),
             'cifar_train_kernel_generation': _cifar_kernel_generation(3 if quick else 7)}
 
 

@@ -30,6 +30,22 @@ def test_time_pair_alternates_and_takes_medians(monkeypatch):
     assert (t_ours, t_peer) == (2.5, 5.0)  # median of 1, 2, 3, 100
 
 
+def test_alternating_medians(monkeypatch):
+    clock, order = [0.0], []
+    monkeypatch.setattr(bench.time, 'perf_counter', lambda: clock[0])
+    costs = {'a': [7.0, 1.0, 5.0, 3.0], 'b': [7.0, 2.0, 2.0, 9.0], 'c': [7.0, 4.0, 4.0, 4.0]}
+
+    def call(key):
+        def run():
+            order.append(key)
+            clock[0] += costs[key].pop(0)
+        return run
+
+    medians = bench._alternating_medians({k: call(k) for k in costs}, reps=3)
+    assert order == ['a', 'b', 'c', 'a', 'b', 'c', 'c', 'b', 'a', 'a', 'b', 'c']
+    assert medians == {'a': 3.0, 'b': 2.0, 'c': 4.0}
+
+
 def test_magnet_peer_replaces_every_smp_conv_with_same_convolution():
     torch.manual_seed(0)
     net = timm.create_model('smpconv_cifar', widths=(8,), stem_width=8, kernel_size=9)

@@ -348,6 +348,8 @@ def share_kernels(model: nn.Module, final: bool) -> Iterator[nn.Module]:
     arrive in the final backward, so DDP synchronises them with the rest; earlier micro-batches skip the kernel
     generation and its backward. With ``final=True`` on every micro-batch it changes nothing.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f'share_kernels expects an nn.Module, got {type(model).__name__}')
     layers = [m for m in model.modules() if isinstance(m, SMPConvBase)]
     for layer in layers:
         layer._share_final = bool(final)

@@ -205,6 +205,8 @@ def test_share_kernels_warns_when_points_change_mid_window():
         net[2].weights.mul_(2.0)
     with pytest.warns(UserWarning, match='before the final micro-batch'), share_kernels(net, final=True):
         net(x).sum()
+    with pytest.raises(TypeError, match=r'expects an nn\.Module, got list'), share_kernels([net], True):
+        pass
 
 
 def test_deepcopy_and_to_regenerate():
