@@ -338,7 +338,6 @@ class SMPCausalConv1d(SMPConvBase):
         return causal_conv1d(x, self.smp_weight(), self.bias, fft=self.fft)
 
 
-
 @contextmanager
 def share_kernels(model: nn.Module, final: bool) -> Iterator[nn.Module]:
     """Generate every SMP kernel of ``model`` once per optimizer step under gradient accumulation.
