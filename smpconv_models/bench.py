@@ -290,7 +290,8 @@ def _row_cached(quick: bool) -> dict[str, Any]:
                      f'peer: reparameterized, {peer_fmt}')
 
 
-def _row_cifar(quick: bool) -> dict[str, Any]:
+def _cifar_setting() -> dict[str, tuple[nn.Module, Callable[[], Any]]]:
+    """``smpconv_cifar`` and its MAGNet-kernel twin in train mode with their training steps (batch 64, 32x32)."""
     import timm
 
     from . import models  # noqa: F401
@@ -298,11 +299,15 @@ def _row_cifar(quick: bool) -> dict[str, Any]:
 
     x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
     torch.manual_seed(0)
-    ours_model = timm.create_model('smpconv_cifar').train()
-    peer_model = use_mlp_kernels(timm.create_model('smpconv_cifar')).train()
-    ours = _train_step(ours_model, x, y, torch.optim.Adam(smp_param_groups(ours_model, 1e-5, lr=1e-3), lr=1e-3))
-    peer = _train_step(peer_model, x, y, torch.optim.Adam(peer_model.parameters(), lr=1e-3))
-    t_ours, t_peer = time_pair(ours, peer, *_reps(quick, 3))
+    ours = timm.create_model('smpconv_cifar').train()
+    peer = use_mlp_kernels(timm.create_model('smpconv_cifar')).train()
+    return {'smp': (ours, _train_step(ours, x, y, torch.optim.Adam(smp_param_groups(ours, 1e-5, lr=1e-3), lr=1e-3))),
+            'mlp_kernel': (peer, _train_step(peer, x, y, torch.optim.Adam(peer.parameters(), lr=1e-3)))}
+
+
+def _row_cifar(quick: bool) -> dict[str, Any]:
+    setting = _cifar_setting()
+    t_ours, t_peer = time_pair(setting['smp'][1], setting['mlp_kernel'][1], *_reps(quick, 3))
     return dict(ours_time=t_ours, peer_time=t_peer, batch=64,
                 note='peer: the same network, kernels from MAGNet (3 layers, 32 hidden) instead of SMP points')
 
@@ -506,18 +511,12 @@ def _cifar_kernel_generation(reps: int) -> dict[str, dict[str, float]]:
     """The ``cifar_train_vs_mlp_kernel`` setting split up: ms of a whole training step and of generating every
     kernel with its backward, for SMP points and for MAGNet, alternating medians. Everything else (the convolutions)
     is shared, which bounds the row's ratio: ``bound`` is the peer's step over the peer's step without its kernels."""
-    import timm
-
-    from . import models  # noqa: F401
     from .layers import SMPConv
 
-    x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
-    torch.manual_seed(0)
-    nets = {'smp': timm.create_model('smpconv_cifar').train(),
-            'mlp_kernel': use_mlp_kernels(timm.create_model('smpconv_cifar')).train()}
+    setting = _cifar_setting()
     calls: dict[str, Callable[[], Any]] = {}
-    for name, net in nets.items():
-        calls[f'{name}_step'] = _train_step(net, x, y, torch.optim.Adam(net.parameters(), lr=1e-3))
+    for name, (net, step) in setting.items():
+        calls[f'{name}_step'] = step
         layers = [m for m in net.modules() if isinstance(m, (SMPConv, _MLPKernelConv))]
 
         def kernels(layers=layers):
@@ -526,7 +525,7 @@ def _cifar_kernel_generation(reps: int) -> dict[str, dict[str, float]]:
         calls[f'{name}_kernels'] = kernels
     ms = {k: 1e3 * t for k, t in _alternating_medians(calls, reps).items()}
     out = {name: {'step_ms': ms[f'{name}_step'], 'kernels_ms': ms[f'{name}_kernels'],
-                  'kernels_percent': 100 * ms[f'{name}_kernels'] / ms[f'{name}_step']} for name in nets}
+                  'kernels_percent': 100 * ms[f'{name}_kernels'] / ms[f'{name}_step']} for name in setting}
     # with free SMP kernels our step would be the peer's step minus its kernel generation
     out['bound'] = {'ratio_if_smp_kernels_were_free': ms['mlp_kernel_step'] / (ms['mlp_kernel_step']
                                                                               - ms['mlp_kernel_kernels'])}

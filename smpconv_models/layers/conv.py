@@ -117,7 +117,7 @@ def mix_channels_fft(xf: Tensor, wf: Tensor) -> Tensor:
 
     The operands are copied to contiguous ``[F, B, Cin]`` / ``[F, Cin, Cout]`` first, and so is the output's gradient
     in backward: a batch of matrices laid out with unit stride along the frequency (batch) axis makes PyTorch's CPU
-    complex matmul copy every matrix separately, which took a third of an ``smpconv_cifar`` training step.
+    complex matmul copy every matrix separately (``python -m smpconv_models.bench --profile`` times both ways).
     """
     fshape = list(xf.shape[2:])
     xm = xf.flatten(2).permute(2, 0, 1).contiguous()
@@ -213,12 +213,21 @@ class _DepthwiseSameConv(torch.autograd.Function):
 
 
 def _direct_depthwise(x: Tensor, weight: Tensor) -> Tensor:
+    return _direct_same_conv(x, weight, None, x.shape[1])
+
+
+def _direct_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
+    """PyTorch's own 'same' convolution, large 2-d kernels in channels_last (:func:`prefers_channels_last`)."""
+    nd = weight.dim() - 2
     padding = [k // 2 for k in weight.shape[2:]]
-    conv = (F.conv1d, F.conv2d, F.conv3d)[weight.dim() - 3]
-    if weight.dim() == 4 and prefers_channels_last(x, weight.shape[-1]):
-        x = x.contiguous(memory_format=torch.channels_last)
-        weight = weight.contiguous(memory_format=torch.channels_last)
-    return conv(x, weight, None, padding=padding, groups=x.shape[1])
+    if nd == 1:
+        return F.conv1d(x, weight, bias, padding=padding, groups=groups)
+    if nd == 2:
+        if prefers_channels_last(x, weight.shape[-1]):
+            x = x.contiguous(memory_format=torch.channels_last)
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, weight, bias, padding=padding, groups=groups)
+    return F.conv3d(x, weight, bias, padding=padding, groups=groups)
 
 
 def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1) -> Tensor:
@@ -236,12 +245,4 @@ def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int
         if path == 'hybrid':
             y = _DepthwiseSameConv.apply(x, weight)
             return y if bias is None else y + bias.reshape([-1] + [1] * nd)
-    padding = [k // 2 for k in weight.shape[2:]]
-    if nd == 1:
-        return F.conv1d(x, weight, bias, padding=padding, groups=groups)
-    if nd == 2:
-        if prefers_channels_last(x, weight.shape[-1]):
-            x = x.contiguous(memory_format=torch.channels_last)
-            weight = weight.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(x, weight, bias, padding=padding, groups=groups)
-    return F.conv3d(x, weight, bias, padding=padding, groups=groups)
+    return _direct_same_conv(x, weight, bias, groups)
