@@ -22,7 +22,7 @@ from .data import EpochShuffleSampler, build_data
 from .modeling import build_model, model_kind
 from .sync_bn import convert_sync_batchnorm
 
-__all__ = ['run', 'resolve_config', 'evaluate', 'TrainingError']
+__all__ = ['run', 'resolve_config', 'evaluate', 'call_model', 'TrainingError']
 
 _logger = logging.getLogger(__name__)
 
@@ -89,6 +89,11 @@ def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}: use 'adam', 'adamw' or 'sgd'")
 
 
+def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
+    """``model(inputs)`` for a tensor batch, ``model(**inputs)`` for a dict batch (masks, positions, timestamps)."""
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, accelerator, num_classes: int) -> dict[str, float]:
     """Top-1 / top-5 (percent, as timm reports them) and mean loss over the whole test split."""
@@ -99,7 +104,7 @@ def evaluate(model: nn.Module, loader, accelerator, num_classes: int) -> dict[st
     n = 0
     k5 = min(5, num_classes)
     for x, y in loader:
-        logits = model(x)
+        logits = call_model(model, x)
         logits, y = accelerator.gather_for_metrics((logits, y))
         logits = logits.float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction='sum').double().cpu()
@@ -156,6 +161,7 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
         model_args['drop_rate'] = cfg.drop_rate
     if cfg.kernel_scale:
         model_args['kernel_scale'] = cfg.kernel_scale
+    model_args.update(data.model_args)
     model_args.update(recipe_model_args(cfg.model, cfg.data))
     model_args.update(cfg.model_args)
     model = build_model(cfg.model, model_args, cfg.pretrained)
@@ -242,7 +248,7 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
                 target = y
                 if mixup_fn is not None:
                     x, target = mixup_fn(x, y)
-                logits = model(x)
+                logits = call_model(model, x)
                 loss = criterion(logits, target)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.grad_clip:
