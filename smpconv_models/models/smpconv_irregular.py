@@ -1,0 +1,459 @@
+"""SMPConv TCN on irregularly sampled time series: the sequence TCN with its kernels evaluated at the actual
+timestamp differences (Kim & Park, CVPR 2023, Sec. 4.1; the parametric continuous convolution of Wang et al.,
+CVPR 2018, Eq. 2).
+
+Inputs: ``values`` ``[B, C, L]``, ``timestamps`` ``[B, L]`` (in grid steps: one unit of time is one step of the
+grid TCN, so the causal kernel spans ``seq_len - 1`` time units) and an observed-``mask`` ``[B, L]`` (bool; ``False``
+marks padding or a missing observation, whose values are ignored and may be NaN). Every causal convolution of the
+grid TCN (:class:`~smpconv_models.models.smpconv_tcn.SMPConvTCN`) becomes
+
+    h_i = sum_{j observed, 0 <= t_i - t_j <= K - 1} k(t_i - t_j) f_j,
+
+a plain sum over the past observations as in the grid convolution (no ``1 / |N(x_i)|``: on a full grid the model
+*is* the grid TCN, and a missing observation contributes zero as in a zero-filled series). Choices, per branch of
+the grid block ``BN(smp(x)) + BN(small(x))``:
+
+* SMP branch: the SMP function of each filter (Eq. 1, with its ``1 / |N(x)|`` point average) at kernel coordinate
+  ``1 - 2 (t_i - t_j) / (K - 1)`` (tap ``K - 1`` = lag 0, tap 0 = lag ``K - 1``, as on the grid);
+* 5-tap branch: a function of the time lag, the piecewise-linear interpolant of its taps (tap ``S - 1 - m`` at
+  lag ``m``, falling linearly to zero at lag ``S``): at integer lags it is the grid conv, between them it
+  interpolates; it is evaluated with the same hat core (:func:`smp_basis`, unit-radius hats at lags ``0..S-1``);
+* BatchNorm: training statistics over observed steps only (running statistics updated the same way), eval
+  unchanged; features at unobserved steps are zero after every layer.
+
+Two exact paths compute it. When the observed timestamps are integers (the dropped-observations protocol), the
+*grid path* runs the grid TCN's modules on the zero-filled series (length = the longest span in the batch) with
+every hidden feature masked to observed steps: a zero feature contributes nothing to a sum, so this equals the
+pairwise definition (tested in float64). Otherwise the *pairwise path* evaluates the kernels at all ``[B, L, L]``
+offsets, query steps in chunks of bounded size (``pairwise_chunk`` elements of the ``[B, G, P, q, L]`` hat basis),
+each chunk recomputed in backward (activation checkpointing), so memory stays bounded for long series.
+
+The logits come from the last observed step of each series (``global_pool='last'``, the grid TCN's last step),
+or from a mean / max over observed steps (``'avg'`` / ``'max'``). With ``kernel='mlp'`` each SMP branch becomes the
+MLP kernel of :class:`~smpconv_models.layers.point_conv.MLPKernel` on the same lags (for the side-by-side
+comparison). On a regular grid with no gaps (``timestamps=None, mask=None``) the model equals the grid TCN with the
+same parameters (its state dict loads unchanged). One host read per forward checks the inputs and picks the path.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from ..layers import SMPParallelCausalConv1d, smp_basis
+from ..layers.smp_kernel import COUNT_EPS
+from ._checkpoint import validate_for_model
+from ._common import SMPModelMixin
+from .smpconv_tcn import TCNBlock
+
+__all__ = ['SMPConvIrregularTCN', 'masked_batch_norm', 'check_irregular_inputs']
+
+_POOLS = ('last', 'avg', 'max', '')
+_KERNELS = ('smp', 'mlp')
+# elements of the [B, G, P, q, L] hat basis the pairwise path holds at once (float32: 64 MiB)
+PAIRWISE_CHUNK = 1 << 24
+
+
+def check_irregular_inputs(values: Tensor, timestamps: Tensor | None, mask: Tensor | None, in_chans: int
+                           ) -> tuple[Tensor, Tensor]:
+    """Validate ``values [B, C, L]``, ``timestamps [B, L]`` and ``mask [B, L]`` (bool); returns the timestamps and
+    mask (a regular grid ``0..L-1`` and all-observed when ``None``). Shapes, dtypes and devices are checked here;
+    the data checks (finite, strictly increasing observed timestamps, at least one observation per series) run in
+    :meth:`SMPConvIrregularTCN.forward_features` with one host read."""
+    if not isinstance(values, Tensor) or values.dim() != 3:
+        shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+        raise ValueError(f'values must be [B, C, L], got {shape}')
+    if not values.is_floating_point():
+        raise TypeError(f'values must be floating point, got {values.dtype}')
+    batch, chans, length = values.shape
+    if chans != in_chans:
+        raise ValueError(f'values have {chans} channels, the model expects in_chans={in_chans}')
+    if length < 1:
+        raise ValueError('values hold no time steps (L = 0)')
+    if timestamps is None:
+        timestamps = torch.arange(length, device=values.device, dtype=values.dtype).expand(batch, length)
+    if not isinstance(timestamps, Tensor) or timestamps.shape != (batch, length):
+        shape = tuple(timestamps.shape) if isinstance(timestamps, Tensor) else type(timestamps).__name__
+        raise ValueError(f'timestamps must be [B, L] = [{batch}, {length}] to match values, got {shape}')
+    if not timestamps.is_floating_point():
+        timestamps = timestamps.to(values.dtype)
+    if mask is None:
+        mask = torch.ones(batch, length, dtype=torch.bool, device=values.device)
+    if not isinstance(mask, Tensor) or mask.shape != (batch, length):
+        shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f'mask must be [B, L] = [{batch}, {length}] to match values, got {shape}')
+    if mask.dtype != torch.bool:
+        raise TypeError(f'mask must be a bool tensor (True = observed), got {mask.dtype}')
+    if timestamps.device != values.device or mask.device != values.device:
+        raise ValueError(f'values ({values.device}), timestamps ({timestamps.device}) and mask ({mask.device}) must '
+                         'be on one device')
+    return timestamps, mask
+
+
+def masked_batch_norm(x: Tensor, mask: Tensor, bn: nn.modules.batchnorm._BatchNorm) -> Tensor:
+    """``bn(x)`` for ``x [B, C, L]`` with training statistics over the steps where ``mask [B, L]`` is True.
+
+    In training (or without running statistics) the batch mean and biased variance are taken over observed steps
+    and the running statistics are updated as :class:`torch.nn.BatchNorm1d` does (unbiased variance, ``momentum``
+    or a cumulative average); with every step observed this is ``bn(x)``. In eval the running statistics apply
+    pointwise, so the mask does not matter.
+    """
+    if not bn.training and bn.running_mean is not None:
+        return bn(x)
+    w = mask.unsqueeze(1).to(x.dtype)
+    n = w.sum()
+    mean = (x * w).sum((0, 2)) / n
+    centred = x - mean[:, None]
+    var = (centred.square() * w).sum((0, 2)) / n
+    if bn.training and bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            factor = (1.0 / bn.num_batches_tracked.to(x.dtype)) if bn.momentum is None else bn.momentum
+            unbiased = var * n / (n - 1).clamp_min(1)
+            bn.running_mean.mul_(1 - factor).add_(factor * mean.to(bn.running_mean.dtype))
+            bn.running_var.mul_(1 - factor).add_(factor * unbiased.to(bn.running_var.dtype))
+    y = centred * torch.rsqrt(var + bn.eps)[:, None]
+    if bn.affine:
+        y = y * bn.weight[:, None] + bn.bias[:, None]
+    return y
+
+
+def _lag_coords(lag: Tensor, kernel_size: int) -> Tensor:
+    """Kernel coordinate of a time lag: ``1 - 2 lag / (K - 1)`` (tap ``K - 1`` = now, tap 0 = lag ``K - 1``)."""
+    if kernel_size == 1:
+        return torch.full_like(lag, -1.0)
+    return 1.0 - lag * (2.0 / (kernel_size - 1))
+
+
+def _smp_chunk(conv: nn.Module, x_mixed: Tensor, lag: Tensor, valid: Tensor) -> Tensor:
+    """SMP branch for one chunk of query steps: ``x_mixed [B, G, P, L]`` (the point weights applied to the inputs),
+    ``lag`` / ``valid`` ``[B, q, L]``; returns ``[B, G, q]``."""
+    batch, q, length = lag.shape
+    coords = _lag_coords(lag, conv.kernel_size[0]).reshape(batch, q * length, 1)
+    h = smp_basis(coords, conv.weight_coord, conv.radius)  # [B, G, P, q*L]
+    if conv.normalize:
+        count = (h > 0).sum(-2, keepdim=True, dtype=h.dtype)  # |N(x)| per query coordinate (Eq. 1)
+        h = h / (count + COUNT_EPS)
+    h = h.unflatten(-1, (q, length)) * valid[:, None, None]
+    return torch.einsum('bgpqj,bgpj->bgq', h, x_mixed)
+
+
+def _small_chunk(weight: Tensor, x: Tensor, lag: Tensor, valid: Tensor) -> Tensor:
+    """Small branch for one chunk: the piecewise-linear interpolant of the taps in time (unit hats at lags
+    ``0..S-1``); ``weight [C_out, C_in, S]``, ``x [B, C_in, L]``; returns ``[B, C_out, q]``."""
+    batch, q, length = lag.shape
+    taps = weight.shape[-1]
+    knots = torch.arange(taps, device=lag.device, dtype=lag.dtype).reshape(1, taps, 1)
+    ones = torch.ones(1, taps, device=lag.device, dtype=lag.dtype)
+    hat = smp_basis(lag.reshape(batch, q * length, 1), knots, ones)[:, 0]  # [B, S, q*L]: relu(1 - |lag - m|)
+    hat = hat.unflatten(-1, (q, length)) * valid[:, None]
+    z = torch.einsum('bmqj,bcj->bcmq', hat, x)
+    return torch.einsum('ocm,bcmq->boq', weight.flip(-1), z)  # weight[..., S-1-m] is the tap at lag m
+
+
+def _smp_pairwise(conv: nn.Module, x: Tensor, timestamps: Tensor, mask: Tensor, chunk_budget: int) -> Tensor:
+    """``sum_j k(t_i - t_j) x_j`` over observed ``j`` with ``0 <= t_i - t_j <= K - 1`` for a causal SMP conv,
+    query steps in chunks (each recomputed in backward when autograd records)."""
+    batch, _, length = x.shape
+    groups, n_points = conv.weight_coord.shape[:2]
+    x_mixed = torch.einsum('gcp,bcj->bgpj', conv.weights, x)  # [B, G, P, L]
+    q = max(1, min(length, chunk_budget // max(1, batch * groups * n_points * length)))
+    return _chunked(lambda lag, valid, xm: _smp_chunk(conv, xm, lag, valid), x_mixed, timestamps,
+                    mask, conv.kernel_size[0] - 1, q) + _bias(conv, x)
+
+
+def _bias(conv: nn.Module, x: Tensor) -> Tensor | float:
+    bias = getattr(conv, 'bias', None)
+    return 0.0 if bias is None else bias.to(x.dtype)[:, None]
+
+
+def _chunked(fn, inputs: Tensor, timestamps: Tensor, mask: Tensor, max_lag: float, q: int) -> Tensor:
+    """``fn(lag, valid, inputs)`` over query chunks of ``q`` steps, concatenated along the last axis."""
+    length = timestamps.shape[1]
+    outs = []
+    records = torch.is_grad_enabled()  # the kernels' parameters take part: recompute each chunk in backward
+    for start in range(0, length, q):
+        lag = timestamps[:, start:start + q, None] - timestamps[:, None, :]  # [B, q, L]
+        valid = (lag >= 0) & (lag <= max_lag) & mask[:, None, :]
+        lag = torch.where(valid, lag, torch.zeros((), dtype=lag.dtype, device=lag.device))
+        if records:
+            outs.append(checkpoint(fn, lag, valid, inputs, use_reentrant=False))
+        else:
+            outs.append(fn(lag, valid, inputs))
+    return torch.cat(outs, -1)
+
+
+class SMPConvIrregularTCN(SMPModelMixin, nn.Module):
+    """The SMPConv TCN on irregular series ``values [B, C, L]``, ``timestamps [B, L]``, ``mask [B, L]`` (see the
+    module docstring). Its modules are the grid TCN's (:class:`TCNBlock` with :class:`SMPParallelCausalConv1d`), so a
+    :class:`~smpconv_models.models.smpconv_tcn.SMPConvTCN` state dict of the same configuration loads unchanged.
+    ``seq_len`` is the kernel length in time units (grid steps)."""
+
+    def __init__(
+            self,
+            in_chans: int = 1,
+            num_classes: int = 10,
+            global_pool: str = 'last',
+            seq_len: int = 64,
+            depth: int = 6,
+            width: int = 30,
+            n_points: int = 30,
+            radius: float = 0.03,
+            coord_std: float = 0.1,
+            small_kernel_size: int = 5,
+            conv_bias: bool = False,
+            drop_rate: float = 0.0,
+            kernel: str = 'smp',
+            mlp_hidden: int = 32,
+            mlp_depth: int = 3,
+            pairwise_chunk: int = PAIRWISE_CHUNK,
+            use_fft: bool | None = None,
+            kernel_scale: float = 1.0,
+            deploy: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if global_pool not in _POOLS:
+            raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
+        if kernel not in _KERNELS:
+            raise ValueError(f"kernel must be 'smp' or 'mlp', got {kernel!r}")
+        if seq_len < 1:
+            raise ValueError(f'seq_len must be positive, got {seq_len}')
+        if pairwise_chunk < 1:
+            raise ValueError(f'pairwise_chunk must be positive, got {pairwise_chunk}')
+        self.num_classes, self.in_chans, self.seq_len = num_classes, in_chans, int(seq_len)
+        self.global_pool, self.drop_rate, self.kernel = global_pool, drop_rate, kernel
+        self.pairwise_chunk = int(pairwise_chunk)
+        self.grad_checkpointing = False
+        blocks, self.feature_info, prev = [], [], in_chans
+        for i in range(depth):
+            block = TCNBlock(prev, width, seq_len, n_points, radius, coord_std, small_kernel_size, conv_bias, use_fft,
+                             drop_rate, deploy, **dd)
+            if kernel == 'mlp' and not deploy:
+                from ..layers.point_conv import MLPCausalConv1d
+
+                for conv in (block.conv1, block.conv2):
+                    conv.smp.conv = MLPCausalConv1d(conv.in_channels, conv.out_channels, seq_len, hidden=mlp_hidden,
+                                                    depth=mlp_depth, bias=conv_bias, fft=use_fft, **dd)
+            blocks.append(block)
+            self.feature_info.append(dict(num_chs=width, reduction=1, module=f'blocks.{i}'))
+            prev = width
+        self.blocks = nn.Sequential(*blocks)
+        self.num_features = self.head_hidden_size = width
+        self.head = self._make_head(num_classes, **dd)
+        if kernel_scale != 1.0:
+            self.rescale_kernels(kernel_scale)
+
+    def _make_head(self, num_classes: int, device=None, dtype=None) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
+        return head
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r'^blocks\.0\.', blocks=r'^blocks\.(\d+)')
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            if global_pool not in _POOLS:
+                raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        p = next(self.parameters(), None)
+        self.head = self._make_head(num_classes, **({} if p is None else dict(device=p.device, dtype=p.dtype)))
+        self.head.train(self.training)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold every block's two branches and BatchNorms into one dense causal kernel on the integer-lag grid
+        (:meth:`SMPParallelCausalConv1d.reparameterize`). The folded model serves integer timestamps (the grid
+        path) only; non-integer timestamps then raise, since the continuous kernels are gone."""
+        for m in self.modules():
+            if isinstance(m, SMPParallelCausalConv1d):
+                m.reparameterize()
+
+    # --- the forward paths ---------------------------------------------------------------------------------------
+
+    def _plan(self, values: Tensor, timestamps: Tensor, mask: Tensor) -> tuple[bool, int]:
+        """Data checks and the path: ``(grid, span)``; one host read."""
+        finite_t = torch.where(mask, timestamps, 0).isfinite().all()
+        finite_v = torch.where(mask[:, None], values, 0).isfinite().all()
+        any_obs = mask.any(1).all()
+        big = torch.finfo(timestamps.dtype).max
+        # observed timestamps strictly increase in index order: compare each with the previous observed one
+        prev = torch.cummax(torch.where(mask, timestamps, -big), 1).values
+        prev = F.pad(prev, (1, 0), value=-big)[:, :-1]
+        increasing = ((timestamps > prev) | ~mask).all()
+        integer = (torch.where(mask, timestamps - timestamps.round(), 0) == 0).all()
+        first = torch.where(mask, timestamps, big).amin(1)
+        last = torch.where(mask, timestamps, -big).amax(1)
+        span = torch.where(mask.any(1), last - first, 0).amax()
+        flags = torch.stack([finite_t, finite_v, any_obs, increasing, integer]).to(torch.float64)
+        finite_t, finite_v, any_obs, increasing, integer, span = torch.cat([flags, span.double()[None]]).tolist()
+        if not finite_t:
+            raise ValueError('timestamps hold NaN or infinite values at observed steps')
+        if not finite_v:
+            raise ValueError('values hold NaN or infinite entries at observed steps (mark missing ones in mask)')
+        if not any_obs:
+            raise ValueError('every series needs at least one observed step (a mask row is all False)')
+        if not increasing:
+            raise ValueError('observed timestamps must strictly increase along each series')
+        if not integer:
+            return False, 0
+        return True, int(span) + 1
+
+    def _grid_forward(self, x: Tensor, timestamps: Tensor, mask: Tensor, span: int) -> Tensor:
+        """The grid path: the grid TCN's modules on the zero-filled series, hidden features masked."""
+        batch, chans = x.shape[:2]
+        first = torch.where(mask, timestamps, torch.finfo(timestamps.dtype).max).amin(1, keepdim=True)
+        index = torch.where(mask, (timestamps - first).round().long(), span)  # unobserved -> a spare slot
+        grid = x.new_zeros(batch, chans, span + 1).scatter(2, index[:, None].expand(-1, chans, -1), x)[..., :span]
+        gmask = x.new_zeros(batch, span + 1, dtype=torch.bool).scatter(1, index, mask)[:, :span]
+        fmask = gmask[:, None].to(x.dtype)
+        for block in self.blocks:
+            out = block.drop(block.act(self._grid_pair(block.conv1, grid, gmask) * fmask))
+            out = block.drop(block.act(self._grid_pair(block.conv2, out, gmask) * fmask))
+            grid = block.act(out + block.shortcut(grid)) * fmask
+        out = grid.gather(2, index.clamp_max(span - 1)[:, None].expand(-1, grid.shape[1], -1))
+        return out * mask[:, None].to(out.dtype)
+
+    @staticmethod
+    def _grid_pair(conv: SMPParallelCausalConv1d, x: Tensor, gmask: Tensor) -> Tensor:
+        if conv.reparam_conv is not None or not conv.smp.bn.training:
+            return conv(x)  # eval BatchNorm is pointwise: the folded (cached) kernel serves
+        return (masked_batch_norm(conv.smp.conv(x), gmask, conv.smp.bn)
+                + masked_batch_norm(conv.small_conv.conv(x), gmask, conv.small_conv.bn))
+
+    def _pairwise_forward(self, x: Tensor, timestamps: Tensor, mask: Tensor) -> Tensor:
+        """The pairwise path: kernels at every ``t_i - t_j``, features on the observed steps."""
+        fmask = mask[:, None].to(x.dtype)
+        for block in self.blocks:
+            out = block.drop(block.act(self._pairwise_pair(block.conv1, x, timestamps, mask) * fmask))
+            out = block.drop(block.act(self._pairwise_pair(block.conv2, out, timestamps, mask) * fmask))
+            x = block.act(out + block.shortcut(x)) * fmask
+        return x
+
+    def _pairwise_pair(self, conv: SMPParallelCausalConv1d, x: Tensor, timestamps: Tensor, mask: Tensor) -> Tensor:
+        if conv.reparam_conv is not None:
+            raise ValueError('a reparameterized SMPConvIrregularTCN holds dense integer-lag kernels: it serves integer '
+                             'timestamps only (got non-integer ones)')
+        smp_conv, small = conv.smp.conv, conv.small_conv.conv
+        if hasattr(smp_conv, 'pairwise'):
+            smp_out = smp_conv.pairwise(x, timestamps, mask, self.pairwise_chunk)
+        else:
+            smp_out = _smp_pairwise(smp_conv, x, timestamps, mask, self.pairwise_chunk)
+        q = max(1, min(x.shape[-1], self.pairwise_chunk // max(1, x.shape[0] * x.shape[1] * x.shape[-1] *
+                                                                  small.weight.shape[-1])))
+        small_out = _chunked(lambda lag, valid, xx: _small_chunk(small.weight, xx, lag, valid), x,
+                             timestamps, mask, small.weight.shape[-1], q)
+        if small.bias is not None:
+            small_out = small_out + small.bias[:, None]
+        return masked_batch_norm(smp_out, mask, conv.smp.bn) + masked_batch_norm(small_out, mask, conv.small_conv.bn)
+
+    def forward_features(self, values: Tensor, timestamps: Tensor | None = None, mask: Tensor | None = None,
+                         path: str = 'auto') -> Tensor:
+        """Features ``[B, C, L]`` on the input's steps (zero at unobserved ones). ``path``: ``'auto'`` (the grid
+        path when the observed timestamps are integers), ``'grid'`` or ``'pairwise'`` (both exact; for tests)."""
+        if path not in ('auto', 'grid', 'pairwise'):
+            raise ValueError(f"path must be 'auto', 'grid' or 'pairwise', got {path!r}")
+        timestamps, mask = check_irregular_inputs(values, timestamps, mask, self.in_chans)
+        integer, span = self._plan(values, timestamps, mask)
+        if path == 'grid' and not integer:
+            raise ValueError("path='grid' needs integer observed timestamps")
+        x = torch.where(mask[:, None], values, torch.zeros((), dtype=values.dtype, device=values.device))
+        if integer and path != 'pairwise':
+            return self._grid_forward(x, timestamps, mask, span)
+        return self._pairwise_forward(x, timestamps, mask)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False, mask: Tensor | None = None) -> Tensor:
+        """Pool over observed steps (``global_pool``: the last observed step, mean or max) and classify; ``mask``
+        ``[B, L]`` (``None``: every step observed). Without pooling (``''``) per-step logits ``[B, classes, L]``."""
+        if mask is None:
+            mask = torch.ones(x.shape[0], x.shape[-1], dtype=torch.bool, device=x.device)
+        if self.global_pool == 'last':
+            steps = torch.arange(x.shape[-1], device=x.device)
+            last = torch.where(mask, steps, -1).amax(1)
+            x = x.gather(2, last.clamp_min(0)[:, None, None].expand(-1, x.shape[1], 1)).squeeze(2)
+        elif self.global_pool == 'avg':
+            w = mask[:, None].to(x.dtype)
+            x = (x * w).sum(-1) / w.sum(-1).clamp_min(1)
+        elif self.global_pool == 'max':
+            x = x.masked_fill(~mask[:, None], float('-inf')).amax(-1)
+        elif not pre_logits:
+            return self.head(x.movedim(1, -1)).movedim(-1, 1)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, values: Tensor, timestamps: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """Logits ``[B, num_classes]`` for ``values [B, C, L]``, ``timestamps [B, L]`` and ``mask [B, L]`` (bool);
+        ``None`` timestamps / mask mean the regular grid ``0..L-1`` / every step observed."""
+        features = self.forward_features(values, timestamps, mask)
+        if mask is None:
+            mask = torch.ones(values.shape[0], values.shape[-1], dtype=torch.bool, device=values.device)
+        return self.forward_head(features, mask=mask)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module, validate: bool = True
+                         ) -> dict[str, Tensor]:
+    """Our checkpoints and the grid TCN's (same module names) load as they are; official ``SeqData_TCN`` keys are
+    converted as for the grid TCN."""
+    from .smpconv_tcn import checkpoint_filter_fn as grid_filter
+
+    if any(k.startswith(('backbone.', 'finallyr.')) for k in state_dict):
+        return grid_filter(state_dict, model, validate)
+    return validate_for_model(dict(state_dict), model) if validate else dict(state_dict)
+
+
+def _cfg(in_chans: int, seq_len: int, num_classes: int = 10, **kwargs) -> dict:
+    return {
+        'num_classes': num_classes, 'input_size': (in_chans, 1, seq_len), 'crop_pct': 1.0, 'pool_size': None,
+        'interpolation': '', 'mean': (0.0,) * in_chans, 'std': (1.0,) * in_chans,
+        'first_conv': 'blocks.0.conv1.small_conv.conv', 'classifier': 'head',
+        'paper_name': 'SMPConv: Self-moving Point Representations for Continuous Convolution',
+        'origin_url': 'https://github.com/sangnekim/SMPConv', 'license': 'mit', **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'smpconv_irregular_tcn.untrained': _cfg(1, 64),
+    'smpconv_irregular_tcn_chartraj.untrained': _cfg(3, 182, num_classes=20),
+})
+
+
+def _create(variant: str, pretrained: bool, defaults: dict, **kwargs) -> SMPConvIrregularTCN:
+    args = dict(defaults, **kwargs)
+    overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
+    overlay.setdefault('input_size', (args.get('in_chans', 1), 1, args['seq_len']))
+    args['pretrained_cfg_overlay'] = overlay
+    return build_model_with_cfg(SMPConvIrregularTCN, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                feature_cfg=dict(flatten_sequential=True), **args)
+
+
+@register_model
+def smpconv_irregular_tcn(pretrained: bool = False, **kwargs) -> SMPConvIrregularTCN:
+    """Irregular-series TCN for short series (the digits setting): 64-step kernels, radius 0.03, 1 channel."""
+    defaults = dict(in_chans=1, num_classes=10, seq_len=64, radius=0.03, conv_bias=False)
+    return _create('smpconv_irregular_tcn', pretrained, defaults, **kwargs)
+
+
+@register_model
+def smpconv_irregular_tcn_chartraj(pretrained: bool = False, **kwargs) -> SMPConvIrregularTCN:
+    """Irregular Character Trajectories TCN (the grid ``smpconv_tcn_chartraj`` configuration: 182-step kernels,
+    3 channels, 20 classes, radius 0.012, conv bias) for the dropped-observations protocol."""
+    defaults = dict(in_chans=3, num_classes=20, seq_len=182, radius=0.012, conv_bias=True)
+    return _create('smpconv_irregular_tcn_chartraj', pretrained, defaults, **kwargs)
