@@ -43,13 +43,13 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import SMPParallelCausalConv1d, smp_basis
+from ..layers import SMPParallelCausalConv1d, causal_conv1d, check_conv_input, kernel_coords, smp_basis
 from ..layers.smp_kernel import COUNT_EPS
 from ._checkpoint import validate_for_model
 from ._common import SMPModelMixin
 from .smpconv_tcn import TCNBlock
 
-__all__ = ['SMPConvIrregularTCN', 'masked_batch_norm', 'check_irregular_inputs']
+__all__ = ['SMPConvIrregularTCN', 'MLPCausalConv1d', 'masked_batch_norm', 'check_irregular_inputs']
 
 _POOLS = ('last', 'avg', 'max', '')
 _KERNELS = ('smp', 'mlp')
@@ -186,6 +186,55 @@ def _chunked(fn, inputs: Tensor, timestamps: Tensor, mask: Tensor, max_lag: floa
     return torch.cat(outs, -1)
 
 
+class MLPCausalConv1d(nn.Module):
+    """A causal conv whose kernel is Wang et al.'s MLP (:class:`~smpconv_models.layers.point_conv.MLPKernel`, a
+    basis ``[..., H]`` of the kernel coordinate times weights ``[C_out, C_in, H]``), for the SMP branch's place in
+    ``kernel='mlp'`` models: dense on the grid (``generate_kernel`` at the :func:`kernel_coords` taps, the same
+    coordinate convention as :class:`SMPCausalConv1d`), pairwise at timestamp differences (:meth:`pairwise`)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, hidden: int = 32, depth: int = 2,
+                 activation: str = 'relu', bias: bool = False, fft: bool | None = None, device=None, dtype=None):
+        super().__init__()
+        from ..layers.point_conv import MLPKernel
+
+        self.in_channels, self.out_channels, self.fft = int(in_channels), int(out_channels), fft
+        self.kernel_size = (int(kernel_size),)
+        self.mlp_kernel = MLPKernel(1, in_channels, out_channels, hidden=hidden, depth=depth, activation=activation,
+                                    device=device, dtype=dtype)
+        self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
+
+    def set_kernel_size_(self, kernel_size) -> None:
+        """Sample the same continuous kernel on a ``kernel_size`` grid (``rescale_kernels``)."""
+        size = kernel_size[0] if isinstance(kernel_size, (tuple, list)) else kernel_size
+        self.kernel_size = (int(size),)
+
+    def generate_kernel(self) -> Tensor:
+        """The dense ``[C_out, C_in, K]`` kernel at the grid taps."""
+        w = self.mlp_kernel.weights
+        coords = kernel_coords(self.kernel_size, device=w.device, dtype=w.dtype)  # [K, 1]
+        return torch.einsum('kh,oih->oik', self.mlp_kernel.basis(coords), w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_conv_input(x, 1, self.in_channels, type(self).__name__)
+        return causal_conv1d(x, self.generate_kernel(), self.bias, fft=self.fft)
+
+    def pairwise(self, x: Tensor, timestamps: Tensor, mask: Tensor, chunk_budget: int) -> Tensor:
+        """``sum_j g(t_i - t_j) x_j`` over observed ``j`` with ``0 <= t_i - t_j <= K - 1``: ``[B, C_out, L]``."""
+        batch, chans, length = x.shape
+        hidden = self.mlp_kernel.basis_size
+        q = max(1, min(length, chunk_budget // max(1, batch * length * max(hidden, chans))))
+
+        def chunk(lag: Tensor, valid: Tensor, xx: Tensor) -> Tensor:
+            basis = self.mlp_kernel.basis(_lag_coords(lag, self.kernel_size[0])[..., None])  # [B, q, L, H]
+            z = torch.einsum('bqjh,bcj->bchq', basis * valid[..., None], xx)
+            return torch.einsum('och,bchq->boq', self.mlp_kernel.weights, z)
+
+        return _chunked(chunk, x, timestamps, mask, self.kernel_size[0] - 1, q) + _bias(self, x)
+
+    def extra_repr(self) -> str:
+        return f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}'
+
+
 class SMPConvIrregularTCN(SMPModelMixin, nn.Module):
     """The SMPConv TCN on irregular series ``values [B, C, L]``, ``timestamps [B, L]``, ``mask [B, L]`` (see the
     module docstring). Its modules are the grid TCN's (:class:`TCNBlock` with :class:`SMPParallelCausalConv1d`), so a
@@ -208,7 +257,7 @@ class SMPConvIrregularTCN(SMPModelMixin, nn.Module):
             drop_rate: float = 0.0,
             kernel: str = 'smp',
             mlp_hidden: int = 32,
-            mlp_depth: int = 3,
+            mlp_depth: int = 2,
             pairwise_chunk: int = PAIRWISE_CHUNK,
             use_fft: bool | None = None,
             kernel_scale: float = 1.0,
@@ -235,8 +284,6 @@ class SMPConvIrregularTCN(SMPModelMixin, nn.Module):
             block = TCNBlock(prev, width, seq_len, n_points, radius, coord_std, small_kernel_size, conv_bias, use_fft,
                              drop_rate, deploy, **dd)
             if kernel == 'mlp' and not deploy:
-                from ..layers.point_conv import MLPCausalConv1d
-
                 for conv in (block.conv1, block.conv2):
                     conv.smp.conv = MLPCausalConv1d(conv.in_channels, conv.out_channels, seq_len, hidden=mlp_hidden,
                                                     depth=mlp_depth, bias=conv_bias, fft=use_fft, **dd)
