@@ -20,7 +20,7 @@ from typing import Any
 import torch.nn as nn
 from timm.models import save_for_hf
 
-from .layers import SMPConvBase, SMPReparamConv
+from .layers import SMPReparamConv
 
 __all__ = ['save_pretrained', 'push_to_hub', 'model_card', 'is_deploy_form', 'atomic_replace_dir', 'CITATION']
 
@@ -36,8 +36,9 @@ CITATION = """@inproceedings{kim2023smpconv,
 
 def is_deploy_form(model: nn.Module) -> bool:
     """True when the model holds no SMP point parameters (reparameterized or built with ``deploy=True``)."""
-    has_reparam = any(isinstance(m, SMPReparamConv) for m in model.modules())
-    return has_reparam and not any(isinstance(m, SMPConvBase) for m in model.modules())
+    # every reparam block folded (kernel='mlp' models hold MLP kernels instead of SMP points, in train form)
+    reparams = [m for m in model.modules() if isinstance(m, SMPReparamConv)]
+    return bool(reparams) and all(m.reparam_conv is not None for m in reparams)
 
 
 def model_card(

@@ -56,6 +56,7 @@ class TrainConfig:
     sync_bn: bool | None = None
     test_fraction: float = 0.2
     limit_train_batches: int | None = None
+    missing_rate: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,13 +90,13 @@ _DIGITS_OVERRIDES: dict[str, Any] = dict(lr=3e-3, epochs=12, batch_size=64, warm
 
 def recipe_for(model: str, data: str) -> dict[str, Any]:
     """Recipe defaults for a model family, with the official per-task values and the digits default on top."""
-    if model.startswith('smpconv_tcn'):
+    if model.startswith(('smpconv_tcn', 'smpconv_irregular_tcn')):
         recipe = dict(RECIPES['sequence'], **_TASK_OVERRIDES.get(model, {}))
     elif model == 'smpconv_cifar':
         recipe = dict(RECIPES['cifar'])
     else:
         recipe = dict(RECIPES['imagenet'])
-    if data.split(':', 1)[0] == 'digits':
+    if data.split(':', 1)[0] in ('digits', 'digits-irregular'):
         recipe.update(_DIGITS_OVERRIDES, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0,
                       label_smoothing=0.0, lr_ref_batch=None)
     return recipe
@@ -104,14 +105,17 @@ def recipe_for(model: str, data: str) -> dict[str, Any]:
 def recipe_model_args(model: str, data: str) -> dict[str, Any]:
     """Model kwargs a dataset needs beyond its shape: on the 64-step digits the official 784-step point radius
     (0.002, under one grid spacing of 2/783) would leave most points between taps, so it scales with the spacing."""
-    if model.startswith('smpconv_tcn') and data.split(':', 1)[0] == 'digits':
+    if model.startswith(('smpconv_tcn', 'smpconv_irregular_tcn')) and data.split(':', 1)[0] in ('digits',
+                                                                                               'digits-irregular'):
         return {'radius': 0.03}
     return {}
 
 
 _HELP = {
     'model': 'registered model name (timm.list_models("smpconv_*"))',
-    'data': "dataset: 'digits' (embedded, default), 'cifar10:ROOT', 'cifar100:ROOT', 'mnist:ROOT', 'smnist:ROOT', "
+    'data': "dataset: 'digits' (embedded, default), 'digits-irregular' (the digits as irregular series for "
+            "smpconv_irregular_tcn*: --missing-rate of each series dropped, 0.5 by default), 'cifar10:ROOT', "
+            "'cifar100:ROOT', 'mnist:ROOT', 'smnist:ROOT', "
             "'pmnist:ROOT', 'scifar10:ROOT' (torchvision layout, never downloaded), 'folder:ROOT' (train/ and "
             "val/ image folders) or 'hf:PATH' (a Hugging Face dataset saved with save_to_disk)",
     'output_dir': 'run folder: last/, best/, state/, metrics.jsonl, summary.json, kernels.png',
@@ -151,6 +155,10 @@ _HELP = {
     'sync_bn': 'SyncBatchNorm when several processes train (default: on)',
     'test_fraction': 'held-out fraction for datasets without a test split (digits)',
     'limit_train_batches': 'stop each epoch after this many batches (smoke tests)',
+    'missing_rate': 'irregular-series models: drop this fraction of the observations of every series (seeded, the '
+                    'Neural CDE / CKConv protocol: 0.3, 0.5, 0.7), turning any sequence --data into irregular series '
+                    "with timestamps and an observed mask (not --drop-rate, which is dropout); 'digits-irregular' "
+                    'defaults to 0.5, other specs to 0',
 }
 
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from .._io import write_json_atomic, write_text_atomic
-from ..layers import clamp_radii_, share_kernels, smp_param_groups
+from ..layers import SMPConvBase, clamp_radii_, share_kernels, smp_param_groups
 from .checkpoint import STATE_DIR, load_training_state, save_training_state
 from .config import TrainConfig, recipe_for, recipe_model_args
 from .data import EpochShuffleSampler, build_data
@@ -147,13 +147,13 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     train_tf, eval_tf = _transforms(cfg, cfg.data, kind)
     data = build_data(cfg.data, kind, img_size=cfg.img_size, seed=cfg.seed, test_fraction=cfg.test_fraction,
-                      train_transform=train_tf, eval_transform=eval_tf)
+                      train_transform=train_tf, eval_transform=eval_tf, missing_rate=cfg.missing_rate)
     if cfg.num_classes is not None and cfg.num_classes < data.num_classes:
         raise TrainingError(f'--num-classes {cfg.num_classes} gives fewer classes than the {data.num_classes} labels '
                             f'of {data.name}')
     model_args: dict[str, Any] = {'num_classes': cfg.num_classes or data.num_classes,
                                   'in_chans': cfg.in_chans or data.in_chans}
-    if kind == 'sequence':
+    if kind in ('sequence', 'irregular'):
         model_args['seq_len'] = cfg.seq_len or data.length
     if cfg.drop_path is not None:
         model_args['drop_path_rate'] = cfg.drop_path
@@ -309,7 +309,7 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
         save_pretrained(unwrapped, out / 'last', source=f'trained with smpconv-models train.py on {cfg.data}',
                         metrics={k: last_metrics[k] for k in ('epoch', 'eval_top1', 'eval_top5')} if last_metrics
                         else None, recipe=_recipe_card(cfg), model_args=model_args)
-        if cfg.plot:
+        if cfg.plot and any(isinstance(m, SMPConvBase) for m in unwrapped.modules()):  # none with MLP kernels
             summary['plot'] = str(plot_kernels(unwrapped, out / 'kernels.png'))
         if cfg.push_to_hub:
             try:

@@ -1,7 +1,8 @@
 """Datasets for training, one module per source, behind one entry point (:func:`build_data`).
 
 ``digits`` (embedded scikit-learn digits), ``images`` (torchvision sets from a local root, the sequential
-sMNIST / pMNIST / sCIFAR10 tasks, image folders, Hugging Face image datasets). Nothing is ever downloaded.
+sMNIST / pMNIST / sCIFAR10 tasks, image folders, Hugging Face image datasets), ``irregular`` (any sequence set as
+irregularly sampled series: observations dropped per series, ``digits-irregular``). Nothing is ever downloaded.
 """
 from __future__ import annotations
 
@@ -10,21 +11,42 @@ from typing import Any
 from .common import DataBundle, DatasetNotFoundError, EpochShuffleSampler, fixed_split, need_root
 from .digits import digits
 from .images import hf_images, image_folder, sequence_permutation, sequential_set, torchvision_set
+from .irregular import drop_observations, to_irregular
 
 __all__ = ['DataBundle', 'build_data', 'EpochShuffleSampler', 'DatasetNotFoundError', 'sequence_permutation',
-           'fixed_split', 'need_root', 'DATA_SPECS']
+           'fixed_split', 'need_root', 'DATA_SPECS', 'drop_observations', 'to_irregular']
 
 # The --data specs, in the order the error message and --help list them.
-DATA_SPECS = ('digits', 'cifar10:ROOT', 'cifar100:ROOT', 'mnist:ROOT', 'smnist:ROOT', 'pmnist:ROOT', 'scifar10:ROOT',
-              'folder:ROOT', 'hf:PATH')
+DATA_SPECS = ('digits', 'digits-irregular', 'cifar10:ROOT', 'cifar100:ROOT', 'mnist:ROOT', 'smnist:ROOT',
+              'pmnist:ROOT', 'scifar10:ROOT', 'folder:ROOT', 'hf:PATH')
+
+
+# --missing-rate of 'digits-irregular' when none is given (the middle of the protocol's 0.3 / 0.5 / 0.7)
+DIGITS_MISSING_RATE = 0.5
 
 
 def build_data(spec: str, model_kind: str, img_size: int | None = None, seed: int = 0,
-               test_fraction: float = 0.2, train_transform: Any = None, eval_transform: Any = None) -> DataBundle:
+               test_fraction: float = 0.2, train_transform: Any = None, eval_transform: Any = None,
+               missing_rate: float | None = None) -> DataBundle:
     """Build train / test datasets from a ``--data`` spec (``NAME`` or ``NAME:PATH``, see :data:`DATA_SPECS`) for a
-    ``'sequence'`` or ``'image'`` model."""
+    ``'sequence'``, ``'irregular'`` or ``'image'`` model.
+
+    An ``'irregular'`` model gets any sequence spec as irregular series with ``missing_rate`` of each series'
+    observations dropped (:func:`to_irregular`; ``digits-irregular`` is ``digits`` with 0.5 by default)."""
     name, _, root = spec.partition(':')
     name = name.lower()
+    if name == 'digits-irregular' and model_kind != 'irregular':
+        raise ValueError(f"'{spec}' gives irregular series; use an smpconv_irregular_tcn* model")
+    if model_kind == 'irregular':
+        if name == 'digits-irregular':
+            base, rate = 'digits', DIGITS_MISSING_RATE if missing_rate is None else missing_rate
+        else:
+            base, rate = spec, missing_rate or 0.0
+        bundle = build_data(base, 'sequence', img_size, seed, test_fraction, train_transform, eval_transform)
+        return to_irregular(bundle, rate)
+    if missing_rate:
+        raise ValueError('--missing-rate drops observations for an irregular-series model (smpconv_irregular_tcn*); '
+                         f'{model_kind} models take complete inputs')
     if name == 'digits':
         return digits(model_kind, img_size, test_fraction)
     if name in ('smnist', 'pmnist', 'scifar10'):
