@@ -59,3 +59,15 @@ def smpconv_tcn_speech(pretrained: bool = False, **kwargs):
 def smpconv_tcn_speech_raw(pretrained: bool = False, **kwargs):
     """SMPConv TCN for raw Speech Commands waveforms (370,960 params): input [B, 1, 16000]."""
     return _create('smpconv_tcn_speech_raw', pretrained, **kwargs)
+
+
+def smpconv_irregular_tcn(pretrained: bool = False, **kwargs):
+    """SMPConv TCN on irregular series (370,960 params): ``model(values [B, 1, L], timestamps [B, L], mask [B, L])``,
+    64-step kernels; ``kernel='mlp'`` for MLP kernels."""
+    return _create('smpconv_irregular_tcn', pretrained, **kwargs)
+
+
+def smpconv_irregular_tcn_chartraj(pretrained: bool = False, **kwargs):
+    """SMPConv TCN on irregular Character Trajectories (373,790 params): values [B, 3, L], 182-step kernels,
+    20 classes."""
+    return _create('smpconv_irregular_tcn_chartraj', pretrained, **kwargs)
