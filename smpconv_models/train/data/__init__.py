@@ -1,22 +1,27 @@
 """Datasets for training, one module per source, behind one entry point (:func:`build_data`).
 
 ``digits`` (embedded scikit-learn digits), ``images`` (torchvision sets from a local root, the sequential
-sMNIST / pMNIST / sCIFAR10 tasks, image folders, Hugging Face image datasets). Nothing is ever downloaded.
+sMNIST / pMNIST / sCIFAR10 tasks, image folders, Hugging Face image datasets), ``archives`` (UEA / UCR ``.ts``
+files), ``sequences`` (padding, normalisation and augmentation shared by the sequence sources). Nothing is ever
+downloaded.
 """
 from __future__ import annotations
 
 from typing import Any
 
+from .archives import TsFile, read_ts, ts_archive
 from .common import DataBundle, DatasetNotFoundError, EpochShuffleSampler, fixed_split, need_root
 from .digits import digits
 from .images import hf_images, image_folder, sequence_permutation, sequential_set, torchvision_set
+from .sequences import SequenceAugment, SequenceSet, parse_augment
 
 __all__ = ['DataBundle', 'build_data', 'EpochShuffleSampler', 'DatasetNotFoundError', 'sequence_permutation',
-           'fixed_split', 'need_root', 'DATA_SPECS']
+           'fixed_split', 'need_root', 'DATA_SPECS', 'read_ts', 'TsFile', 'SequenceSet', 'SequenceAugment',
+           'parse_augment']
 
 # The --data specs, in the order the error message and --help list them.
 DATA_SPECS = ('digits', 'cifar10:ROOT', 'cifar100:ROOT', 'mnist:ROOT', 'smnist:ROOT', 'pmnist:ROOT', 'scifar10:ROOT',
-              'folder:ROOT', 'hf:PATH')
+              'folder:ROOT', 'hf:PATH', 'ts:DIR/NAME')
 
 
 def build_data(spec: str, model_kind: str, img_size: int | None = None, seed: int = 0,
@@ -37,4 +42,15 @@ def build_data(spec: str, model_kind: str, img_size: int | None = None, seed: in
         return image_folder(need_root(name, root), img_size or 224, train_transform, eval_transform)
     if name == 'hf':
         return hf_images(need_root(name, root), img_size, train_transform, eval_transform)
+    if name == 'ts':
+        _sequence_only(name, model_kind)
+        if not root:
+            need_root(name, root)  # the error asking for a path; ts_archive names the missing files
+        return ts_archive(root)
     raise ValueError(f'unknown dataset {spec!r}: use {", ".join(DATA_SPECS)}')
+
+
+def _sequence_only(name: str, model_kind: str) -> None:
+    if model_kind != 'sequence':
+        raise ValueError(f'{name}: is sequence data; use a smpconv_tcn_* model')
+
