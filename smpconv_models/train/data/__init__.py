@@ -2,14 +2,16 @@
 
 ``digits`` (embedded scikit-learn digits), ``images`` (torchvision sets from a local root, the sequential
 sMNIST / pMNIST / sCIFAR10 tasks, image folders, Hugging Face image datasets), ``archives`` (UEA / UCR ``.ts``
-files), ``sequences`` (padding, normalisation and augmentation shared by the sequence sources). Nothing is ever
-downloaded.
+files), ``arrays`` (``.npz`` arrays, Hugging Face sequence datasets), ``audio`` (Speech Commands, MFCC),
+``sequences`` (padding, normalisation and augmentation shared by the sequence sources). Nothing is ever downloaded.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from .archives import TsFile, read_ts, ts_archive
+from .arrays import hf_has_sequences, hf_sequences, npz_arrays
+from .audio import mfcc, read_wav, speech_commands
 from .common import DataBundle, DatasetNotFoundError, EpochShuffleSampler, fixed_split, need_root
 from .digits import digits
 from .images import hf_images, image_folder, sequence_permutation, sequential_set, torchvision_set
@@ -17,17 +19,19 @@ from .sequences import SequenceAugment, SequenceSet, parse_augment
 
 __all__ = ['DataBundle', 'build_data', 'EpochShuffleSampler', 'DatasetNotFoundError', 'sequence_permutation',
            'fixed_split', 'need_root', 'DATA_SPECS', 'read_ts', 'TsFile', 'SequenceSet', 'SequenceAugment',
-           'parse_augment']
+           'parse_augment', 'mfcc', 'read_wav']
 
 # The --data specs, in the order the error message and --help list them.
 DATA_SPECS = ('digits', 'cifar10:ROOT', 'cifar100:ROOT', 'mnist:ROOT', 'smnist:ROOT', 'pmnist:ROOT', 'scifar10:ROOT',
-              'folder:ROOT', 'hf:PATH', 'ts:DIR/NAME')
+              'folder:ROOT', 'hf:PATH', 'ts:DIR/NAME', 'npz:PATH', 'speechcommands:ROOT')
 
 
 def build_data(spec: str, model_kind: str, img_size: int | None = None, seed: int = 0,
-               test_fraction: float = 0.2, train_transform: Any = None, eval_transform: Any = None) -> DataBundle:
+               test_fraction: float = 0.2, train_transform: Any = None, eval_transform: Any = None,
+               model_name: str | None = None) -> DataBundle:
     """Build train / test datasets from a ``--data`` spec (``NAME`` or ``NAME:PATH``, see :data:`DATA_SPECS`) for a
-    ``'sequence'`` or ``'image'`` model."""
+    ``'sequence'`` or ``'image'`` model. ``model_name`` picks what some sources give: Speech Commands is the raw
+    waveform for ``*_raw`` models and MFCCs otherwise."""
     name, _, root = spec.partition(':')
     name = name.lower()
     if name == 'digits':
@@ -41,12 +45,20 @@ def build_data(spec: str, model_kind: str, img_size: int | None = None, seed: in
     if name == 'folder':
         return image_folder(need_root(name, root), img_size or 224, train_transform, eval_transform)
     if name == 'hf':
+        if model_kind == 'sequence' and hf_has_sequences(need_root(name, root)):
+            return hf_sequences(root)
         return hf_images(need_root(name, root), img_size, train_transform, eval_transform)
     if name == 'ts':
         _sequence_only(name, model_kind)
         if not root:
             need_root(name, root)  # the error asking for a path; ts_archive names the missing files
         return ts_archive(root)
+    if name == 'speechcommands':
+        _sequence_only(name, model_kind)
+        return speech_commands(need_root(name, root), use_mfcc=not (model_name or '').endswith('_raw'))
+    if name == 'npz':
+        _sequence_only(name, model_kind)
+        return npz_arrays(need_root(name, root))
     raise ValueError(f'unknown dataset {spec!r}: use {", ".join(DATA_SPECS)}')
 
 

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .common import DataBundle, DatasetNotFoundError
-from .sequences import SequenceSet, channel_stats, normalise, pad_left
+from .sequences import sequences_bundle
 
 __all__ = ['TsFile', 'read_ts', 'find_ts_pair', 'ts_archive']
 
@@ -171,13 +170,5 @@ def ts_archive(spec_path: str) -> DataBundle:
     test = read_ts(test_path, class_names=train.class_names)
     if train.num_channels != test.num_channels:
         raise ValueError(f'{train_path} has {train.num_channels} dimensions but {test_path} has {test.num_channels}')
-    length = int(max(train.lengths.max(), test.lengths.max()))
-    x_train, mask_train = pad_left(train.series, length)
-    x_test, mask_test = pad_left(test.series, length)
-    mean, std = channel_stats(x_train)
-    variable = not (mask_train.all() and mask_test.all())
-    sets = [SequenceSet(normalise(x, mean, std), torch.from_numpy(y),
-                        torch.from_numpy(m) if variable else None)
-            for x, y, m in ((x_train, train.labels, mask_train), (x_test, test.labels, mask_test))]
-    return DataBundle(sets[0], sets[1], len(train.class_names), train.num_channels, 'sequence', length,
-                      f'ts:{train.problem_name}', tuple(mean.tolist()), tuple(std.tolist()))
+    return sequences_bundle(train.series, train.labels, test.series, test.labels, f'ts:{train.problem_name}',
+                            num_classes=len(train.class_names))

@@ -8,8 +8,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ['pad_left', 'channel_stats', 'normalise', 'SequenceSet', 'SequenceAugment', 'parse_augment',
-           'AUGMENT_KEYS']
+from .common import DataBundle
+
+__all__ = ['pad_left', 'channel_stats', 'normalise', 'class_indices', 'sequences_bundle', 'SequenceSet',
+           'SequenceAugment', 'parse_augment', 'AUGMENT_KEYS']
 
 
 def pad_left(series: Sequence[np.ndarray], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -53,6 +55,41 @@ def normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
     """``(x - mean) / std`` per channel as float32; missing values and padding (NaN) become 0 (the mean)."""
     z = (np.asarray(x, dtype=np.float64) - mean[None, :, None]) / std[None, :, None]
     return torch.from_numpy(np.nan_to_num(z, nan=0.0).astype(np.float32))
+
+
+def class_indices(y_train: np.ndarray, y_test: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Integer labels ``0..K-1`` stay as they are (K = max + 1); other labels (strings, arbitrary integers) map to
+    their sorted order in the training split. A test label absent from training is an error."""
+    y_train, y_test = np.asarray(y_train).reshape(-1), np.asarray(y_test).reshape(-1)
+    if y_train.dtype.kind in 'iu' and y_test.dtype.kind in 'iu' and y_train.min() >= 0 and y_test.min() >= 0:
+        return y_train.astype(np.int64), y_test.astype(np.int64), int(max(y_train.max(), y_test.max())) + 1
+    if y_train.dtype.kind == 'f':
+        raise ValueError(f'{source}: labels are floats; classification needs integer or string labels')
+    classes = np.unique(y_train)
+    unknown = np.setdiff1d(np.unique(y_test), classes)
+    if len(unknown):
+        raise ValueError(f'{source}: test labels not in the training split: {unknown[:5].tolist()}')
+    return np.searchsorted(classes, y_train), np.searchsorted(classes, y_test), len(classes)
+
+
+def sequences_bundle(train: list[np.ndarray], y_train: np.ndarray, test: list[np.ndarray], y_test: np.ndarray,
+                     name: str, num_classes: int | None = None) -> DataBundle:
+    """Left-pad ``[C, L_i]`` series (NaN = missing) to the longest of both splits, normalise per channel with the
+    training split's statistics, and keep a ``[N, L]`` mask of real steps when the lengths differ. Labels go
+    through :func:`class_indices`; ``num_classes`` (e.g. a header's class count) raises the class count."""
+    y_train, y_test, n_cls = class_indices(y_train, y_test, name)
+    n_cls = max(n_cls, num_classes or 0)
+    length = max(max(s.shape[1] for s in train), max(s.shape[1] for s in test))
+    x_train, mask_train = pad_left(train, length)
+    x_test, mask_test = pad_left(test, length)
+    if x_train.shape[1] != x_test.shape[1]:
+        raise ValueError(f'{name}: train has {x_train.shape[1]} channels but test has {x_test.shape[1]}')
+    mean, std = channel_stats(x_train)
+    variable = not (mask_train.all() and mask_test.all())
+    sets = [SequenceSet(normalise(x, mean, std), torch.from_numpy(y), torch.from_numpy(m) if variable else None)
+            for x, y, m in ((x_train, y_train, mask_train), (x_test, y_test, mask_test))]
+    return DataBundle(sets[0], sets[1], n_cls, x_train.shape[1], 'sequence', length, name,
+                      tuple(mean.tolist()), tuple(std.tolist()))
 
 
 class SequenceSet(Dataset):
