@@ -12,6 +12,7 @@ keep the input's layout: unpooled features (``forward_features``, ``global_pool=
 # No ``from __future__ import annotations``: torch.fx copies the traced forward's annotations into the code it
 # generates, and string annotations there break scripting an fx-traced model (timm's fx + torchscript test).
 
+
 import torch
 import torch.nn as nn
 from timm.layers import register_notrace_function
@@ -42,6 +43,14 @@ def to_layout_of(x: Tensor, like: Tensor) -> Tensor:
     return x.unsqueeze(2) if like.dim() == 4 else x
 
 
+@register_notrace_function
+def apply_mask(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Zero the padded steps of ``x`` ``[B, C, L]`` (``mask`` ``[B, L]``, true on real steps); ``None`` keeps ``x``."""
+    if mask is None:
+        return x
+    return x * mask.unsqueeze(1).to(x.dtype)
+
+
 class TCNBlock(nn.Module):
     """``relu(drop(relu(pair2(drop(relu(pair1(x)))))) + shortcut(x))``, pairs = BN(causal SMP) + BN(causal small)."""
 
@@ -58,10 +67,10 @@ class TCNBlock(nn.Module):
         self.drop = nn.Dropout(drop_rate)
         self.shortcut = nn.Conv1d(in_chs, out_chs, 1, **dd) if in_chs != out_chs else nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.drop(self.act(self.conv1(x)))
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        out = apply_mask(self.drop(self.act(self.conv1(x))), mask)
         out = self.drop(self.act(self.conv2(out)))
-        return self.act(out + self.shortcut(x))
+        return apply_mask(self.act(out + self.shortcut(x)), mask)
 
 
 class SMPConvTCN(SMPModelMixin, nn.Module):
@@ -184,13 +193,24 @@ class SMPConvTCN(SMPModelMixin, nn.Module):
             self.reset_classifier(0, '')
         return take_indices
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Unpooled features ``[B, C, L]``, or ``[B, C, 1, L]`` for a ``[B, C, 1, L]`` input."""
-        seq = as_sequence(x)
+    def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Unpooled features ``[B, C, L]``, or ``[B, C, 1, L]`` for a ``[B, C, 1, L]`` input.
+
+        ``mask`` ``[B, L]`` (true on real steps) zeroes the padded steps of the input and of every convolution's
+        input: with left padding a causal model's outputs on the real steps then equal its outputs on the unpadded
+        series (in eval mode), whatever the padding length."""
+        seq = apply_mask(as_sequence(x), mask)
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            seq = checkpoint_seq(self.blocks, seq)
-        else:
+            if mask is None:
+                seq = checkpoint_seq(self.blocks, seq)
+            else:
+                for block in self.blocks:
+                    seq = torch.utils.checkpoint.checkpoint(block, seq, mask, use_reentrant=False)
+        elif mask is None:
             seq = self.blocks(seq)
+        else:
+            for block in self.blocks:
+                seq = block(seq, mask)
         return to_layout_of(seq, x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -207,8 +227,10 @@ class SMPConvTCN(SMPModelMixin, nn.Module):
             return self.head(x.movedim(1, -1)).movedim(-1, 1)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Logits for ``x``; ``mask`` ``[B, L]`` marks the real steps of left-padded series (see
+        :meth:`forward_features`)."""
+        return self.forward_head(self.forward_features(x, mask))
 
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ['TrainConfig', 'build_parser', 'parse_config', 'RECIPES', 'recipe_for', 'recipe_model_args']
+__all__ = ['TrainConfig', 'build_parser', 'parse_config', 'RECIPES', 'recipe_for', 'recipe_model_args',
+           'uses_small_data_recipe', 'small_data_schedule']
 
 
 @dataclass
@@ -31,6 +33,7 @@ class TrainConfig:
     cutmix: float | None = None
     randaugment: str | None = None
     random_erasing: float | None = None
+    seq_augment: str | None = None
     ema: bool | None = None
     ema_decay: float = 0.9998
     drop_path: float | None = None
@@ -57,6 +60,7 @@ class TrainConfig:
     test_fraction: float = 0.2
     limit_train_batches: int | None = None
     missing_rate: float | None = None
+    eval_every: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,6 +79,18 @@ RECIPES: dict[str, dict[str, Any]] = {
                      label_smoothing=0.0, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False),
 }
 
+# Sequence data a user brings (ts: / npz: / hf:, tens to hundreds of series): chosen on generated data sets, see
+# BENCHMARKS.md "Small-data sequence recipe" (python -m smpconv_models.experiments.small_data). Batch size, epochs and
+# warmup follow the training-set size (small_data_schedule); the point radius follows the length (recipe_model_args).
+SMALL_DATA_RECIPE: dict[str, Any] = dict(
+    optimizer='adamw', lr=2e-3, batch_size=None, epochs=None, weight_decay=0.05, warmup_epochs=None,
+    label_smoothing=0.1, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False, drop_rate=0.1,
+    seq_augment='shift=0.1,scale=0.1,jitter=0.05', grad_clip=1.0, lr_ref_batch=None)
+# optimizer steps the schedule aims for, and the bounds on batch size and epochs
+SMALL_DATA_STEPS = 1000
+SMALL_DATA_BATCH = (8, 64)
+SMALL_DATA_EPOCHS = (20, 400)
+
 # Official per-task learning rates / batch sizes / epochs (smp/README.md of the official repository).
 _TASK_OVERRIDES: dict[str, dict[str, Any]] = {
     'smpconv_tcn_mnist': dict(lr=1e-4, epochs=200),
@@ -88,8 +104,34 @@ _TASK_OVERRIDES: dict[str, dict[str, Any]] = {
 _DIGITS_OVERRIDES: dict[str, Any] = dict(lr=3e-3, epochs=12, batch_size=64, warmup_epochs=1)
 
 
+def uses_small_data_recipe(model: str, data: str) -> bool:
+    """Sequence models on user data (``ts:`` / ``npz:`` / ``hf:``) take :data:`SMALL_DATA_RECIPE`, except the named
+    task of a model (``smpconv_tcn_chartraj`` on ``ts:.../CharacterTrajectories`` keeps the official recipe)."""
+    prefix, _, path = data.partition(':')
+    if not model.startswith(('smpconv_tcn', 'smpconv_irregular_tcn')) or prefix.lower() not in ('ts', 'npz', 'hf'):
+        return False
+    official = model in ('smpconv_tcn_chartraj', 'smpconv_irregular_tcn_chartraj') and prefix.lower() == 'ts' and \
+        Path(path.rstrip('/')).name.lower() == 'charactertrajectories'
+    return not official
+
+
+def small_data_schedule(n_train: int) -> dict[str, Any]:
+    """Batch size, epochs and warmup of the small-data recipe for ``n_train`` training series: batch about a tenth
+    of the set (8..64), epochs for about :data:`SMALL_DATA_STEPS` optimizer steps (20..400), 5% warmup, evaluation
+    about 20 times per run."""
+    lo, hi = SMALL_DATA_BATCH
+    batch = int(min(hi, max(lo, 2 ** round(math.log2(max(n_train, 1) / 10)))))
+    batch = min(batch, max(1, n_train))
+    steps_per_epoch = max(1, n_train // batch)
+    epochs = int(min(SMALL_DATA_EPOCHS[1], max(SMALL_DATA_EPOCHS[0], math.ceil(SMALL_DATA_STEPS / steps_per_epoch))))
+    return dict(batch_size=batch, epochs=epochs, warmup_epochs=round(0.05 * epochs, 2),
+                eval_every=max(1, epochs // 20))
+
+
 def recipe_for(model: str, data: str) -> dict[str, Any]:
     """Recipe defaults for a model family, with the official per-task values and the digits default on top."""
+    if uses_small_data_recipe(model, data):
+        return dict(SMALL_DATA_RECIPE)
     if model.startswith(('smpconv_tcn', 'smpconv_irregular_tcn')):
         recipe = dict(RECIPES['sequence'], **_TASK_OVERRIDES.get(model, {}))
     elif model == 'smpconv_cifar':
@@ -102,12 +144,15 @@ def recipe_for(model: str, data: str) -> dict[str, Any]:
     return recipe
 
 
-def recipe_model_args(model: str, data: str) -> dict[str, Any]:
+def recipe_model_args(model: str, data: str, length: int | None = None) -> dict[str, Any]:
     """Model kwargs a dataset needs beyond its shape: on the 64-step digits the official 784-step point radius
-    (0.002, under one grid spacing of 2/783) would leave most points between taps, so it scales with the spacing."""
+    (0.002, under one grid spacing of 2/783) would leave most points between taps, so it scales with the spacing;
+    the small-data recipe sets it to one grid spacing ``2 / (length - 1)`` of the data's ``length``."""
     if model.startswith(('smpconv_tcn', 'smpconv_irregular_tcn')) and data.split(':', 1)[0] in ('digits',
                                                                                                'digits-irregular'):
         return {'radius': 0.03}
+    if length and length > 1 and uses_small_data_recipe(model, data):
+        return {'radius': 2.0 / (length - 1)}
     return {}
 
 
@@ -117,7 +162,9 @@ _HELP = {
             "smpconv_irregular_tcn*: --missing-rate of each series dropped, 0.5 by default), 'cifar10:ROOT', "
             "'cifar100:ROOT', 'mnist:ROOT', 'smnist:ROOT', "
             "'pmnist:ROOT', 'scifar10:ROOT' (torchvision layout, never downloaded), 'folder:ROOT' (train/ and "
-            "val/ image folders) or 'hf:PATH' (a Hugging Face dataset saved with save_to_disk)",
+            "val/ image folders) or 'hf:PATH' (a Hugging Face dataset saved with save_to_disk, images or a sequence "
+            "column); sequences: 'ts:DIR/NAME' (UEA / UCR DIR/NAME_TRAIN.ts and _TEST.ts), 'npz:PATH' (x_train, "
+            "y_train, x_test, y_test), 'speechcommands:ROOT' (SpeechCommands/speech_commands_v0.02/)",
     'output_dir': 'run folder: last/, best/, state/, metrics.jsonl, summary.json, kernels.png',
     'epochs': 'training epochs (recipe default)',
     'batch_size': 'global batch size over all processes (split across them)',
@@ -130,6 +177,9 @@ _HELP = {
     'label_smoothing': 'label smoothing', 'mixup': 'mixup alpha (0 disables)', 'cutmix': 'cutmix alpha (0 disables)',
     'randaugment': "timm RandAugment spec, e.g. 'rand-m9-mstd0.5-inc1' (image folders / CIFAR)",
     'random_erasing': 'random erasing probability (image inputs)',
+    'seq_augment': "training augmentation of sequences, e.g. 'shift=0.1,scale=0.1,jitter=0.05,cutout=0.1' (shift: "
+                   "delay by up to this fraction of the length; scale: per-channel gain 1+scale*N(0,1); jitter: "
+                   "noise std; cutout: zero a window up to this fraction) or 'none' (small-data recipe default)",
     'ema': 'keep an EMA of the weights (best/ then holds the EMA weights)',
     'ema_decay': 'EMA decay per optimizer step',
     'drop_path': 'stochastic depth rate (ImageNet models)', 'drop_rate': 'dropout rate',
@@ -159,6 +209,8 @@ _HELP = {
                     'Neural CDE / CKConv protocol: 0.3, 0.5, 0.7), turning any sequence --data into irregular series '
                     "with timestamps and an observed mask (not --drop-rate, which is dropout); 'digits-irregular' "
                     'defaults to 0.5, other specs to 0',
+    'eval_every': 'evaluate and save best/ and the resume state every N epochs and after the last (default 1; the '
+                  'small-data recipe evaluates about 20 times per run)',
 }
 
 

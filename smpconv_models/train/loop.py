@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 from .._io import write_json_atomic, write_text_atomic
 from ..layers import SMPConvBase, clamp_radii_, share_kernels, smp_param_groups
 from .checkpoint import STATE_DIR, load_training_state, save_training_state
-from .config import TrainConfig, recipe_for, recipe_model_args
-from .data import EpochShuffleSampler, build_data
+from .config import TrainConfig, recipe_for, recipe_model_args, small_data_schedule, uses_small_data_recipe
+from .data import EpochShuffleSampler, SequenceAugment, build_data, parse_augment
 from .modeling import build_model, model_kind
 from .sync_bn import convert_sync_batchnorm
 
@@ -147,7 +147,14 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     train_tf, eval_tf = _transforms(cfg, cfg.data, kind)
     data = build_data(cfg.data, kind, img_size=cfg.img_size, seed=cfg.seed, test_fraction=cfg.test_fraction,
-                      train_transform=train_tf, eval_transform=eval_tf, missing_rate=cfg.missing_rate)
+                      train_transform=train_tf, eval_transform=eval_tf, model_name=cfg.model,
+                      missing_rate=cfg.missing_rate)
+    if uses_small_data_recipe(cfg.model, cfg.data):  # schedule from the training-set size where not given
+        schedule = small_data_schedule(len(data.train))
+        cfg = TrainConfig(**{**cfg.to_dict(), **{k: v for k, v in schedule.items() if getattr(cfg, k) is None}})
+    augment = parse_augment(cfg.seq_augment) if kind == 'sequence' else {}
+    if any(augment.values()):  # training split only, drawn from (seed, epoch, index): resumable
+        data.train = SequenceAugment(data.train, cfg.seed, **augment)
     if cfg.num_classes is not None and cfg.num_classes < data.num_classes:
         raise TrainingError(f'--num-classes {cfg.num_classes} gives fewer classes than the {data.num_classes} labels '
                             f'of {data.name}')
@@ -162,7 +169,7 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     if cfg.kernel_scale:
         model_args['kernel_scale'] = cfg.kernel_scale
     model_args.update(data.model_args)
-    model_args.update(recipe_model_args(cfg.model, cfg.data))
+    model_args.update(recipe_model_args(cfg.model, cfg.data, model_args.get('seq_len')))
     model_args.update(cfg.model_args)
     model = build_model(cfg.model, model_args, cfg.pretrained)
     arch = model.pretrained_cfg['architecture']
@@ -231,6 +238,8 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
         # process: set it (and through it our sampler) to the epoch so the order only depends on (seed, epoch)
         train_loader.set_epoch(epoch)
         sampler.set_epoch(epoch)
+        if isinstance(data.train, SequenceAugment):
+            data.train.set_epoch(epoch)
         model.train()
         t0 = time.time()
         # running sums stay on the device: no host sync per step (read every 25 steps for the progress bar)
@@ -274,6 +283,16 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
         train_seconds = time.time() - t0
         totals = accelerator.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=loss_sum.device)]),
                                     reduction='sum').cpu()
+        # --eval-every N: evaluate (and checkpoint) every N epochs and at the end (small data: many short epochs)
+        if (epoch + 1) % (cfg.eval_every or 1) and epoch + 1 < cfg.epochs:
+            progress['epoch'] = epoch + 1
+            if main_proc:
+                with metrics_path.open('a') as f:
+                    f.write(json.dumps({'epoch': epoch + 1, 'train_loss': float(totals[0] / totals[2]),
+                                        'train_top1': float(100 * totals[1] / totals[2]),
+                                        'lr': float(scheduler.get_last_lr()[0]),
+                                        'images_per_s': float(totals[2]) / train_seconds}) + '\n')
+            continue
         metrics = evaluate(eval_model if ema is not None else model, test_loader, accelerator,
                            model_args['num_classes'])
         progress['epoch'] = epoch + 1
@@ -325,5 +344,5 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
 
 def _recipe_card(cfg: TrainConfig) -> dict[str, Any]:
     keys = ('optimizer', 'lr', 'batch_size', 'epochs', 'weight_decay', 'warmup_epochs', 'radius_lr_scale',
-            'label_smoothing', 'mixup', 'cutmix', 'ema', 'seed')
+            'label_smoothing', 'mixup', 'cutmix', 'seq_augment', 'drop_rate', 'grad_clip', 'ema', 'seed')
     return {k: getattr(cfg, k) for k in keys}

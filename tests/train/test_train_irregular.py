@@ -44,3 +44,21 @@ def test_irregular_data_specs():
         build_data('digits', 'sequence', missing_rate=0.3)
     with pytest.raises(ValueError, match=r'missing_rate must be in \[0, 1\)'):
         build_data('digits-irregular', 'irregular', missing_rate=1.0)
+
+
+def test_missing_rate_applies_to_ts_archives(tmp_path):
+    # unequal lengths: the archive reader left-pads with a mask; dropping counts each series' real steps only
+    header = '@problemName Toy\n@timeStamps false\n@missing false\n@univariate true\n@equalLength false\n' \
+             '@classLabel true a b\n@data\n'
+    lengths = [10, 7, 12, 9]
+    rows = [','.join(str(0.1 * (i + 1) * k) for k in range(n)) + f':{"ab"[i % 2]}' for i, n in enumerate(lengths)]
+    for split in ('TRAIN', 'TEST'):
+        (tmp_path / f'Toy_{split}.ts').write_text(header + '\n'.join(rows) + '\n')
+    bundle = build_data(f'ts:{tmp_path}/Toy', 'irregular', missing_rate=0.5)
+    assert bundle.kind == 'irregular' and bundle.length == 12 and bundle.num_classes == 2
+    for i, n in enumerate(lengths):
+        inputs, _ = bundle.train[i]
+        kept = int(inputs['mask'].sum())
+        assert kept == n - int(n * 0.5)
+        steps = inputs['timestamps'][:kept]
+        assert (steps.diff() > 0).all() and steps.min() >= 12 - n  # left padding: the real steps are the last n

@@ -1,25 +1,33 @@
 """Datasets for training, one module per source, behind one entry point (:func:`build_data`).
 
 ``digits`` (embedded scikit-learn digits), ``images`` (torchvision sets from a local root, the sequential
-sMNIST / pMNIST / sCIFAR10 tasks, image folders, Hugging Face image datasets), ``irregular`` (any sequence set as
-irregularly sampled series: observations dropped per series, ``digits-irregular``). Nothing is ever downloaded.
+sMNIST / pMNIST / sCIFAR10 tasks, image folders, Hugging Face image datasets), ``archives`` (UEA / UCR ``.ts``
+files), ``arrays`` (``.npz`` arrays, Hugging Face sequence datasets), ``audio`` (Speech Commands, MFCC),
+``sequences`` (padding, normalisation and augmentation shared by the sequence sources), ``irregular`` (any sequence
+set as irregularly sampled series: observations dropped per series, ``digits-irregular``). Nothing is ever
+downloaded.
 """
 from __future__ import annotations
 
 from typing import Any
 
+from .archives import TsFile, read_ts, ts_archive
+from .arrays import hf_has_sequences, hf_sequences, npz_arrays
+from .audio import mfcc, read_wav, speech_commands
 from .common import DataBundle, DatasetNotFoundError, EpochShuffleSampler, fixed_split, need_root
 from .digits import digits
 from .images import hf_images, image_folder, sequence_permutation, sequential_set, torchvision_set
 from .irregular import drop_observations, to_irregular
+from .sequences import SequenceAugment, SequenceSet, parse_augment
 
 __all__ = ['DataBundle', 'build_data', 'EpochShuffleSampler', 'DatasetNotFoundError', 'sequence_permutation',
-           'fixed_split', 'need_root', 'DATA_SPECS', 'drop_observations', 'to_irregular']
+           'fixed_split', 'need_root', 'DATA_SPECS', 'read_ts', 'TsFile', 'SequenceSet', 'SequenceAugment',
+           'parse_augment', 'mfcc', 'read_wav', 'drop_observations', 'to_irregular']
 
 # The --data specs, in the order the error message and --help list them.
 DATA_SPECS = ('digits', 'digits-irregular', 'cifar10:ROOT', 'cifar100:ROOT', 'mnist:ROOT', 'smnist:ROOT',
-              'pmnist:ROOT', 'scifar10:ROOT', 'folder:ROOT', 'hf:PATH')
-
+              'pmnist:ROOT', 'scifar10:ROOT', 'folder:ROOT', 'hf:PATH', 'ts:DIR/NAME', 'npz:PATH',
+              'speechcommands:ROOT')
 
 # --missing-rate of 'digits-irregular' when none is given (the middle of the protocol's 0.3 / 0.5 / 0.7)
 DIGITS_MISSING_RATE = 0.5
@@ -27,9 +35,10 @@ DIGITS_MISSING_RATE = 0.5
 
 def build_data(spec: str, model_kind: str, img_size: int | None = None, seed: int = 0,
                test_fraction: float = 0.2, train_transform: Any = None, eval_transform: Any = None,
-               missing_rate: float | None = None) -> DataBundle:
+               model_name: str | None = None, missing_rate: float | None = None) -> DataBundle:
     """Build train / test datasets from a ``--data`` spec (``NAME`` or ``NAME:PATH``, see :data:`DATA_SPECS`) for a
-    ``'sequence'``, ``'irregular'`` or ``'image'`` model.
+    ``'sequence'``, ``'irregular'`` or ``'image'`` model. ``model_name`` picks what some sources give: Speech Commands
+    is the raw waveform for ``*_raw`` models and MFCCs otherwise.
 
     An ``'irregular'`` model gets any sequence spec as irregular series with ``missing_rate`` of each series'
     observations dropped (:func:`to_irregular`; ``digits-irregular`` is ``digits`` with 0.5 by default)."""
@@ -42,7 +51,8 @@ def build_data(spec: str, model_kind: str, img_size: int | None = None, seed: in
             base, rate = 'digits', DIGITS_MISSING_RATE if missing_rate is None else missing_rate
         else:
             base, rate = spec, missing_rate or 0.0
-        bundle = build_data(base, 'sequence', img_size, seed, test_fraction, train_transform, eval_transform)
+        bundle = build_data(base, 'sequence', img_size, seed, test_fraction, train_transform, eval_transform,
+                            model_name)
         return to_irregular(bundle, rate)
     if missing_rate:
         raise ValueError('--missing-rate drops observations for an irregular-series model (smpconv_irregular_tcn*); '
@@ -58,5 +68,24 @@ def build_data(spec: str, model_kind: str, img_size: int | None = None, seed: in
     if name == 'folder':
         return image_folder(need_root(name, root), img_size or 224, train_transform, eval_transform)
     if name == 'hf':
+        if model_kind == 'sequence' and hf_has_sequences(need_root(name, root)):
+            return hf_sequences(root)
         return hf_images(need_root(name, root), img_size, train_transform, eval_transform)
+    if name == 'ts':
+        _sequence_only(name, model_kind)
+        if not root:
+            need_root(name, root)  # the error asking for a path; ts_archive names the missing files
+        return ts_archive(root)
+    if name == 'speechcommands':
+        _sequence_only(name, model_kind)
+        return speech_commands(need_root(name, root), use_mfcc=not (model_name or '').endswith('_raw'))
+    if name == 'npz':
+        _sequence_only(name, model_kind)
+        return npz_arrays(need_root(name, root))
     raise ValueError(f'unknown dataset {spec!r}: use {", ".join(DATA_SPECS)}')
+
+
+def _sequence_only(name: str, model_kind: str) -> None:
+    if model_kind != 'sequence':
+        raise ValueError(f'{name}: is sequence data; use a smpconv_tcn_* model')
+

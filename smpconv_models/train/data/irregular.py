@@ -5,7 +5,8 @@ Trajectories: each series loses ``int(n * missing_rate)`` of its ``n`` observed 
 replacement by a generator with a fixed seed (so every run and every model sees the same series; the rates used in
 the papers are 0.3, 0.5 and 0.7), and the remaining steps keep their original times ``0, 1, ...`` (integer
 timestamps in grid steps). Steps that are already missing (a NaN / infinite value in any channel, or ``mask=False``
-in a dict item) stay missing and are not counted.
+in a dict item, e.g. the left padding of the ``ts:`` / ``npz:`` sources' unequal-length series) stay missing and are
+not counted.
 
 Items become ``({'values': [C, L'], 'timestamps': [L'], 'mask': [L']}, label)``: the kept observations in time
 order, padded to the longest kept series of the dataset with ``mask=False`` (and zero values / timestamps), the
@@ -42,10 +43,11 @@ class IrregularSeries(Dataset):
 
 def _series(item) -> tuple[Tensor, Tensor, Tensor]:
     """``(values [C, L], timestamps [L], observed [L])`` of one dataset item's inputs (a tensor or a dict)."""
-    if isinstance(item, dict):
-        if 'values' not in item:
-            raise ValueError(f"dict inputs need a 'values' entry to drop observations from, got keys {sorted(item)}")
-        values = torch.as_tensor(item['values'])
+    if isinstance(item, dict):  # ours ('values') or the sequence sources' padded series ('x' with a 'mask')
+        key = 'values' if 'values' in item else 'x'
+        if key not in item:
+            raise ValueError(f"dict inputs need a 'values' or 'x' entry to drop observations from, got {sorted(item)}")
+        values = torch.as_tensor(item[key])
         length = values.shape[-1]
         timestamps = torch.as_tensor(item['timestamps']) if 'timestamps' in item else None
         observed = torch.as_tensor(item['mask']).bool() if 'mask' in item else torch.ones(length, dtype=torch.bool)
