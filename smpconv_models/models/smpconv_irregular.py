@@ -36,6 +36,8 @@ same parameters (its state dict loads unchanged). One host read per forward chec
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -44,7 +46,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import SMPParallelCausalConv1d, causal_conv1d, check_conv_input, kernel_coords, smp_basis
-from ..layers.smp_kernel import COUNT_EPS
+from ..layers.smp_kernel import COUNT_EPS, smp_basis_local
 from ._checkpoint import validate_for_model
 from ._common import SMPModelMixin
 from .smpconv_tcn import TCNBlock
@@ -128,19 +130,6 @@ def _lag_coords(lag: Tensor, kernel_size: int) -> Tensor:
     return 1.0 - lag * (2.0 / (kernel_size - 1))
 
 
-def _smp_chunk(conv: nn.Module, x_mixed: Tensor, lag: Tensor, valid: Tensor) -> Tensor:
-    """SMP branch for one chunk of query steps: ``x_mixed [B, G, P, L]`` (the point weights applied to the inputs),
-    ``lag`` / ``valid`` ``[B, q, L]``; returns ``[B, G, q]``."""
-    batch, q, length = lag.shape
-    coords = _lag_coords(lag, conv.kernel_size[0]).reshape(batch, q * length, 1)
-    h = smp_basis(coords, conv.weight_coord, conv.radius)  # [B, G, P, q*L]
-    if conv.normalize:
-        count = (h > 0).sum(-2, keepdim=True, dtype=h.dtype)  # |N(x)| per query coordinate (Eq. 1)
-        h = h / (count + COUNT_EPS)
-    h = h.unflatten(-1, (q, length)) * valid[:, None, None]
-    return torch.einsum('bgpqj,bgpj->bgq', h, x_mixed)
-
-
 def _small_chunk(weight: Tensor, x: Tensor, lag: Tensor, valid: Tensor) -> Tensor:
     """Small branch for one chunk: the piecewise-linear interpolant of the taps in time (unit hats at lags
     ``0..S-1``); ``weight [C_out, C_in, S]``, ``x [B, C_in, L]``; returns ``[B, C_out, q]``."""
@@ -155,14 +144,71 @@ def _small_chunk(weight: Tensor, x: Tensor, lag: Tensor, valid: Tensor) -> Tenso
 
 
 def _smp_pairwise(conv: nn.Module, x: Tensor, timestamps: Tensor, mask: Tensor, chunk_budget: int) -> Tensor:
-    """``sum_j k(t_i - t_j) x_j`` over observed ``j`` with ``0 <= t_i - t_j <= K - 1`` for a causal SMP conv,
-    query steps in chunks (each recomputed in backward when autograd records)."""
-    batch, _, length = x.shape
+    """``sum_j k(t_i - t_j) x_j`` over observed ``j`` with ``0 <= t_i - t_j <= K - 1`` for a causal SMP conv.
+
+    Local evaluation: each point's hat covers lags ``((1 - p - r), (1 - p + r)) * (K - 1) / 2``, so per point and
+    query only the few sources whose timestamps fall in that window are gathered (a binary search in the sorted
+    timestamps) and evaluated (:func:`smp_basis_local`); ``|N(x)|`` counts the hats covering each coordinate by a
+    binary search in the sorted hat edges. Memory and work scale with ``B G P L W`` (``W``: the most sources any
+    hat window holds) instead of ``B G P L^2``; query steps go in chunks of ``chunk_budget`` elements, each
+    recomputed in backward when autograd records."""
+    batch, chans, length = x.shape
     groups, n_points = conv.weight_coord.shape[:2]
-    x_mixed = torch.einsum('gcp,bcj->bgpj', conv.weights, x)  # [B, G, P, L]
-    q = max(1, min(length, chunk_budget // max(1, batch * groups * n_points * length)))
-    return _chunked(lambda lag, valid, xm: _smp_chunk(conv, xm, lag, valid), x_mixed, timestamps,
-                    mask, conv.kernel_size[0] - 1, q) + _bias(conv, x)
+    k = conv.kernel_size[0]
+    scale = (k - 1) / 2.0  # lag units per kernel-coordinate unit
+    # compact order: observed steps first (time order), unobserved ones after them with time +inf (never a source)
+    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
+    observed = mask.gather(1, order)
+    t_query = torch.where(observed, timestamps.gather(1, order), torch.zeros((), dtype=timestamps.dtype,
+                                                                               device=timestamps.device))
+    t_source = torch.where(observed, t_query, torch.full((), float('inf'), dtype=t_query.dtype, device=x.device))
+    x_mixed = torch.einsum('gcp,bcj->bgpj', conv.weights, x.gather(2, order[:, None].expand(-1, chans, -1)))
+    with torch.no_grad():
+        pos, rad = conv.weight_coord[..., 0], conv.radius.reshape(groups, n_points)
+        margin = 1e-6 * (1.0 + scale)  # windows a hair wider than the hats: rounding never drops a source
+        lag_lo = ((1.0 - pos - rad) * scale - margin).to(t_query.dtype)
+        lag_hi = ((1.0 - pos + rad) * scale + margin).to(t_query.dtype)
+        window_lo = (t_query[:, None, None, :] - lag_hi[None, :, :, None]).reshape(batch, -1)
+        window_hi = (t_query[:, None, None, :] - lag_lo[None, :, :, None]).reshape(batch, -1)
+        start = torch.searchsorted(t_source, window_lo).reshape(batch, groups, n_points, length)
+        end = torch.searchsorted(t_source, window_hi, right=True).reshape(batch, groups, n_points, length)
+        width = int((end - start).amax())  # one host read: the gather width
+        edges = ((pos - rad).sort(1).values, (pos + rad).sort(1).values)  # hat supports, per filter
+    out = x.new_zeros(batch, groups, length)
+    if width > 0:
+        q = max(1, min(length, chunk_budget // max(1, batch * groups * n_points * width)))
+        outs = []
+        for s in range(0, length, q):
+            args = (start[..., s:s + q], end[..., s:s + q], t_query[:, s:s + q], x_mixed)
+            fn = functools.partial(_smp_local_chunk, conv, t_source, width, edges)
+            outs.append(checkpoint(fn, *args, use_reentrant=False) if torch.is_grad_enabled() else fn(*args))
+        out_compact = torch.cat(outs, -1)
+        out = out.scatter(2, order[:, None].expand(-1, groups, -1), out_compact)  # back to the input's order
+    return out + _bias(conv, x)
+
+
+def _smp_local_chunk(conv: nn.Module, t_source: Tensor, width: int, edges: tuple[Tensor, Tensor], start: Tensor,
+                     end: Tensor, t_query: Tensor, x_mixed: Tensor) -> Tensor:
+    """One chunk of :func:`_smp_pairwise`: ``start`` / ``end`` ``[B, G, P, q]`` source windows, ``t_query
+    [B, q]``, ``x_mixed [B, G, P, L]``; returns ``[B, G, q]``."""
+    batch, groups, n_points, q = start.shape
+    length = t_source.shape[1]
+    k = conv.kernel_size[0]
+    index = start[..., None] + torch.arange(width, device=start.device)  # [B, G, P, q, W]
+    inside = index < end[..., None]
+    index = index.clamp_max(length - 1)
+    lag = t_query[:, None, None, :, None] - t_source.gather(1, index.reshape(batch, -1)).reshape(index.shape)
+    valid = inside & (lag >= 0) & (lag <= k - 1)
+    lag = torch.where(valid, lag, torch.zeros((), dtype=lag.dtype, device=lag.device))
+    coords = _lag_coords(lag, k).to(conv.weight_coord.dtype)
+    h = smp_basis_local(coords.reshape(batch, groups, n_points, q * width, 1), conv.weight_coord, conv.radius)
+    h = h.reshape(index.shape)
+    if conv.normalize:  # |N(x)| = #{p: p - r < x < p + r} (Eq. 1), from the sorted hat edges of each filter
+        flat = coords.transpose(0, 1).reshape(groups, -1)
+        count = torch.searchsorted(edges[0], flat) - torch.searchsorted(edges[1], flat, right=True)
+        h = h / (count.reshape(groups, batch, n_points, q, width).transpose(0, 1).to(h.dtype) + COUNT_EPS)
+    source = x_mixed.gather(3, index.reshape(batch, groups, n_points, q * width)).reshape(index.shape)
+    return (h * valid * source).sum((2, 4))
 
 
 def _bias(conv: nn.Module, x: Tensor) -> Tensor | float:

@@ -70,9 +70,10 @@ def test_regular_grid_equals_grid_tcn(train):
     torch.testing.assert_close(copy.deepcopy(model).train(train)(x), expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize('kernel', ['smp', 'mlp'])
-def test_grid_path_equals_pairwise_path_with_gradients(kernel):
-    a, b = pair(kernel=kernel, conv_bias=True)
+@pytest.mark.parametrize('kernel, radius', [('smp', 0.15), ('smp', 0.6), ('mlp', 0.15)])
+def test_grid_path_equals_pairwise_path_with_gradients(kernel, radius):
+    # radius 0.6: wide, overlapping hats (|N(x)| up to P) in the pairwise path's local evaluation
+    a, b = pair(kernel=kernel, conv_bias=True, radius=radius)
     values, t, mask = irregular_batch()
     out_a = a.forward_features(values, t, mask, path='grid')
     out_b = b.forward_features(values, t, mask, path='pairwise')
