@@ -31,4 +31,17 @@ def test_layers_block(monkeypatch):
     ns = run_block(1, monkeypatch)
     assert ns['y'].shape == (2, 96, 56, 56) and ns['out'].shape == (8, 30, 784)
     assert ns['block'].reparam_conv is not None and ns['block'].smp is None
-    assert len(BLOCKS) == 2
+    assert len(BLOCKS) == 3
+
+
+def test_irregular_series_block(monkeypatch):
+    index = next(i for i, b in enumerate(BLOCKS) if 'smpconv_irregular_tcn' in b)
+    ns = run_block(index, monkeypatch)
+    assert ns['logits'].shape == (3, 10) and ns['logits'].isfinite().all() and ns['same']
+    model, timestamps, mask = ns['model'], ns['timestamps'], ns['mask']
+    with torch.no_grad():  # the padded steps of the third series do not matter
+        expected = model(ns['values'], timestamps, mask)
+        values = ns['values'].clone()
+        values[2, :, 30:] = float('nan')
+        torch.testing.assert_close(model(values, timestamps, mask), expected)
+    assert ns['mlp_model'].kernel == 'mlp'
