@@ -24,9 +24,12 @@ the grid block ``BN(smp(x)) + BN(small(x))``:
 Two exact paths compute it. When the observed timestamps are integers (the dropped-observations protocol), the
 *grid path* runs the grid TCN's modules on the zero-filled series (length = the longest span in the batch) with
 every hidden feature masked to observed steps: a zero feature contributes nothing to a sum, so this equals the
-pairwise definition (tested in float64). Otherwise the *pairwise path* evaluates the kernels at all ``[B, L, L]``
-offsets, query steps in chunks of bounded size (``pairwise_chunk`` elements of the ``[B, G, P, q, L]`` hat basis),
-each chunk recomputed in backward (activation checkpointing), so memory stays bounded for long series.
+pairwise definition (tested in float64). Otherwise the *pairwise path* evaluates the kernels at the timestamp
+differences: the hats are narrow (radius 0.002-0.03 of the kernel's ``[-1, 1]``), so each point is evaluated only at
+the sources whose differences fall inside its radius (found by binary search in the sorted timestamps), ``B G P L W``
+values for ``W`` sources per window instead of ``B G P L^2``; the MLP kernel and the 5-tap branch use all ``[B, L, L]``
+differences within the kernel's span. Query steps go in chunks of at most ``pairwise_chunk`` elements, each
+recomputed in backward (activation checkpointing), so memory stays bounded for long series.
 
 The logits come from the last observed step of each series (``global_pool='last'``, the grid TCN's last step),
 or from a mean / max over observed steps (``'avg'`` / ``'max'``). With ``kernel='mlp'`` each SMP branch becomes the
