@@ -60,6 +60,9 @@ _POOLS = ('last', 'avg', 'max', '')
 _KERNELS = ('smp', 'mlp')
 # elements of the [B, G, P, q, L] hat basis the pairwise path holds at once (float32: 64 MiB)
 PAIRWISE_CHUNK = 1 << 24
+# 'auto' takes the grid path for integer timestamps whose span is at most this many times the number of steps
+# (dropping 70% of a series' observations leaves a span of about 3.3 x the kept steps)
+GRID_SPAN_FACTOR = 8
 
 
 def check_irregular_inputs(values: Tensor, timestamps: Tensor | None, mask: Tensor | None, in_chans: int
@@ -421,11 +424,8 @@ class SMPConvIrregularTCN(SMPModelMixin, nn.Module):
         index = torch.where(mask, (timestamps - first).round().long(), span)  # unobserved -> a spare slot
         grid = x.new_zeros(batch, chans, span + 1).scatter(2, index[:, None].expand(-1, chans, -1), x)[..., :span]
         gmask = x.new_zeros(batch, span + 1, dtype=torch.bool).scatter(1, index, mask)[:, :span]
-        fmask = gmask[:, None].to(x.dtype)
         for block in self.blocks:
-            out = block.drop(block.act(self._grid_pair(block.conv1, grid, gmask) * fmask))
-            out = block.drop(block.act(self._grid_pair(block.conv2, out, gmask) * fmask))
-            grid = block.act(out + block.shortcut(grid)) * fmask
+            grid = self._run_block(self._grid_block, block, grid, gmask)
         out = grid.gather(2, index.clamp_max(span - 1)[:, None].expand(-1, grid.shape[1], -1))
         return out * mask[:, None].to(out.dtype)
 
@@ -436,13 +436,29 @@ class SMPConvIrregularTCN(SMPModelMixin, nn.Module):
         return (masked_batch_norm(conv.smp.conv(x), gmask, conv.smp.bn)
                 + masked_batch_norm(conv.small_conv.conv(x), gmask, conv.small_conv.bn))
 
-    def _pairwise_forward(self, x: Tensor, timestamps: Tensor, mask: Tensor) -> Tensor:
-        """The pairwise path: kernels at every ``t_i - t_j``, features on the observed steps."""
+    def _run_block(self, fn, block: TCNBlock, *args: Tensor) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, block, *args, use_reentrant=False)
+        return fn(block, *args)
+
+    def _grid_block(self, block: TCNBlock, x: Tensor, gmask: Tensor) -> Tensor:
+        """One :class:`TCNBlock` on the zero-filled grid, hidden features zero at unobserved steps."""
+        fmask = gmask[:, None].to(x.dtype)
+        out = block.drop(block.act(self._grid_pair(block.conv1, x, gmask) * fmask))
+        out = block.drop(block.act(self._grid_pair(block.conv2, out, gmask) * fmask))
+        return block.act(out + block.shortcut(x)) * fmask
+
+    def _pairwise_block(self, block: TCNBlock, x: Tensor, timestamps: Tensor, mask: Tensor) -> Tensor:
+        """One :class:`TCNBlock` with kernels at the timestamp differences, features on the observed steps."""
         fmask = mask[:, None].to(x.dtype)
+        out = block.drop(block.act(self._pairwise_pair(block.conv1, x, timestamps, mask) * fmask))
+        out = block.drop(block.act(self._pairwise_pair(block.conv2, out, timestamps, mask) * fmask))
+        return block.act(out + block.shortcut(x)) * fmask
+
+    def _pairwise_forward(self, x: Tensor, timestamps: Tensor, mask: Tensor) -> Tensor:
+        """The pairwise path: kernels at the ``t_i - t_j``, features on the observed steps."""
         for block in self.blocks:
-            out = block.drop(block.act(self._pairwise_pair(block.conv1, x, timestamps, mask) * fmask))
-            out = block.drop(block.act(self._pairwise_pair(block.conv2, out, timestamps, mask) * fmask))
-            x = block.act(out + block.shortcut(x)) * fmask
+            x = self._run_block(self._pairwise_block, block, x, timestamps, mask)
         return x
 
     def _pairwise_pair(self, conv: SMPParallelCausalConv1d, x: Tensor, timestamps: Tensor, mask: Tensor) -> Tensor:
@@ -465,7 +481,8 @@ class SMPConvIrregularTCN(SMPModelMixin, nn.Module):
     def forward_features(self, values: Tensor, timestamps: Tensor | None = None, mask: Tensor | None = None,
                          path: str = 'auto') -> Tensor:
         """Features ``[B, C, L]`` on the input's steps (zero at unobserved ones). ``path``: ``'auto'`` (the grid
-        path when the observed timestamps are integers), ``'grid'`` or ``'pairwise'`` (both exact; for tests)."""
+        path when the observed timestamps are integers spanning at most ``GRID_SPAN_FACTOR`` x ``L`` steps),
+        ``'grid'`` or ``'pairwise'`` (both exact)."""
         if path not in ('auto', 'grid', 'pairwise'):
             raise ValueError(f"path must be 'auto', 'grid' or 'pairwise', got {path!r}")
         timestamps, mask = check_irregular_inputs(values, timestamps, mask, self.in_chans)
@@ -473,7 +490,8 @@ class SMPConvIrregularTCN(SMPModelMixin, nn.Module):
         if path == 'grid' and not integer:
             raise ValueError("path='grid' needs integer observed timestamps")
         x = torch.where(mask[:, None], values, torch.zeros((), dtype=values.dtype, device=values.device))
-        if integer and path != 'pairwise':
+        # the zero-filled grid is as long as the longest span: taken when that is at most GRID_SPAN_FACTOR x L
+        if integer and (path == 'grid' or (path == 'auto' and span <= GRID_SPAN_FACTOR * max(values.shape[-1], 8))):
             return self._grid_forward(x, timestamps, mask, span)
         return self._pairwise_forward(x, timestamps, mask)
 

@@ -223,3 +223,31 @@ def test_drop_observations_follows_the_protocol():
         assert i != 3 or 4 not in steps.tolist()
         torch.testing.assert_close(inputs['values'][:, :n], x[i][:, steps])
         assert (inputs['values'][:, n:] == 0).all() and not inputs['mask'][n:].any()
+
+
+@torch.no_grad()
+def test_sparse_integer_timestamps_take_the_pairwise_path():
+    model, _ = pair()
+    model.eval()
+    values, t, mask = irregular_batch()
+    t = t * 50  # integer, but spanning ~50x the steps: a zero-filled grid would be mostly empty
+    calls = []
+    grid_forward = model._grid_forward
+    model._grid_forward = lambda *args: calls.append(1) or grid_forward(*args)
+    auto = model.forward_features(values, t, mask)
+    assert not calls
+    torch.testing.assert_close(auto, model.forward_features(values, t, mask, path='grid'), rtol=1e-12, atol=1e-12)
+    assert calls
+
+
+@pytest.mark.parametrize('path', ['grid', 'pairwise'])
+def test_grad_checkpointing_changes_no_gradient(path):
+    # (recomputing a block in backward updates its BatchNorm statistics a second time, as with any checkpointed BN)
+    a, b = pair()
+    b.set_grad_checkpointing()
+    values, t, mask = irregular_batch()
+    a.forward_features(values, t, mask, path=path).square().sum().backward()
+    b.forward_features(values, t, mask, path=path).square().sum().backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        if pa.grad is not None:
+            torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-10, atol=1e-12, msg=name)
