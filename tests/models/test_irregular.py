@@ -11,7 +11,8 @@ import torch.nn as nn
 from torch.utils.data import TensorDataset
 
 import smpconv_models  # noqa: F401
-from smpconv_models.layers import smp_kernel
+from smpconv_models.layers import smp_basis, smp_kernel
+from smpconv_models.layers.smp_kernel import smp_basis_local
 from smpconv_models.models.smpconv_irregular import masked_batch_norm
 from smpconv_models.train.data import drop_observations
 
@@ -251,3 +252,18 @@ def test_grad_checkpointing_changes_no_gradient(path):
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         if pa.grad is not None:
             torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_smp_basis_local_is_smp_basis_at_each_points_own_queries():
+    g = torch.Generator().manual_seed(3)
+    pos = (torch.rand(4, 5, 1, generator=g, dtype=F64) * 2 - 1).requires_grad_()
+    rad = (torch.rand(4, 5, generator=g, dtype=F64) * 0.5 + 0.1).requires_grad_()
+    coords = (torch.rand(2, 4, 5, 7, 1, generator=g, dtype=F64) * 2 - 1).requires_grad_()
+    local = smp_basis_local(coords, pos, rad)  # [2, 4, 5, 7]
+    full = smp_basis(coords.reshape(2, -1, 1), pos, rad).unflatten(-1, (4, 5, 7))  # every point at every query
+    expected = torch.stack([torch.stack([full[:, gi, pi, gi, pi] for pi in range(5)], 1) for gi in range(4)], 1)
+    torch.testing.assert_close(local, expected)
+    assert (local > 0).any() and (local == 0).any()
+    torch.autograd.gradcheck(lambda c, p, r: smp_basis_local(c, p, r), (coords, pos, rad))
+    with pytest.raises(ValueError, match='coords must be'):
+        smp_basis_local(coords[:, :3], pos, rad)
