@@ -2,7 +2,7 @@
 
 ``python -m smpconv_models.experiments.small_data`` generates five classification sets that are not separable by a
 simple statistic (class-dependent shapes, frequencies, orders, channel couplings and warped trajectories, at random
-positions and phases, with noise; 30-200 training series, 1-6 channels, 64-400 steps, 2-10 classes, one with
+positions and phases, with noise; 30-200 training series, 1-6 channels, 64-300 steps, 2-10 classes, one with
 variable lengths), writes them as ``.npz`` files, trains ``smpconv_tcn_chartraj`` on each through ``train.py``'s
 loop (the default small-data recipe, and the plain Adam loop a new user would run), and fits the baseline: ROCKET
 (Dempster et al. 2020: random dilated kernels, PPV and max features, a ridge classifier with cross-validated
@@ -39,12 +39,12 @@ class SetSpec:
     length: int
     classes: int
     n_train: int
-    n_test: int = 300
+    n_test: int = 150
     noise: float = 0.5
 
 
 DATASETS = (
-    SetSpec('shapes_u400', 'shapes', 1, 400, 4, 40),
+    SetSpec('shapes_u300', 'shapes', 1, 300, 4, 40),
     SetSpec('order_u200', 'order', 1, 200, 2, 30),
     SetSpec('freq_m3', 'freq', 3, 128, 5, 100),
     SetSpec('pairs_m6', 'pairs', 6, 64, 10, 200),
@@ -252,7 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--kernels', type=int, default=10_000, help='ROCKET kernels')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--json', default='', help='also write the rows to this JSON file')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch threads (1: these small models run fastest single-threaded on a busy CPU)')
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault('TQDM_DISABLE', '1')
     for name in ('smpconv_models', 'accelerate', 'timm'):
