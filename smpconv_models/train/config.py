@@ -114,19 +114,20 @@ def uses_small_data_recipe(model: str, data: str) -> bool:
     return not official
 
 
-def small_data_schedule(n_train: int, epochs: int | None = None) -> dict[str, Any]:
+def small_data_schedule(n_train: int, epochs: int | None = None, batch_size: int | None = None) -> dict[str, Any]:
     """Batch size, epochs and warmup of the small-data recipe for ``n_train`` training series: batch about a quarter
     of the set (a power of two in 8..64; a step generates every SMP kernel once, so larger batches cost little),
-    epochs for about :data:`SMALL_DATA_STEPS` optimizer steps (20..400) unless ``epochs`` is given, 5% warmup,
-    evaluation about 20 times per run."""
+    epochs for about :data:`SMALL_DATA_STEPS` optimizer steps (20..400), 5% warmup, evaluation about 20 times per
+    run. A given ``epochs`` or ``batch_size`` is kept and the rest follows from it."""
     lo, hi = SMALL_DATA_BATCH
-    batch = int(min(hi, max(lo, 2 ** round(math.log2(max(n_train, 1) / 4)))))
-    batch = min(batch, max(1, n_train))
-    steps_per_epoch = max(1, n_train // batch)
+    if batch_size is None:
+        batch_size = int(min(hi, max(lo, 2 ** round(math.log2(max(n_train, 1) / 4)))))
+        batch_size = min(batch_size, max(1, n_train))
+    steps_per_epoch = max(1, n_train // batch_size)
     if epochs is None:
         epochs = math.ceil(SMALL_DATA_STEPS / steps_per_epoch)
         epochs = int(min(SMALL_DATA_EPOCHS[1], max(SMALL_DATA_EPOCHS[0], epochs)))
-    return dict(batch_size=batch, epochs=epochs, warmup_epochs=round(0.05 * epochs, 2),
+    return dict(batch_size=batch_size, epochs=epochs, warmup_epochs=round(0.05 * epochs, 2),
                 eval_every=max(1, epochs // 20))
 
 

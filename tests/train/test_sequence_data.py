@@ -270,6 +270,7 @@ def test_small_data_recipe_is_the_default_for_user_sequences_only():
     assert tiny['batch_size'] == 8 and tiny['epochs'] == 167 and large['batch_size'] == 64
     assert large['epochs'] == 20  # 78 steps per epoch: the epoch floor, not the step target, decides
     assert small_data_schedule(30, epochs=10)['eval_every'] == 1 and tiny['eval_every'] == 8
+    assert small_data_schedule(100, batch_size=50)['epochs'] == 250  # a given batch size sets the epochs
 
 
 def test_short_run_learns_a_separable_set(tmp_path):
@@ -277,14 +278,15 @@ def test_short_run_learns_a_separable_set(tmp_path):
 
     rng = np.random.default_rng(0)
 
-    def split(n):
+    def split(n):  # slow or fast sines at random phases, 20-32 steps (variable lengths: the masked path)
         y = np.arange(n) % 2
         t = np.arange(32)
         x = np.sin(2 * np.pi * (2 + 4 * y[:, None]) * t / 32 + rng.uniform(0, 6.3, (n, 1)))
-        return x[:, None] + 0.3 * rng.normal(size=(n, 1, 32)), y
+        return x[:, None] + 0.3 * rng.normal(size=(n, 1, 32)), y, rng.integers(20, 33, n)
 
-    (x_train, y_train), (x_test, y_test) = split(64), split(64)
-    np.savez(tmp_path / 'sines.npz', x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    (x_train, y_train, len_train), (x_test, y_test, len_test) = split(64), split(64)
+    np.savez(tmp_path / 'sines.npz', x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+             lengths_train=len_train, lengths_test=len_test)
     out = tmp_path / 'run'
     assert main(['--model', 'smpconv_tcn_chartraj', '--data', f'npz:{tmp_path / "sines.npz"}', '--output-dir',
                  str(out), '--epochs', '12', '--cpu', '--plot', 'false', '--model-args',
