@@ -221,7 +221,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     'recipe': {},
     'plain_adam': dict(optimizer='adam', lr=1e-4, weight_decay=1e-5, epochs=100, batch_size=64, warmup_epochs=5,
                        label_smoothing=0.0, seq_augment='none', drop_rate=0.0, grad_clip=0.0,
-                       model_args={'radius': 0.012}),
+                       model_args={'radius': 0.012, 'global_pool': 'last'}),
 }
 
 
@@ -235,6 +235,35 @@ def train_accuracy(spec: str, out_dir: Path, overrides: dict[str, Any], seed: in
                          **overrides})
     summary = run(cfg, ['small_data'])
     return {'top1': summary['eval_top1'], 'epochs': summary['epochs'], 'seconds': summary['seconds']}
+
+
+def _run_set(spec: SetSpec, variants: dict[str, dict[str, Any]], seed: int, kernels: int, threads: int
+             ) -> dict[str, Any]:
+    """One table row: generate ``spec``, fit ROCKET, train every variant (one process per set with ``--jobs``)."""
+    from ..train.data import build_data
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault('TQDM_DISABLE', '1')
+    for name in ('smpconv_models', 'accelerate', 'timm'):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_npz(make_dataset(spec, seed), Path(tmp) / f'{spec.name}.npz')
+        data = build_data(f'npz:{path}', 'sequence')
+        row: dict[str, Any] = dict(set=spec.name, channels=spec.channels, length=spec.length, classes=spec.classes,
+                                   n_train=spec.n_train, n_test=spec.n_test)
+        t0 = time.time()
+        x_train, y_train = _stack(data.train)
+        x_test, y_test = _stack(data.test)
+        row['rocket'] = rocket_accuracy(x_train, y_train, x_test, y_test, kernels, seed)
+        row['rocket_s'] = time.time() - t0
+        for name, overrides in variants.items():
+            overrides = dict(overrides)
+            if overrides.get('batch_size'):
+                overrides['batch_size'] = min(overrides['batch_size'], spec.n_train)
+            res = train_accuracy(f'npz:{path}', Path(tmp) / 'runs' / name, overrides, seed)
+            row[name], row[f'{name}_s'] = res['top1'], res['seconds']
+    _say(json.dumps(row))
+    return row
 
 
 def _say(line: str) -> None:
@@ -252,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--kernels', type=int, default=10_000, help='ROCKET kernels')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--json', default='', help='also write the rows to this JSON file')
+    parser.add_argument('--jobs', type=int, default=1, help='data sets trained at once, one process each')
     parser.add_argument('--threads', type=int, default=1,
                         help='torch threads (1: these small models run fastest single-threaded on a busy CPU)')
     args = parser.parse_args(argv)
@@ -269,29 +299,15 @@ def main(argv: list[str] | None = None) -> int:
         variants[v] = json.loads(v) if v.strip().startswith('{') else VARIANTS[v]
     if args.quick:
         variants = {k: {**v, 'epochs': 2} for k, v in variants.items()}
-    from ..train.data import build_data
+    jobs = [(spec, variants, args.seed, 200 if args.quick else args.kernels, args.threads) for spec in specs]
+    if args.jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for spec in specs:
-            path = save_npz(make_dataset(spec, args.seed), Path(tmp) / f'{spec.name}.npz')
-            data = build_data(f'npz:{path}', 'sequence')
-            row: dict[str, Any] = dict(set=spec.name, channels=spec.channels, length=spec.length,
-                                       classes=spec.classes, n_train=spec.n_train, n_test=spec.n_test)
-            t0 = time.time()
-            x_train, y_train = _stack(data.train)
-            x_test, y_test = _stack(data.test)
-            row['rocket'] = rocket_accuracy(x_train, y_train, x_test, y_test,
-                                            200 if args.quick else args.kernels, args.seed)
-            row['rocket_s'] = time.time() - t0
-            for name, overrides in variants.items():
-                overrides = dict(overrides)
-                if overrides.get('batch_size'):
-                    overrides['batch_size'] = min(overrides['batch_size'], spec.n_train)
-                res = train_accuracy(f'npz:{path}', Path(tmp) / 'runs' / spec.name, overrides, args.seed)
-                row[name], row[f'{name}_s'] = res['top1'], res['seconds']
-            rows.append(row)
-            _say(json.dumps(row))
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
+            rows = list(pool.map(_run_set, *zip(*jobs)))
+    else:
+        rows = [_run_set(*job) for job in jobs]
     names = list(variants)
     header = '| set | C | L | classes | train | ROCKET | ' + ' | '.join(names) + ' |'
     _say(header)
