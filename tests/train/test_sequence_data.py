@@ -295,3 +295,26 @@ def test_short_run_learns_a_separable_set(tmp_path):
     assert summary['eval_top1'] >= 85.0  # chance is 50%
     lines = [json.loads(ln) for ln in (out / 'metrics.jsonl').read_text().splitlines()]
     assert len(lines) == 12 and 'eval_top1' in lines[-1]
+
+
+def test_generated_sets_and_the_rocket_baseline():
+    from smpconv_models.experiments.small_data import DATASETS, make_dataset, rocket_accuracy
+
+    for spec in DATASETS:
+        arrays = make_dataset(spec)
+        assert arrays['x_train'].shape == (spec.n_train, spec.channels, spec.length)
+        counts = np.bincount(arrays['y_train'], minlength=spec.classes)
+        assert len(counts) == spec.classes and counts.max() - counts.min() <= 1  # balanced classes
+        if spec.kind == 'traj':  # variable lengths, zero after each series' end
+            lengths = arrays['lengths_train']
+            assert lengths.min() < lengths.max() <= spec.length
+            assert np.abs(arrays['x_train'][0, :, lengths[0]:]).sum() == 0
+    again = make_dataset(DATASETS[0])
+    assert np.array_equal(again['x_test'], make_dataset(DATASETS[0])['x_test'])  # seeded
+    rng = np.random.default_rng(1)
+    y = np.arange(80) % 2
+    t = np.arange(40)
+    x = np.sin(2 * np.pi * (2 + 5 * y[:, None]) * t / 40 + rng.uniform(0, 6.3, (80, 1)))[:, None]
+    x = torch.tensor(x + 0.3 * rng.normal(size=x.shape), dtype=torch.float32)
+    y = torch.tensor(y)
+    assert rocket_accuracy(x[:40], y[:40], x[40:], y[40:], n_kernels=300) >= 95.0
