@@ -2,7 +2,7 @@
 
 ``python -m smpconv_models.experiments.small_data`` generates five classification sets that are not separable by a
 simple statistic (class-dependent shapes, frequencies, orders, channel couplings and warped trajectories, at random
-positions and phases, with noise; 30-200 training series, 1-6 channels, 64-400 steps, 2-10 classes, one with
+positions and phases, with noise; 30-200 training series, 1-6 channels, 64-300 steps, 2-10 classes, one with
 variable lengths), writes them as ``.npz`` files, trains ``smpconv_tcn_chartraj`` on each through ``train.py``'s
 loop (the default small-data recipe, and the plain Adam loop a new user would run), and fits the baseline: ROCKET
 (Dempster et al. 2020: random dilated kernels, PPV and max features, a ridge classifier with cross-validated
@@ -39,12 +39,12 @@ class SetSpec:
     length: int
     classes: int
     n_train: int
-    n_test: int = 300
+    n_test: int = 150
     noise: float = 0.5
 
 
 DATASETS = (
-    SetSpec('shapes_u400', 'shapes', 1, 400, 4, 40),
+    SetSpec('shapes_u300', 'shapes', 1, 300, 4, 40),
     SetSpec('order_u200', 'order', 1, 200, 2, 30),
     SetSpec('freq_m3', 'freq', 3, 128, 5, 100),
     SetSpec('pairs_m6', 'pairs', 6, 64, 10, 200),
@@ -221,7 +221,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     'recipe': {},
     'plain_adam': dict(optimizer='adam', lr=1e-4, weight_decay=1e-5, epochs=100, batch_size=64, warmup_epochs=5,
                        label_smoothing=0.0, seq_augment='none', drop_rate=0.0, grad_clip=0.0,
-                       model_args={'radius': 0.012}),
+                       model_args={'radius': 0.012, 'global_pool': 'last'}),
 }
 
 
@@ -235,6 +235,35 @@ def train_accuracy(spec: str, out_dir: Path, overrides: dict[str, Any], seed: in
                          **overrides})
     summary = run(cfg, ['small_data'])
     return {'top1': summary['eval_top1'], 'epochs': summary['epochs'], 'seconds': summary['seconds']}
+
+
+def _run_set(spec: SetSpec, variants: dict[str, dict[str, Any]], seed: int, kernels: int, threads: int
+             ) -> dict[str, Any]:
+    """One table row: generate ``spec``, fit ROCKET, train every variant (one process per set with ``--jobs``)."""
+    from ..train.data import build_data
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault('TQDM_DISABLE', '1')
+    for name in ('smpconv_models', 'accelerate', 'timm'):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_npz(make_dataset(spec, seed), Path(tmp) / f'{spec.name}.npz')
+        data = build_data(f'npz:{path}', 'sequence')
+        row: dict[str, Any] = dict(set=spec.name, channels=spec.channels, length=spec.length, classes=spec.classes,
+                                   n_train=spec.n_train, n_test=spec.n_test)
+        t0 = time.time()
+        x_train, y_train = _stack(data.train)
+        x_test, y_test = _stack(data.test)
+        row['rocket'] = rocket_accuracy(x_train, y_train, x_test, y_test, kernels, seed)
+        row['rocket_s'] = time.time() - t0
+        for name, overrides in variants.items():
+            overrides = dict(overrides)
+            if overrides.get('batch_size'):
+                overrides['batch_size'] = min(overrides['batch_size'], spec.n_train)
+            res = train_accuracy(f'npz:{path}', Path(tmp) / 'runs' / name, overrides, seed)
+            row[name], row[f'{name}_s'] = res['top1'], res['seconds']
+    _say(json.dumps(row))
+    return row
 
 
 def _say(line: str) -> None:
@@ -252,7 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--kernels', type=int, default=10_000, help='ROCKET kernels')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--json', default='', help='also write the rows to this JSON file')
+    parser.add_argument('--jobs', type=int, default=1, help='data sets trained at once, one process each')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch threads (1: these small models run fastest single-threaded on a busy CPU)')
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault('TQDM_DISABLE', '1')
     for name in ('smpconv_models', 'accelerate', 'timm'):
@@ -266,29 +299,15 @@ def main(argv: list[str] | None = None) -> int:
         variants[v] = json.loads(v) if v.strip().startswith('{') else VARIANTS[v]
     if args.quick:
         variants = {k: {**v, 'epochs': 2} for k, v in variants.items()}
-    from ..train.data import build_data
+    jobs = [(spec, variants, args.seed, 200 if args.quick else args.kernels, args.threads) for spec in specs]
+    if args.jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for spec in specs:
-            path = save_npz(make_dataset(spec, args.seed), Path(tmp) / f'{spec.name}.npz')
-            data = build_data(f'npz:{path}', 'sequence')
-            row: dict[str, Any] = dict(set=spec.name, channels=spec.channels, length=spec.length,
-                                       classes=spec.classes, n_train=spec.n_train, n_test=spec.n_test)
-            t0 = time.time()
-            x_train, y_train = _stack(data.train)
-            x_test, y_test = _stack(data.test)
-            row['rocket'] = rocket_accuracy(x_train, y_train, x_test, y_test,
-                                            200 if args.quick else args.kernels, args.seed)
-            row['rocket_s'] = time.time() - t0
-            for name, overrides in variants.items():
-                overrides = dict(overrides)
-                if overrides.get('batch_size'):
-                    overrides['batch_size'] = min(overrides['batch_size'], spec.n_train)
-                res = train_accuracy(f'npz:{path}', Path(tmp) / 'runs' / spec.name, overrides, args.seed)
-                row[name], row[f'{name}_s'] = res['top1'], res['seconds']
-            rows.append(row)
-            _say(json.dumps(row))
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
+            rows = list(pool.map(_run_set, *zip(*jobs)))
+    else:
+        rows = [_run_set(*job) for job in jobs]
     names = list(variants)
     header = '| set | C | L | classes | train | ROCKET | ' + ' | '.join(names) + ' |'
     _say(header)

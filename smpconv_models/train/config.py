@@ -87,7 +87,7 @@ SMALL_DATA_RECIPE: dict[str, Any] = dict(
     label_smoothing=0.1, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False, drop_rate=0.1,
     seq_augment='shift=0.1,scale=0.1,jitter=0.05', grad_clip=1.0, lr_ref_batch=None)
 # optimizer steps the schedule aims for, and the bounds on batch size and epochs
-SMALL_DATA_STEPS = 1000
+SMALL_DATA_STEPS = 500
 SMALL_DATA_BATCH = (8, 64)
 SMALL_DATA_EPOCHS = (20, 400)
 
@@ -96,8 +96,8 @@ _TASK_OVERRIDES: dict[str, dict[str, Any]] = {
     'smpconv_tcn_mnist': dict(lr=1e-4, epochs=200),
     'smpconv_tcn_scifar10': dict(lr=2e-4, epochs=200),
     'smpconv_tcn_chartraj': dict(lr=1e-4, epochs=300),
-    'smpconv_tcn_speech': dict(lr=2e-3, batch_size=32, epochs=300),
-    'smpconv_tcn_speech_raw': dict(lr=1e-3, batch_size=32, epochs=160, warmup_epochs=10),
+    'smpconv_tcn_speech': dict(lr=2e-3, batch_size=32, epochs=300, drop_rate=0.2),
+    'smpconv_tcn_speech_raw': dict(lr=1e-3, batch_size=32, epochs=160, warmup_epochs=10, drop_rate=0.1),
 }
 
 # The embedded default (digits, no download): small enough for a CPU run of a few minutes.
@@ -115,16 +115,20 @@ def uses_small_data_recipe(model: str, data: str) -> bool:
     return not official
 
 
-def small_data_schedule(n_train: int) -> dict[str, Any]:
-    """Batch size, epochs and warmup of the small-data recipe for ``n_train`` training series: batch about a tenth
-    of the set (8..64), epochs for about :data:`SMALL_DATA_STEPS` optimizer steps (20..400), 5% warmup, evaluation
-    about 20 times per run."""
+def small_data_schedule(n_train: int, epochs: int | None = None, batch_size: int | None = None) -> dict[str, Any]:
+    """Batch size, epochs and warmup of the small-data recipe for ``n_train`` training series: batch about a quarter
+    of the set (a power of two in 8..64; a step generates every SMP kernel once, so larger batches cost little),
+    epochs for about :data:`SMALL_DATA_STEPS` optimizer steps (20..400), 5% warmup, evaluation about 20 times per
+    run. A given ``epochs`` or ``batch_size`` is kept and the rest follows from it."""
     lo, hi = SMALL_DATA_BATCH
-    batch = int(min(hi, max(lo, 2 ** round(math.log2(max(n_train, 1) / 10)))))
-    batch = min(batch, max(1, n_train))
-    steps_per_epoch = max(1, n_train // batch)
-    epochs = int(min(SMALL_DATA_EPOCHS[1], max(SMALL_DATA_EPOCHS[0], math.ceil(SMALL_DATA_STEPS / steps_per_epoch))))
-    return dict(batch_size=batch, epochs=epochs, warmup_epochs=round(0.05 * epochs, 2),
+    if batch_size is None:
+        batch_size = int(min(hi, max(lo, 2 ** round(math.log2(max(n_train, 1) / 4)))))
+        batch_size = min(batch_size, max(1, n_train))
+    steps_per_epoch = max(1, n_train // batch_size)
+    if epochs is None:
+        epochs = math.ceil(SMALL_DATA_STEPS / steps_per_epoch)
+        epochs = int(min(SMALL_DATA_EPOCHS[1], max(SMALL_DATA_EPOCHS[0], epochs)))
+    return dict(batch_size=batch_size, epochs=epochs, warmup_epochs=round(0.05 * epochs, 2),
                 eval_every=max(1, epochs // 20))
 
 
@@ -147,12 +151,14 @@ def recipe_for(model: str, data: str) -> dict[str, Any]:
 def recipe_model_args(model: str, data: str, length: int | None = None) -> dict[str, Any]:
     """Model kwargs a dataset needs beyond its shape: on the 64-step digits the official 784-step point radius
     (0.002, under one grid spacing of 2/783) would leave most points between taps, so it scales with the spacing;
-    the small-data recipe sets it to one grid spacing ``2 / (length - 1)`` of the data's ``length``."""
+    the small-data recipe sets it to one grid spacing ``2 / (length - 1)`` of the data's ``length`` and averages the
+    features over time (``global_pool='avg'``: a pattern counts wherever it occurs, instead of only through the
+    last step's view of it, which a few dozen series cannot teach for every position)."""
     if model.startswith(('smpconv_tcn', 'smpconv_irregular_tcn')) and data.split(':', 1)[0] in ('digits',
                                                                                                'digits-irregular'):
         return {'radius': 0.03}
     if length and length > 1 and uses_small_data_recipe(model, data):
-        return {'radius': 2.0 / (length - 1)}
+        return {'radius': 2.0 / (length - 1), 'global_pool': 'avg'}
     return {}
 
 

@@ -150,7 +150,7 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
                       train_transform=train_tf, eval_transform=eval_tf, model_name=cfg.model,
                       missing_rate=cfg.missing_rate)
     if uses_small_data_recipe(cfg.model, cfg.data):  # schedule from the training-set size where not given
-        schedule = small_data_schedule(len(data.train))
+        schedule = small_data_schedule(len(data.train), cfg.epochs, cfg.batch_size)
         cfg = TrainConfig(**{**cfg.to_dict(), **{k: v for k, v in schedule.items() if getattr(cfg, k) is None}})
     augment = parse_augment(cfg.seq_augment) if kind == 'sequence' else {}
     if any(augment.values()):  # training split only, drawn from (seed, epoch, index): resumable

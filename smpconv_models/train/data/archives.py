@@ -83,7 +83,7 @@ def read_ts(path: str | Path, class_names: tuple[str, ...] | None = None) -> TsF
     with path.open('r', encoding='utf-8', errors='replace') as f:
         for lineno, raw in enumerate(f, 1):
             line = raw.strip()
-            where = f'{path}:{lineno}'
+            where = f'{path}, line {lineno}'
             if not line or line.startswith('#'):
                 continue
             if not in_data:
