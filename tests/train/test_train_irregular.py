@@ -28,7 +28,7 @@ def test_train_py_learns_irregular_digits(tmp_path, one_thread):
     assert code == 0
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['data'] == 'digits-irregular' and summary['model'] == 'smpconv_irregular_tcn'
-    assert summary['best_top1'] >= 30.0  # chance is 10% (the same run reaches 90% and more with the full recipe)
+    assert summary['best_top1'] >= 30.0  # chance is 10%; this run gives 40% (seeds 1, 2: 42%, 37%)
 
 
 def test_irregular_data_specs():
