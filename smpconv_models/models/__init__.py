@@ -1,6 +1,7 @@
 """timm model families; importing this package registers every ``smpconv_*`` model in timm's registry."""
 from .smpconv import SMPConvNet, smpconv_b, smpconv_t
 from .smpconv_cifar import SMPConvCifar, smpconv_cifar
+from .smpconv_points import SMPPointNet, smpconv_points
 from .smpconv_tcn import (
     SMPConvTCN,
     smpconv_tcn_chartraj,
@@ -13,4 +14,5 @@ from .smpconv_tcn import (
 __all__ = [
     'SMPConvNet', 'SMPConvCifar', 'SMPConvTCN', 'smpconv_t', 'smpconv_b', 'smpconv_cifar', 'smpconv_tcn_mnist',
     'smpconv_tcn_scifar10', 'smpconv_tcn_chartraj', 'smpconv_tcn_speech', 'smpconv_tcn_speech_raw',
+    'SMPPointNet', 'smpconv_points',
 ]

@@ -73,6 +73,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     'sequence': dict(optimizer='adam', lr=1e-4, batch_size=64, epochs=200, weight_decay=1e-5, warmup_epochs=5,
                      label_smoothing=0.0, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False),
 }
+# Point-set classifiers (smpconv_points; no official recipe): AdamW, cosine with one warmup epoch, no augmentation.
+RECIPES['points'] = dict(optimizer='adamw', lr=2e-3, batch_size=32, epochs=20, weight_decay=0.01, warmup_epochs=1,
+                         label_smoothing=0.0, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False)
 
 # Official per-task learning rates / batch sizes / epochs (smp/README.md of the official repository).
 _TASK_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -93,6 +96,8 @@ def recipe_for(model: str, data: str) -> dict[str, Any]:
         recipe = dict(RECIPES['sequence'], **_TASK_OVERRIDES.get(model, {}))
     elif model == 'smpconv_cifar':
         recipe = dict(RECIPES['cifar'])
+    elif model.startswith('smpconv_points'):
+        recipe = dict(RECIPES['points'])
     else:
         recipe = dict(RECIPES['imagenet'])
     if data.split(':', 1)[0] == 'digits':
@@ -113,7 +118,8 @@ _HELP = {
     'model': 'registered model name (timm.list_models("smpconv_*"))',
     'data': "dataset: 'digits' (embedded, default), 'cifar10:ROOT', 'cifar100:ROOT', 'mnist:ROOT', 'smnist:ROOT', "
             "'pmnist:ROOT', 'scifar10:ROOT' (torchvision layout, never downloaded), 'folder:ROOT' (train/ and "
-            "val/ image folders) or 'hf:PATH' (a Hugging Face dataset saved with save_to_disk)",
+            "val/ image folders) or 'hf:PATH' (a Hugging Face dataset saved with save_to_disk)"
+            "; 'digits-points': the embedded digits as 2-d point sets (for smpconv_points)",
     'output_dir': 'run folder: last/, best/, state/, metrics.jsonl, summary.json, kernels.png',
     'epochs': 'training epochs (recipe default)',
     'batch_size': 'global batch size over all processes (split across them)',

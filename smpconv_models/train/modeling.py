@@ -25,8 +25,10 @@ _logger = logging.getLogger(__name__)
 
 
 def model_kind(name: str) -> str:
-    """``'sequence'`` for the TCNs, ``'image'`` for the rest."""
+    """``'sequence'`` for the TCNs, ``'points'`` for point-set models, ``'image'`` for the rest."""
     base = name.split(':')[-1].split('.')[0]
+    if base.startswith('smpconv_points'):
+        return 'points'
     return 'sequence' if base.startswith('smpconv_tcn') else 'image'
 
 

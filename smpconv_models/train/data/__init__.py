@@ -2,6 +2,7 @@
 
 ``digits`` (embedded scikit-learn digits), ``images`` (torchvision sets from a local root, the sequential
 sMNIST / pMNIST / sCIFAR10 tasks, image folders, Hugging Face image datasets). Nothing is ever downloaded.
+``digits-points``: the same digits as 2-d point sets (``points.py``).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from .common import DataBundle, DatasetNotFoundError, EpochShuffleSampler, fixed_split, need_root
 from .digits import digits
 from .images import hf_images, image_folder, sequence_permutation, sequential_set, torchvision_set
+from .points import digits_points
 
 __all__ = ['DataBundle', 'build_data', 'EpochShuffleSampler', 'DatasetNotFoundError', 'sequence_permutation',
            'fixed_split', 'need_root', 'DATA_SPECS']
@@ -17,16 +19,19 @@ __all__ = ['DataBundle', 'build_data', 'EpochShuffleSampler', 'DatasetNotFoundEr
 # The --data specs, in the order the error message and --help list them.
 DATA_SPECS = ('digits', 'cifar10:ROOT', 'cifar100:ROOT', 'mnist:ROOT', 'smnist:ROOT', 'pmnist:ROOT', 'scifar10:ROOT',
               'folder:ROOT', 'hf:PATH')
+DATA_SPECS += ('digits-points',)  # scikit-learn digits as 2-d point sets (points.py)
 
 
 def build_data(spec: str, model_kind: str, img_size: int | None = None, seed: int = 0,
                test_fraction: float = 0.2, train_transform: Any = None, eval_transform: Any = None) -> DataBundle:
     """Build train / test datasets from a ``--data`` spec (``NAME`` or ``NAME:PATH``, see :data:`DATA_SPECS`) for a
-    ``'sequence'`` or ``'image'`` model."""
+    ``'sequence'``, ``'image'`` or ``'points'`` model."""
     name, _, root = spec.partition(':')
     name = name.lower()
     if name == 'digits':
         return digits(model_kind, img_size, test_fraction)
+    if name == 'digits-points':
+        return digits_points(model_kind, test_fraction)
     if name in ('smnist', 'pmnist', 'scifar10'):
         if model_kind != 'sequence':
             raise ValueError(f'{name} is a sequence task; use a smpconv_tcn_* model')
