@@ -122,12 +122,12 @@ class PointResBlock(nn.Module):
 
 
 class PointStage(nn.Module):
-    """Subsample (``ratio`` of the points, at least 1), convolve onto the kept points, then residual blocks."""
+    """Subsample to ``n_points`` (None: keep all), convolve onto the kept points, then residual blocks."""
 
-    def __init__(self, in_chans: int, out_chans: int, depth: int, ratio: float, conv_args: dict, act_layer,
+    def __init__(self, in_chans: int, out_chans: int, n_points: int | None, conv_args: dict, act_layer,
                  drop_path: tuple, sampling: str):
         super().__init__()
-        self.ratio, self.sampling = ratio, sampling
+        self.n_points, self.sampling = n_points, sampling
         self.down = PointConv(in_chans, out_chans, bias=False, **conv_args)
         self.bn = MaskedBatchNorm1d(out_chans)
         self.act = act_layer()
@@ -135,7 +135,7 @@ class PointStage(nn.Module):
 
     def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None) -> PointSet:
         n = positions.shape[1]
-        m = max(1, math.ceil(n * self.ratio))
+        m = n if self.n_points is None else min(n, self.n_points)
         if m < n:
             if self.sampling == 'fps':
                 idx = farthest_point_sample(positions.detach(), m, mask)
@@ -183,8 +183,9 @@ class SMPPointNet(SMPModelMixin, nn.Module):
             stem_width: int = 32,
             widths: tuple = (32, 64, 128),
             depths: tuple = (1, 1, 1),
-            sample_ratios: tuple = (1.0, 0.5, 0.5),
+            stage_points: tuple = (32, 16, 8),
             radii: tuple = (0.45, 0.8, 1.4),
+            stem_radius: float | None = None,
             k: int = 16,
             sampling: str = 'fps',
             kernel_args: dict | None = None,
@@ -195,13 +196,13 @@ class SMPPointNet(SMPModelMixin, nn.Module):
     ):
         super().__init__()
         n_stages = len(widths)
-        if not (len(depths) == len(sample_ratios) == n_stages and len(radii) == n_stages):
-            raise ValueError(f'widths, depths, sample_ratios and radii need one entry per stage, got {len(widths)}, '
-                             f'{len(depths)}, {len(sample_ratios)}, {len(radii)}')
+        if not (len(depths) == len(stage_points) == n_stages and len(radii) == n_stages):
+            raise ValueError(f'widths, depths, stage_points and radii need one entry per stage, got {len(widths)}, '
+                             f'{len(depths)}, {len(stage_points)}, {len(radii)}')
         if sampling not in ('fps', 'random'):
             raise ValueError(f"sampling must be 'fps' or 'random', got {sampling!r}")
-        if any(not 0 < r <= 1 for r in sample_ratios):
-            raise ValueError(f'sample_ratios must lie in (0, 1], got {sample_ratios}')
+        if any(m is not None and int(m) < 1 for m in stage_points):
+            raise ValueError(f'stage_points must be positive (or None: keep every point), got {stage_points}')
         act = get_act_layer(act_layer) if isinstance(act_layer, str) else act_layer
         self.num_classes, self.in_chans, self.dim, self.kernel = num_classes, in_chans, dim, kernel
         self.drop_rate = drop_rate
@@ -209,14 +210,13 @@ class SMPPointNet(SMPModelMixin, nn.Module):
         if kernel_args is None:  # equal basis sizes: 16 SMP points or 16 last-hidden MLP units per kernel
             kernel_args = dict(n_points=16) if kernel == 'smp' else dict(hidden=16)
         base = dict(kernel=kernel, dim=dim, k=k, **kernel_args)
-        self.stem = PointConv(in_chans, stem_width, radius=radii[0], bias=False, **base)
+        self.stem = PointConv(in_chans, stem_width, radius=stem_radius or radii[0], bias=False, **base)
         self.stem_bn = MaskedBatchNorm1d(stem_width)
         self.stem_act = act()
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         stages, self.feature_info, prev, cursor = [], [], stem_width, 0
-        for i, (w, d, ratio, r) in enumerate(zip(widths, depths, sample_ratios, radii)):
-            stages.append(PointStage(prev, w, d, ratio, dict(base, radius=r), act, tuple(dpr[cursor:cursor + d]),
-                                     sampling))
+        for i, (w, d, m, r) in enumerate(zip(widths, depths, stage_points, radii)):
+            stages.append(PointStage(prev, w, m, dict(base, radius=r), act, tuple(dpr[cursor:cursor + d]), sampling))
             cursor += d
             self.feature_info.append(dict(num_chs=w, reduction=1, module=f'stages.{i}'))
             prev = w
