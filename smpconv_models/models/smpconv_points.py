@@ -180,13 +180,14 @@ class SMPPointNet(SMPModelMixin, nn.Module):
             num_classes: int = 10,
             dim: int = 2,
             kernel: str = 'smp',
-            stem_width: int = 32,
-            widths: tuple = (32, 64, 128),
-            depths: tuple = (1, 1, 1),
-            stage_points: tuple = (32, 16, 8),
-            radii: tuple = (0.45, 0.8, 1.4),
+            stem_width: int = 16,
+            widths: tuple = (32, 64),
+            depths: tuple = (1, 1),
+            stage_points: tuple = (16, 8),
+            radii: tuple = (0.6, 1.0),
             stem_radius: float | None = None,
             k: int = 16,
+            normalize: bool = True,
             sampling: str = 'fps',
             kernel_args: dict | None = None,
             global_pool: str = 'avgmax',
@@ -207,9 +208,9 @@ class SMPPointNet(SMPModelMixin, nn.Module):
         self.num_classes, self.in_chans, self.dim, self.kernel = num_classes, in_chans, dim, kernel
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
-        if kernel_args is None:  # equal basis sizes: 16 SMP points or 16 last-hidden MLP units per kernel
-            kernel_args = dict(n_points=16) if kernel == 'smp' else dict(hidden=16)
-        base = dict(kernel=kernel, dim=dim, k=k, **kernel_args)
+        if kernel_args is None:  # equal basis sizes: 8 SMP points or 8 last-hidden MLP units per kernel
+            kernel_args = dict(n_points=8) if kernel == 'smp' else dict(hidden=8)
+        base = dict(kernel=kernel, dim=dim, k=k, normalize=normalize, **kernel_args)
         self.stem = PointConv(in_chans, stem_width, radius=stem_radius or radii[0], bias=False, **base)
         self.stem_bn = MaskedBatchNorm1d(stem_width)
         self.stem_act = act()
@@ -274,7 +275,8 @@ default_cfgs = generate_default_cfgs({'smpconv_points.untrained': _cfg()})
 
 @register_model
 def smpconv_points(pretrained: bool = False, **kwargs) -> SMPPointNet:
-    """Point-set classifier: PointConv stem + 3 stages (32, 64, 128 channels, FPS to 1/2 per later stage, radius
-    search with at most 16 neighbours), SMP kernels with 16 shared points (``kernel='mlp'``: MLP kernels)."""
+    """Point-set classifier: PointConv stem (16 channels) + 2 stages (32 and 64 channels on 16 and 8 farthest points;
+    radius search, at most 16 neighbours), SMP kernels with 8 shared points (``kernel='mlp'``: MLP kernels with 8
+    last-hidden units). Sized for sets of tens of points at unit scale (digits-points)."""
     return build_model_with_cfg(SMPPointNet, 'smpconv_points', pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 feature_cfg=dict(flatten_sequential=True), **kwargs)

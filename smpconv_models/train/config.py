@@ -119,7 +119,8 @@ _HELP = {
     'data': "dataset: 'digits' (embedded, default), 'cifar10:ROOT', 'cifar100:ROOT', 'mnist:ROOT', 'smnist:ROOT', "
             "'pmnist:ROOT', 'scifar10:ROOT' (torchvision layout, never downloaded), 'folder:ROOT' (train/ and "
             "val/ image folders) or 'hf:PATH' (a Hugging Face dataset saved with save_to_disk)"
-            "; 'digits-points': the embedded digits as 2-d point sets (for smpconv_points)",
+            "; 'digits-points[:DRAWS]': the embedded digits as 2-d point sets (for smpconv_points; DRAWS random "
+            "draws per training digit, default 4)",
     'output_dir': 'run folder: last/, best/, state/, metrics.jsonl, summary.json, kernels.png',
     'epochs': 'training epochs (recipe default)',
     'batch_size': 'global batch size over all processes (split across them)',

@@ -19,7 +19,7 @@ __all__ = ['DataBundle', 'build_data', 'EpochShuffleSampler', 'DatasetNotFoundEr
 # The --data specs, in the order the error message and --help list them.
 DATA_SPECS = ('digits', 'cifar10:ROOT', 'cifar100:ROOT', 'mnist:ROOT', 'smnist:ROOT', 'pmnist:ROOT', 'scifar10:ROOT',
               'folder:ROOT', 'hf:PATH')
-DATA_SPECS += ('digits-points',)  # scikit-learn digits as 2-d point sets (points.py)
+DATA_SPECS += ('digits-points[:DRAWS]',)  # scikit-learn digits as 2-d point sets (points.py)
 
 
 def build_data(spec: str, model_kind: str, img_size: int | None = None, seed: int = 0,
@@ -31,7 +31,9 @@ def build_data(spec: str, model_kind: str, img_size: int | None = None, seed: in
     if name == 'digits':
         return digits(model_kind, img_size, test_fraction)
     if name == 'digits-points':
-        return digits_points(model_kind, test_fraction)
+        if root and not root.isdigit():
+            raise ValueError(f'digits-points[:DRAWS] takes a number of training draws, got {root!r}')
+        return digits_points(model_kind, test_fraction, int(root) if root else 4)
     if name in ('smnist', 'pmnist', 'scifar10'):
         if model_kind != 'sequence':
             raise ValueError(f'{name} is a sequence task; use a smpconv_tcn_* model')

@@ -1,9 +1,12 @@
 """scikit-learn's digits as 2-d point sets: pixel centres carrying their intensity, randomly thinned and jittered.
 
 Every 8x8 image becomes the 64 pixel centres ``(x, y) = ((col - 3.5) / 3.5, (3.5 - row) / 3.5)`` (unit scale, y up,
-the ``PointConv`` grid convention), of which a random 30-60% are kept, each moved by Gaussian jitter (0.15 of the
-pixel spacing); the feature is the normalised intensity. Sets are padded to the largest count (38) with a mask. The
-draw is seeded (fixed per dataset, independent of the run seed), so the test sets are the same in every run.
+the ``PointConv`` grid convention), of which a random 30-60% are kept, each moved by Gaussian jitter (0.15 of
+the pixel spacing, clipped at 0.45); the feature is the normalised intensity. Sets are padded to the largest count
+(38) with a mask. The draws are seeded (fixed, independent of the run seed), so the test sets are the same in every
+run. The training split holds ``train_draws`` independent draws of each of its digits (default 4: a fixed
+augmentation; with one draw a network memorises which pixels happen to be present instead of learning the digits),
+the test split one.
 """
 from __future__ import annotations
 
@@ -54,25 +57,33 @@ def digits_point_sets(keep_range: tuple[float, float] = KEEP_RANGE, jitter: floa
     counts = torch.round(64 * (lo + (hi - lo) * torch.rand(n_sets, generator=g))).long().clamp(1, n_max)
     order = torch.rand(n_sets, 64, generator=g).argsort(-1)[:, :n_max]  # a random subset, in random order
     mask = torch.arange(n_max)[None] < counts[:, None]
-    positions = centres[order] + torch.randn(n_sets, n_max, 2, generator=g) * (jitter * 2 / 7)
+    # jitter clipped to 0.45 spacings per axis, so every point stays closest to its own pixel centre
+    positions = centres[order] + (torch.randn(n_sets, n_max, 2, generator=g) * jitter).clamp(-0.45, 0.45) * (2 / 7)
     features = pixels.gather(1, order).unsqueeze(-1)
     positions = positions * mask.unsqueeze(-1)
     features = features * mask.unsqueeze(-1)
     return features, positions, mask, labels
 
 
-def digits_points(model_kind: str, test_fraction: float) -> DataBundle:
-    """The ``digits-points`` spec: point sets for a ``'points'`` model (``smpconv_points``), a fixed split."""
+def digits_points(model_kind: str, test_fraction: float, train_draws: int = 4) -> DataBundle:
+    """The ``digits-points[:DRAWS]`` spec: point sets for a ``'points'`` model (``smpconv_points``), a fixed split
+    (the digits' one), ``train_draws`` draws per training digit."""
     if model_kind != 'points':
         raise ValueError("digits-points holds 2-d point sets; train a point-set model (smpconv_points)")
-    features, positions, mask, labels = digits_point_sets()
+    if train_draws < 1:
+        raise ValueError(f'digits-points needs at least one draw per training digit, got {train_draws}')
+    draws = [digits_point_sets(seed=POINTS_SEED + r) for r in range(train_draws)]
+    features, _, mask, labels = draws[0]
     real = features[mask]
     mean, std = real.mean().item(), real.std().item()
-    features = ((features - mean) / std) * mask.unsqueeze(-1)
     train_idx, test_idx = fixed_split(len(labels), test_fraction, seed=1234)
 
-    def subset(idx: torch.Tensor) -> PointSetDataset:
-        return PointSetDataset(features[idx], positions[idx], mask[idx], labels[idx])
+    def subset(draw, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        f, p, m, y = draw
+        return ((f[idx] - mean) / std) * m[idx].unsqueeze(-1), p[idx], m[idx], y[idx]
 
-    return DataBundle(subset(train_idx), subset(test_idx), 10, 1, 'points', features.shape[1], 'digits-points',
-                      (mean,), (std,), model_args={'dim': 2})
+    train = [subset(d, train_idx) for d in draws]
+    train_set = PointSetDataset(*(torch.cat([t[i] for t in train]) for i in range(4)))
+    test_set = PointSetDataset(*subset(draws[0], test_idx))
+    return DataBundle(train_set, test_set, 10, 1, 'points', features.shape[1], 'digits-points', (mean,), (std,),
+                      model_args={'dim': 2})
