@@ -1,0 +1,1 @@
+"""Experiments: commands whose numbers BENCHMARKS.md records."""
