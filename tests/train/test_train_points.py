@@ -10,8 +10,7 @@ from smpconv_models.train import main
 from smpconv_models.train.data import build_data
 from smpconv_models.train.data.points import digits_point_sets
 
-TINY_POINTS = {'stem_width': 16, 'widths': [32, 32], 'depths': [1, 1], 'stage_points': [16, 8], 'radii': [0.6, 1.0],
-               'kernel_args': {'n_points': 8}}
+TINY_POINTS = {'stem_width': 16, 'widths': [32, 32], 'depths': [1, 1], 'stage_points': [16, 8], 'radii': [0.6, 1.0]}
 
 
 def test_digits_point_sets_are_thinned_jittered_pixels():
@@ -57,12 +56,11 @@ def test_build_data_digits_points():
 
 
 def test_train_py_learns_digit_point_sets(tmp_path):
-    """Three short epochs of train.py on digits-points beat chance (10%) by a wide margin."""
-    torch.set_num_threads(2)
+    """Three short epochs (100 batches each) of train.py on digits-points beat chance (10%) by a wide margin."""
     rc = main(['--model', 'smpconv_points', '--data', 'digits-points', '--epochs', '3', '--batch-size', '32',
-               '--lr', '3e-3', '--output-dir', str(tmp_path), '--plot', 'false',
+               '--limit-train-batches', '100', '--lr', '3e-3', '--output-dir', str(tmp_path), '--plot', 'false',
                '--model-args', json.dumps(TINY_POINTS)])
     assert rc == 0
     summary = json.loads((tmp_path / 'summary.json').read_text())
     assert summary['model'] == 'smpconv_points'
-    assert summary['best_top1'] > 35.0, summary
+    assert summary['best_top1'] > 25.0, summary
