@@ -357,8 +357,8 @@ def find_neighbors(
     _check_mask(support_mask, support.shape[0], support.shape[1], 'support_mask')
     if backend == 'torch_cluster' or (backend == 'auto' and _has_torch_cluster()):
         if backend == 'torch_cluster' and not _has_torch_cluster():
-            raise ImportError("backend='torch_cluster' needs the optional torch_cluster package "
-                              '(pip install torch-cluster, or smpconv-models[points])')
+            raise ImportError("backend='torch_cluster' needs the optional torch_cluster package (pip install "
+                              "torch-cluster, built for your torch version); backend='torch' needs nothing")
         return _neighbors_torch_cluster(support, query, int(k), radius, support_mask)
     return _neighbors_torch(support, query, int(k), radius, support_mask, chunk_size)
 

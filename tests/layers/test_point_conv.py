@@ -144,6 +144,23 @@ def test_radius_search_keeps_nearest_within_ball():
             assert sorted(got.tolist()) == sorted(expected.tolist())
 
 
+def test_torch_cluster_backend_matches_plain_search():
+    """The optional torch_cluster path returns the plain path's k nearest (run only where torch_cluster installs)."""
+    from smpconv_models.layers.point_conv import _has_torch_cluster
+
+    pos = torch.rand(2, 40, 3, generator=torch.Generator().manual_seed(8))
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[0, 30:] = False
+    if not _has_torch_cluster():
+        with pytest.raises(ImportError, match='torch_cluster'):
+            find_neighbors(pos, pos, 5, backend='torch_cluster')
+        pytest.skip('torch_cluster is not installed (optional)')
+    idx_c, valid_c = find_neighbors(pos, pos, 5, support_mask=mask, backend='torch_cluster')
+    idx_t, valid_t = find_neighbors(pos, pos, 5, support_mask=mask, backend='torch')
+    assert torch.equal(valid_c, valid_t)
+    assert torch.equal(idx_c.sort(-1).values, idx_t.sort(-1).values)
+
+
 @pytest.mark.parametrize('kernel,kw', [
     ('smp', dict(shared_points=True, n_points=3)),
     ('smp', dict(shared_points=False, n_points=3)),
