@@ -57,9 +57,14 @@ def test_build_data_digits_points():
 
 def test_train_py_learns_digit_point_sets(tmp_path):
     """Three short epochs (100 batches each) of train.py on digits-points beat chance (10%) by a wide margin."""
-    rc = main(['--model', 'smpconv_points', '--data', 'digits-points', '--epochs', '3', '--batch-size', '32',
-               '--limit-train-batches', '100', '--lr', '3e-3', '--output-dir', str(tmp_path), '--plot', 'false',
-               '--model-args', json.dumps(TINY_POINTS)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops: one thread is as fast, and does not thrash on a busy machine
+    try:
+        rc = main(['--model', 'smpconv_points', '--data', 'digits-points', '--epochs', '3', '--batch-size', '32',
+                   '--limit-train-batches', '100', '--lr', '3e-3', '--output-dir', str(tmp_path), '--plot', 'false',
+                   '--model-args', json.dumps(TINY_POINTS)])
+    finally:
+        torch.set_num_threads(threads)
     assert rc == 0
     summary = json.loads((tmp_path / 'summary.json').read_text())
     assert summary['model'] == 'smpconv_points'
