@@ -263,6 +263,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module, validate: bool = Tr
 
 def _cfg(**kwargs) -> dict:
     return {
+        # input_size: (in_chans, points, dim) of a padded digits-points set (not an image size)
         'num_classes': 10, 'input_size': (1, 38, 2), 'crop_pct': 1.0, 'mean': (0.0,), 'std': (1.0,),
         'first_conv': 'stem.kernel', 'classifier': 'head.fc',
         'paper_name': 'Deep Parametric Continuous Convolutional Neural Networks (kernel: SMPConv)',
