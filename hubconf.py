@@ -59,3 +59,9 @@ def smpconv_tcn_speech(pretrained: bool = False, **kwargs):
 def smpconv_tcn_speech_raw(pretrained: bool = False, **kwargs):
     """SMPConv TCN for raw Speech Commands waveforms (370,960 params): input [B, 1, 16000]."""
     return _create('smpconv_tcn_speech_raw', pretrained, **kwargs)
+
+
+def smpconv_points(pretrained: bool = False, **kwargs):
+    """Point-set classifier (68.7k params): PointConv stem + 2 stages on farthest points, SMP kernels with 8 shared
+    points (``kernel='mlp'``: MLP kernels); input ``(features [B, N, C], positions [B, N, d], mask [B, N])``."""
+    return _create('smpconv_points', pretrained, **kwargs)

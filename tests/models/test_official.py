@@ -21,6 +21,7 @@ PARAMS = {
     'smpconv_t': 26_705_248, 'smpconv_b': 79_546_520, 'smpconv_cifar': 489_646, 'smpconv_tcn_mnist': 370_960,
     'smpconv_tcn_scifar10': 373_480, 'smpconv_tcn_chartraj': 373_790, 'smpconv_tcn_speech': 391_840,
     'smpconv_tcn_speech_raw': 370_960,
+    'smpconv_points': 68_706,
 }
 
 
