@@ -71,3 +71,9 @@ def smpconv_irregular_tcn_chartraj(pretrained: bool = False, **kwargs):
     """SMPConv TCN on irregular Character Trajectories (373,790 params): values [B, 3, L], 182-step kernels,
     20 classes."""
     return _create('smpconv_irregular_tcn_chartraj', pretrained, **kwargs)
+
+
+def smpconv_points(pretrained: bool = False, **kwargs):
+    """Point-set classifier (68.7k params): PointConv stem + 2 stages on farthest points, SMP kernels with 8 shared
+    points (``kernel='mlp'``: MLP kernels); input ``(features [B, N, C], positions [B, N, d], mask [B, N])``."""
+    return _create('smpconv_points', pretrained, **kwargs)

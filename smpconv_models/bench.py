@@ -23,7 +23,11 @@ process, whose peak resident memory is reported. Rows:
 * ``tcn_mnist_train_fft_vs_direct``: ``smpconv_tcn_mnist`` training step at 784 steps (batch 64), FFT vs direct
   causal convolution;
 * ``irregular_tcn_train_smp_vs_mlp``: ``smpconv_irregular_tcn`` training step on 64 digits-irregular series (half
-  of each series' steps dropped), SMP kernels vs MLP kernels (Wang et al.'s kernel MLP) in the same network.
+  of each series' steps dropped), SMP kernels vs MLP kernels (Wang et al.'s kernel MLP) in the same network;
+* ``points_train_smp_vs_mlp``: ``smpconv_points`` training step on digits point sets (batch 32), SMP kernels vs MLP
+  kernels with the same basis size, same network;
+* ``point_conv_scaling`` (no peer): one ``PointConv`` layer at N = 1k, 10k, 100k points (k = 16): neighbour search
+  and forward + backward time, points / s, peak RSS.
 
 The machine's fp32 matmul rate (GFLOP/s, 2 flops per multiply-add) is measured too, next to the GMAC/s each model
 achieves (fvcore MACs / time, when fvcore is installed).
@@ -363,6 +367,66 @@ def _row_irregular(quick: bool) -> dict[str, Any]:
                      '32 of 64 steps observed, integer timestamps (grid path)')
 
 
+def _row_points(quick: bool) -> dict[str, Any]:
+    """smpconv_points training step (AdamW) on a digits-points batch: SMP kernels (ours) vs MLP kernels (peer) with
+    the same basis size (16 points / 16 last-hidden units), the same network and data."""
+    import timm
+
+    from . import models  # noqa: F401
+    from .train.data.points import digits_point_sets
+
+    features, positions, mask, labels = digits_point_sets()
+    batch = dict(features=features[:32], positions=positions[:32], mask=mask[:32])
+    y = labels[:32]
+
+    def make(kernel: str):
+        torch.manual_seed(0)
+        m = timm.create_model('smpconv_points', kernel=kernel).train()
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(m(**batch), y).backward()
+            opt.step()
+        return step, sum(p.numel() for p in m.parameters())
+
+    (ours, n_ours), (peer, n_peer) = make('smp'), make('mlp')
+    t_ours, t_peer = time_pair(ours, peer, *_reps(quick, 7))
+    return dict(ours_time=t_ours, peer_time=t_peer, batch=32,
+                note=f'sets of <= 38 points, k=16; ours: SMP kernels ({n_ours:,} params); peer: MLP kernels '
+                     f'({n_peer:,} params)')
+
+
+def _row_point_scaling(quick: bool) -> dict[str, Any]:
+    """One PointConv (SMP kernel, 16 shared points, 32 -> 32 channels, k = 16 nearest, 3-d points, batch 1) at
+    N = 1k, 10k, 100k points (query = support): neighbour search time, forward + backward time (search included),
+    points / s, and the process peak RSS after each size (sizes run in increasing order, so it is that size's peak)."""
+    from .layers import PointConv, find_neighbors
+
+    sizes = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = []
+    for n in sizes:
+        torch.manual_seed(0)
+        layer = PointConv(32, 32, 'smp', dim=3, k=16, n_points=16, backend='torch')
+        feats = torch.randn(1, n, 32)
+        pos = torch.rand(1, n, 3) * n ** (1 / 3)  # unit density: the neighbourhood size does not depend on n
+
+        def search(pos=pos):
+            find_neighbors(pos, pos, 16, backend='torch')
+
+        def step(layer=layer, feats=feats, pos=pos):
+            layer(feats, pos).square().mean().backward()
+
+        reps = 1 if n >= 100_000 or quick else 3
+        search_s = statistics.median(_timed(search) for _ in range(reps))
+        step_s = statistics.median(_timed(step) for _ in range(reps))
+        out.append(dict(n=n, search_s=search_s, fwd_bwd_s=step_s, points_per_s=n / step_s,
+                        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    return dict(scaling=out, base_rss_mb=base_rss, note='PointConv smp, F 32->32, k=16, d=3, batch 1, plain-torch '
+                                                          'chunked search')
+
+
 def _reps(quick: bool, full: int) -> tuple[int, int]:
     return (3, 1) if quick else (full, 2)
 
@@ -374,12 +438,14 @@ ROWS: dict[str, Callable[[bool], dict[str, Any]]] = {
     'cifar_train_vs_mlp_kernel': _row_cifar,
     'tcn_mnist_train_fft_vs_direct': _row_tcn,
     'irregular_tcn_train_smp_vs_mlp': _row_irregular,
+    'points_train_smp_vs_mlp': _row_points,
+    'point_conv_scaling': _row_point_scaling,
 }
 
 TARGETS = {
     'smpconv_t_infer_vs_convnext_tiny': 1.0, 'smpconv_t_train_vs_convnext_tiny': 0.75,
     'smpconv_t_eval_cached_vs_reparam': 0.9, 'cifar_train_vs_mlp_kernel': 2.5, 'tcn_mnist_train_fft_vs_direct': 3.0,
-    'irregular_tcn_train_smp_vs_mlp': 0.9,
+    'irregular_tcn_train_smp_vs_mlp': 0.9, 'points_train_smp_vs_mlp': 1.0,
 }
 
 
@@ -433,11 +499,20 @@ def format_table(report: dict[str, Any]) -> str:
         if 'error' in r:
             lines.append(f"| {r['name']} | error: {r['error']} | | | | | |")
             continue
+        if 'scaling' in r:
+            continue
         note = r.get('note', '')
         if r.get('ours_gmacs_per_s'):
             note += f"; ours {r['ours_gmacs_per_s']:.1f} GMAC/s, peer {r.get('peer_gmacs_per_s', 0):.1f} GMAC/s"
         lines.append(f"| {r['name']} | {r['ours_time']:.4f} | {r['peer_time']:.4f} | {r['ratio']:.2f} | "
                      f">= {r['target']} | {r['peak_rss_mb']:.0f} | {note} |")
+    for r in report['rows']:
+        if 'scaling' in r:
+            lines += ['', f"{r['name']} ({r['note']}; RSS before: {r['base_rss_mb']:.0f} MB):", '',
+                      '| points | search (s) | forward + backward (s) | points / s | peak RSS (MB) |',
+                      '| --- | --- | --- | --- | --- |']
+            lines += [f"| {s['n']:,} | {s['search_s']:.3f} | {s['fwd_bwd_s']:.3f} | {s['points_per_s']:,.0f} | "
+                      f"{s['peak_rss_mb']:.0f} |" for s in r['scaling']]
     return '\n'.join(lines) + '\n'
 
 

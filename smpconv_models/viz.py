@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .layers import SMPConvBase
+from .layers import MLPKernel, SMPConvBase, SMPPointKernel, kernel_coords
 
 __all__ = ['plot_kernels', 'save_figure']
 
@@ -22,6 +22,8 @@ def plot_kernels(model: nn.Module, path: str | os.PathLike, max_layers: int = 4)
     import matplotlib.pyplot as plt
 
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, SMPConvBase)]
+    if not layers and any(isinstance(m, (SMPPointKernel, MLPKernel)) for m in model.modules()):
+        return _plot_point_kernels(model, path, max_layers)
     if not layers:
         raise ValueError(f'{type(model).__name__} has no SMP layers to plot (reparameterized models have none)')
     step = max(1, len(layers) // max_layers)
@@ -47,6 +49,33 @@ def plot_kernels(model: nn.Module, path: str | os.PathLike, max_layers: int = 4)
         else:
             ax.imshow(kernel[0, 0, kernel.shape[2] // 2], cmap='RdBu_r')
         ax.set_title(f'{name}\n{layer.n_points} points, kernel {tuple(layer.kernel_size)}', fontsize=8)
+    return save_figure(fig, path)
+
+
+def _plot_point_kernels(model: nn.Module, path: str | os.PathLike, max_layers: int) -> Path:
+    """Point-convolution kernels (SMP or MLP) over their box ``[-1, 1]^d``: filter 0, input channel 0, on a 33-tap
+    grid in the grid orientation of :func:`kernel_coords` (a slice through the centre for d = 3), SMP points on top."""
+    import matplotlib.pyplot as plt
+
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (SMPPointKernel, MLPKernel))]
+    step = max(1, len(layers) // max_layers)
+    layers = layers[::step][:max_layers]
+    fig, axes = plt.subplots(1, len(layers), figsize=(4 * len(layers), 4), squeeze=False)
+    for ax, (name, kernel) in zip(axes[0], layers):
+        p = kernel.weights
+        coords = kernel_coords(33, ndim=min(kernel.dim, 2), device=p.device, dtype=p.dtype)
+        if kernel.dim == 3:
+            coords = torch.cat([coords, torch.zeros_like(coords[:, :1])], -1)
+        values = kernel(coords)[:, 0, 0].float().cpu()
+        if kernel.dim == 1:
+            ax.plot(coords[:, 0].cpu(), values, lw=1)
+        else:
+            k = values.reshape(33, 33)
+            ax.imshow(k, cmap='RdBu_r', extent=(-1, 1, -1, 1), vmin=-k.abs().max(), vmax=k.abs().max())
+        if isinstance(kernel, SMPPointKernel):
+            pos = kernel.weight_coord[0].float().cpu()
+            ax.scatter(pos[:, 0], pos[:, 1] if kernel.dim > 1 else torch.zeros_like(pos[:, 0]), s=8, c='k')
+        ax.set_title(f'{name}\n{type(kernel).__name__}, basis {kernel.weights.shape[-1]}', fontsize=8)
     return save_figure(fig, path)
 
 

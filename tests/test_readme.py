@@ -31,7 +31,7 @@ def test_layers_block(monkeypatch):
     ns = run_block(1, monkeypatch)
     assert ns['y'].shape == (2, 96, 56, 56) and ns['out'].shape == (8, 30, 784)
     assert ns['block'].reparam_conv is not None and ns['block'].smp is None
-    assert len(BLOCKS) == 3
+    assert len(BLOCKS) == 4
 
 
 def test_irregular_series_block(monkeypatch):
@@ -45,3 +45,10 @@ def test_irregular_series_block(monkeypatch):
         values[2, :, 30:] = float('nan')
         torch.testing.assert_close(model(values, timestamps, mask), expected)
     assert ns['mlp_model'].kernel == 'mlp'
+def test_point_set_block(monkeypatch):
+    index = next(i for i, b in enumerate(BLOCKS) if 'PointConv(' in b)
+    ns = run_block(index, monkeypatch)
+    assert ns['h'].shape == (8, 38, 32) and ns['h_query'].shape == (8, 5, 32) and ns['logits'].shape == (8, 10)
+    # outputs at the support points equal the outputs when the same positions are passed as the query
+    torch.testing.assert_close(ns['conv'](ns['features'][:8], ns['positions'][:8], query=ns['positions'][:8],
+                                          mask=ns['mask'][:8]), ns['h'])

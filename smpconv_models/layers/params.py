@@ -6,6 +6,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from .point_conv import SMPPointKernel
 from .reparam import SMPReparamConv
 from .smp_conv import SMPConvBase
 
@@ -15,7 +16,7 @@ __all__ = ['clamp_radii_', 'smp_param_groups', 'rescale_smp_kernels_', 'scaled_k
 def clamp_radii_(model: nn.Module) -> nn.Module:
     """Clamp the radii of every SMP layer in ``model`` in place (call after each optimizer step, before EMA)."""
     for module in model.modules():
-        if isinstance(module, SMPConvBase):
+        if isinstance(module, (SMPConvBase, SMPPointKernel)):
             module.clamp_radii_()
     return model
 
@@ -38,7 +39,7 @@ def smp_param_groups(
     """
     positions, radii = set(), set()
     for module in model.modules():
-        if isinstance(module, SMPConvBase):
+        if isinstance(module, (SMPConvBase, SMPPointKernel)):
             positions.add(id(module.weight_coord))
             radii.add(id(module.radius))
     skip = set(no_weight_decay)

@@ -14,13 +14,21 @@ first, then with ``W``, so no ``[B, M, k, F_in, F_out]`` kernel tensor ever exis
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_module
 from torch import Tensor
 
-__all__ = ['MLPKernel']
+from .smp_kernel import COUNT_EPS, smp_basis, smp_kernel
+
+__all__ = ['MLPKernel', 'SMPPointKernel', 'PointConv', 'point_conv', 'find_neighbors', 'farthest_point_sample',
+           'random_point_sample', 'check_point_set']
+
+# Largest pairwise-distance block (elements) the plain-torch neighbour search holds at once (16 MiB in float32).
+DIST_BLOCK = 1 << 22
 
 
 def _activation(activation: str | type[nn.Module] | Callable[[], nn.Module]) -> nn.Module:
@@ -34,6 +42,7 @@ def _activation(activation: str | type[nn.Module] | Callable[[], nn.Module]) -> 
     return activation()
 
 
+@register_notrace_module
 class MLPKernel(nn.Module):
     """Wang et al.'s kernel generator g: an MLP on relative coordinates whose last hidden layer is a basis.
 
@@ -79,6 +88,11 @@ class MLPKernel(nn.Module):
         self.weights = nn.Parameter(torch.empty(self.out_channels, self.in_channels, self.basis_size, **dd))
         nn.init.normal_(self.weights, std=(self.in_channels * self.basis_size) ** -0.5)
 
+    def aggregate(self, offsets: Tensor, neighbor_features: Tensor) -> Tensor:
+        """``sum_j g(offsets_j) f_j``: offsets ``[B, M, k, d]``, features ``[B, M, k, F_in]`` -> ``[B, M, F_out]``
+        (basis ``[B, M, k, H]``, then ``[B, M, H, F_in]``, then the weights)."""
+        return _contract_basis(self.basis(offsets), neighbor_features, self.weights)
+
     def basis(self, offsets: Tensor) -> Tensor:
         """``[..., d]`` relative coordinates -> ``[..., H]`` last-hidden-layer responses."""
         if offsets.shape[-1] != self.dim:
@@ -92,3 +106,464 @@ class MLPKernel(nn.Module):
     def extra_repr(self) -> str:
         return f'dim={self.dim}, in_channels={self.in_channels}, out_channels={self.out_channels}, ' \
                f'hidden={self.basis_size}'
+
+
+def _contract_basis(basis: Tensor, neighbor_features: Tensor, weights: Tensor) -> Tensor:
+    """``out[b, m, o] = sum_{j, h} basis[b, m, j, h] f[b, m, j, i] W[o, i, h]`` via ``[B, M, H, F_in]``."""
+    mixed = torch.matmul(basis.transpose(-1, -2), neighbor_features)  # [B, M, H, F_in]
+    return torch.matmul(mixed.flatten(-2), weights.permute(2, 1, 0).reshape(-1, weights.shape[0]))
+
+
+@register_notrace_module
+class SMPPointKernel(nn.Module):
+    """The SMP kernel (Kim & Park, Eq. 1-2) as a point-convolution kernel generator, evaluated at neighbour offsets.
+
+    Parameters as in the grid layers (:class:`~smpconv_models.layers.SMPConvBase`): ``weight_coord`` [G, P, d],
+    ``radius`` [G, P, 1], ``weights`` [F_out, F_in, P]. ``shared_points=True`` gives one set of ``P`` points for all
+    filters (``G = 1``); ``False`` gives every output channel its own points (``G = F_out``, the CIFAR ``SMPConv``
+    layout, whose parameters copy over unchanged). ``kernel_normalize`` applies Eq. 1's ``1 / |N(u)|`` (points whose
+    hat covers the offset ``u``, ``+ 1e-6``), as ``SMPConv`` does. ``learn_positions`` / ``learn_radius`` set
+    ``requires_grad`` of ``weight_coord`` / ``radius`` (kept in the state dict either way).
+
+    Basis: the hat responses :func:`smp_basis` (``[B, M, G, P, k]``). Shared points contract them with the
+    neighbours' features first (``[B, M, P, F_in]``), then with ``weights``; per-filter points first map features
+    through ``weights`` (``[B, M, F_out, P, k]``, the size of their basis), so they cost ``F_out`` times more memory.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            in_channels: int,
+            out_channels: int,
+            n_points: int = 16,
+            radius: float = 0.8,
+            coord_std: float = 0.6,
+            shared_points: bool = True,
+            kernel_normalize: bool = True,
+            learn_positions: bool = True,
+            learn_radius: bool = True,
+            radius_bounds: tuple[float, float] = (1e-4, 1.0),
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        for name, value in (('dim', dim), ('in_channels', in_channels), ('out_channels', out_channels),
+                            ('n_points', n_points)):
+            if int(value) < 1:
+                raise ValueError(f'SMPPointKernel: {name} must be at least 1, got {value}')
+        if not radius > 0 or not coord_std > 0:
+            raise ValueError(f'SMPPointKernel: radius and coord_std must be positive, got {radius}, {coord_std}')
+        dd = dict(device=device, dtype=dtype)
+        self.dim, self.in_channels, self.out_channels = int(dim), int(in_channels), int(out_channels)
+        self.n_points = self.basis_size = int(n_points)
+        self.shared_points = bool(shared_points)
+        self.kernel_normalize = bool(kernel_normalize)
+        self.radius_min, self.radius_max = radius_bounds
+        groups = 1 if self.shared_points else self.out_channels
+        self.weight_coord = nn.Parameter(torch.empty(groups, self.n_points, self.dim, **dd),
+                                         requires_grad=learn_positions)
+        self.radius = nn.Parameter(torch.full((groups, self.n_points, 1), float(radius), **dd),
+                                   requires_grad=learn_radius)
+        self.weights = nn.Parameter(torch.empty(self.out_channels, self.in_channels, self.n_points, **dd))
+        with torch.no_grad():
+            nn.init.trunc_normal_(self.weight_coord, std=coord_std, a=-1.0, b=1.0)
+            nn.init.normal_(self.weights, std=(self.in_channels * self.n_points) ** -0.5)
+
+    @torch.no_grad()
+    def clamp_radii_(self) -> None:
+        """Clamp radii in place to ``[radius_min, radius_max]`` (as the grid layers, after each optimizer step)."""
+        self.radius.clamp_(self.radius_min, self.radius_max)
+
+    def aggregate(self, offsets: Tensor, neighbor_features: Tensor) -> Tensor:
+        """``sum_j g(offsets_j) f_j``: offsets ``[B, M, k, d]``, features ``[B, M, k, F_in]`` -> ``[B, M, F_out]``."""
+        h = smp_basis(offsets, self.weight_coord, self.radius)  # [B, M, G, P, k]
+        if self.shared_points:
+            h = h.squeeze(-3)  # [B, M, P, k]
+            if self.kernel_normalize:  # 1/|N(u)| depends on the neighbour only: scale its features instead of h
+                count = (h > 0).sum(-2, dtype=h.dtype)  # [B, M, k]
+                neighbor_features = neighbor_features / (count + COUNT_EPS).unsqueeze(-1)
+            mixed = torch.matmul(h, neighbor_features)  # [B, M, P, F_in]
+            return torch.matmul(mixed.flatten(-2), self.weights.permute(2, 1, 0).reshape(-1, self.out_channels))
+        if self.kernel_normalize:
+            h = h / ((h > 0).sum(-2, keepdim=True, dtype=h.dtype) + COUNT_EPS)
+        w = self.weights.permute(0, 2, 1).reshape(-1, self.in_channels)  # [F_out * P, F_in]
+        mapped = torch.matmul(w, neighbor_features.transpose(-1, -2))  # [B, M, F_out * P, k]
+        return (mapped.view_as(h) * h).sum((-1, -2))
+
+    def forward(self, offsets: Tensor) -> Tensor:
+        """The kernel ``[..., F_out, F_in]`` at ``[..., d]`` offsets through :func:`smp_kernel` (materialised: for
+        small queries, plots and tests)."""
+        if offsets.shape[-1] != self.dim:
+            raise ValueError(f'SMPPointKernel: offsets must be [..., {self.dim}], got shape {tuple(offsets.shape)}')
+        groups = self.weight_coord.shape[0]
+        flat = offsets.reshape(-1, self.dim)
+        kernel = smp_kernel(flat, self.weight_coord, self.radius, self.weights.reshape(groups, -1, self.n_points),
+                            self.kernel_normalize)  # [G, C, Q]
+        kernel = kernel.reshape(self.out_channels, self.in_channels, -1).permute(2, 0, 1)
+        return kernel.reshape(*offsets.shape[:-1], self.out_channels, self.in_channels)
+
+    def extra_repr(self) -> str:
+        return (f'dim={self.dim}, in_channels={self.in_channels}, out_channels={self.out_channels}, '
+                f'n_points={self.n_points}, shared_points={self.shared_points}, '
+                f'kernel_normalize={self.kernel_normalize}')
+
+
+# ------------------------------------------------------------------------------------------------ neighbours
+
+def _check_positions(name: str, positions: Tensor, batch: int | None = None, dim: int | None = None) -> None:
+    if not isinstance(positions, Tensor) or positions.dim() != 3:
+        shape = tuple(positions.shape) if isinstance(positions, Tensor) else type(positions).__name__
+        raise ValueError(f'{name} must be [B, N, d], got {shape}')
+    if not positions.is_floating_point():
+        raise TypeError(f'{name} must be floating point, got {positions.dtype}')
+    if batch is not None and positions.shape[0] != batch:
+        raise ValueError(f'{name} has batch size {positions.shape[0]}, expected {batch}')
+    if dim is not None and positions.shape[-1] != dim:
+        raise ValueError(f'{name} must have coordinate dimension d={dim}, got {positions.shape[-1]} '
+                         f'(shape {tuple(positions.shape)})')
+
+
+def _check_mask(mask: Tensor | None, batch: int, n: int, name: str = 'mask') -> None:
+    if mask is None:
+        return
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f'{name} must be a bool tensor [B, N] (True = a real point), got '
+                        f'{getattr(mask, "dtype", type(mask).__name__)}')
+    if tuple(mask.shape) != (batch, n):
+        raise ValueError(f'{name} must have shape [B, N] = [{batch}, {n}], got {tuple(mask.shape)}')
+
+
+def check_point_set(features: Tensor, positions: Tensor, mask: Tensor | None = None, query: Tensor | None = None,
+                    in_channels: int | None = None, dim: int | None = None, k: int | None = None) -> None:
+    """Raise a clear error for a malformed point set: shapes, dtypes, batch and point counts, a bad mask, and (one
+    host sync) non-finite positions of real points or fewer real points than ``k`` (k-nearest-neighbour search)."""
+    check_point_set_shapes(features, positions, mask, query, in_channels, dim)
+    n = features.shape[1]
+    if k is not None and k > n:
+        raise ValueError(f'k={k} neighbours requested but the sets hold only N={n} points')
+    finite = torch.isfinite(positions).all(-1)
+    flags = [(finite if mask is None else finite | ~mask).all()]
+    if query is not None:
+        flags.append(torch.isfinite(query).all())
+    if k is not None and mask is not None:
+        flags.append(mask.sum(1).min() >= k)
+    ok = torch.stack(flags).tolist()
+    if not ok[0]:
+        raise ValueError('positions contain NaN or infinite values (at points the mask marks as real)')
+    if query is not None and not ok[1]:
+        raise ValueError('query positions contain NaN or infinite values')
+    if k is not None and mask is not None and not ok[-1]:
+        raise ValueError(f'k={k} nearest neighbours requested but a set has only {int(mask.sum(1).min())} valid '
+                         'points (mask); lower k or use radius search')
+
+
+def _neighbors_torch(support: Tensor, query: Tensor, k: int, radius: float | None, support_mask: Tensor | None,
+                     chunk_size: int | None) -> tuple[Tensor, Tensor]:
+    batch, n, _ = support.shape
+    m = query.shape[1]
+    kk = min(k, n)
+    chunk = chunk_size or max(1, DIST_BLOCK // max(1, batch * n))
+    dists, idxs = [], []
+    for start in range(0, m, chunk):
+        # exact differences (not the matmul expansion), so ties on grids are resolved the same everywhere
+        d = torch.cdist(query[:, start:start + chunk], support, compute_mode='donot_use_mm_for_euclid_dist')
+        if support_mask is not None:
+            d = d.masked_fill(~support_mask[:, None], math.inf)
+        d, i = d.topk(kk, dim=-1, largest=False)
+        dists.append(d)
+        idxs.append(i)
+    dist, idx = torch.cat(dists, 1), torch.cat(idxs, 1)
+    valid = torch.isfinite(dist)
+    if radius is not None:
+        valid &= dist <= radius
+    if kk < k:  # radius search with a maximum count above the set size: pad with invalid slots
+        pad = k - kk
+        idx = torch.cat([idx, idx.new_zeros(batch, m, pad)], -1)
+        valid = torch.cat([valid, valid.new_zeros(batch, m, pad)], -1)
+    return idx, valid
+
+
+def _neighbors_torch_cluster(support: Tensor, query: Tensor, k: int, radius: float | None,
+                             support_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    import torch_cluster
+
+    batch, n, d = support.shape
+    m = query.shape[1]
+    x = support
+    if support_mask is not None:  # padded points far outside every neighbourhood; marked invalid below anyway
+        far = support.abs().amax() * 4 + 1e6
+        x = torch.where(support_mask[..., None], support, far)
+    dev = support.device
+    batch_x = torch.arange(batch, device=dev).repeat_interleave(n)
+    batch_y = torch.arange(batch, device=dev).repeat_interleave(m)
+    if radius is None:
+        row, col = torch_cluster.knn(x.reshape(-1, d), query.reshape(-1, d), k, batch_x, batch_y)
+    else:
+        row, col = torch_cluster.radius(x.reshape(-1, d), query.reshape(-1, d), radius, batch_x, batch_y,
+                                        max_num_neighbors=k)
+    order = torch.argsort(row, stable=True)
+    row, col = row[order], col[order]
+    slot = torch.arange(row.numel(), device=dev) - torch.searchsorted(row, row)
+    keep = slot < k
+    row, col, slot = row[keep], col[keep], slot[keep]
+    idx = torch.zeros(batch * m, k, dtype=torch.long, device=dev)
+    valid = torch.zeros(batch * m, k, dtype=torch.bool, device=dev)
+    idx[row, slot] = col - (row // m) * n
+    valid[row, slot] = True
+    idx, valid = idx.view(batch, m, k), valid.view(batch, m, k)
+    if support_mask is not None:
+        valid &= support_mask.gather(1, idx.flatten(1)).view_as(valid)
+    if radius is not None:  # torch_cluster compares squared distances; keep the plain path's closed ball
+        pos = support.gather(1, idx.flatten(1)[..., None].expand(-1, -1, d)).view(batch, m, k, d)
+        valid &= (pos - query[:, :, None]).norm(dim=-1) <= radius
+    return idx, valid
+
+
+def _has_torch_cluster() -> bool:
+    try:
+        import torch_cluster  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@torch.no_grad()
+def find_neighbors(
+        support: Tensor,
+        query: Tensor,
+        k: int,
+        radius: float | None = None,
+        support_mask: Tensor | None = None,
+        chunk_size: int | None = None,
+        backend: str = 'auto',
+) -> tuple[Tensor, Tensor]:
+    """Neighbour indices ``[B, M, k]`` into the support and their validity ``[B, M, k]`` (bool).
+
+    ``radius=None``: the ``k`` nearest real points (Euclidean). Otherwise the nearest at most ``k`` real points
+    within ``radius`` (closed ball); unused slots are invalid. Padded points (``support_mask`` False) never count.
+    ``backend='torch'`` (plain torch, CPU or CUDA) processes queries in chunks so one ``[B, chunk, N]`` distance
+    block holds at most ``DIST_BLOCK`` elements (``chunk_size`` overrides the chunk); ``'torch_cluster'`` uses the
+    optional ``torch_cluster`` package (``radius`` then keeps *some* ``k`` points of the ball, not the nearest);
+    ``'auto'`` picks ``torch_cluster`` when it is installed.
+    """
+    if backend not in ('auto', 'torch', 'torch_cluster'):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'torch_cluster', got {backend!r}")
+    if int(k) < 1:
+        raise ValueError(f'k must be at least 1, got {k}')
+    if radius is not None and not radius > 0:
+        raise ValueError(f'radius must be positive, got {radius}')
+    _check_positions('support positions', support)
+    _check_positions('query', query, support.shape[0], support.shape[-1])
+    _check_mask(support_mask, support.shape[0], support.shape[1], 'support_mask')
+    if backend == 'torch_cluster' or (backend == 'auto' and _has_torch_cluster()):
+        if backend == 'torch_cluster' and not _has_torch_cluster():
+            raise ImportError("backend='torch_cluster' needs the optional torch_cluster package (pip install "
+                              "torch-cluster, built for your torch version); backend='torch' needs nothing")
+        return _neighbors_torch_cluster(support, query, int(k), radius, support_mask)
+    return _neighbors_torch(support, query, int(k), radius, support_mask, chunk_size)
+
+
+@torch.no_grad()
+def farthest_point_sample(positions: Tensor, n_samples: int, mask: Tensor | None = None) -> Tensor:
+    """Indices ``[B, n_samples]`` chosen by farthest-point sampling among real points, starting at the first real
+    point. When a set has fewer real points than ``n_samples``, the remaining picks are padded points (so the
+    gathered mask marks them); a real point is never picked twice. ``n_samples`` sequential steps of ``O(B N)``."""
+    _check_positions('positions', positions)
+    batch, n, _ = positions.shape
+    _check_mask(mask, batch, n)
+    if not 1 <= n_samples <= n:
+        raise ValueError(f'n_samples must be in [1, N={n}], got {n_samples}')
+    real = torch.ones(batch, n, dtype=torch.bool, device=positions.device) if mask is None else mask
+    # score: distance to the picked set for unpicked real points (>= 0), -0.25 unpicked padded, -0.5 picked
+    score = torch.where(real, math.inf, -0.25).to(positions.dtype)
+    picks = torch.empty(batch, n_samples, dtype=torch.long, device=positions.device)
+    current = score.argmax(-1)
+    for step in range(n_samples):
+        picks[:, step] = current
+        score.scatter_(1, current[:, None], -0.5)
+        centre = positions.gather(1, current[:, None, None].expand(-1, 1, positions.shape[-1]))
+        dist = (positions - centre).square().sum(-1)
+        score = torch.where(score >= 0, torch.minimum(score, dist), score)
+        current = score.argmax(-1)
+    return picks
+
+
+@torch.no_grad()
+def random_point_sample(mask: Tensor, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
+    """Indices ``[B, n_samples]`` of random distinct real points (padded ones only once a set runs out)."""
+    if mask.dim() != 2 or mask.dtype != torch.bool:
+        raise ValueError(f'mask must be a bool [B, N] tensor, got {mask.dtype} {tuple(mask.shape)}')
+    if not 1 <= n_samples <= mask.shape[1]:
+        raise ValueError(f'n_samples must be in [1, N={mask.shape[1]}], got {n_samples}')
+    score = torch.rand(mask.shape, generator=generator, device=mask.device) - (~mask).float()
+    return score.topk(n_samples, dim=-1).indices
+
+
+# ------------------------------------------------------------------------------------------------ convolution
+
+def point_conv(
+        features: Tensor,
+        positions: Tensor,
+        kernel: MLPKernel | SMPPointKernel,
+        query: Tensor | None = None,
+        mask: Tensor | None = None,
+        k: int = 16,
+        radius: float | None = None,
+        kernel_extent: float | None = None,
+        normalize: bool = False,
+        bias: Tensor | None = None,
+        chunk_size: int | None = None,
+        backend: str = 'auto',
+        check_values: bool = True,
+) -> Tensor:
+    """Parametric continuous convolution ``h_i = sum_{j in N(x_i)} g((y_j - x_i) / s) f_j`` (Wang et al., Eq. 3).
+
+    Args:
+        features: ``[B, N, F_in]`` features of the support points.
+        positions: ``[B, N, d]`` support positions (differentiable: gradients reach them through the offsets).
+        kernel: a kernel generator (:class:`MLPKernel`, :class:`SMPPointKernel`) with ``aggregate``.
+        query: ``[B, M, d]`` output positions (default: the support).
+        mask: ``[B, N]`` bool, True for real points; padded points are never neighbours (their features and
+            positions are ignored, NaN included).
+        k: neighbours per query (k-nearest), or the maximum count with ``radius``.
+        radius: neighbourhood radius (closed Euclidean ball, nearest ``k`` kept); ``None`` for k-nearest.
+        kernel_extent: ``s``, the offset that maps to the kernel box's edge (``|u|_inf = 1``); neighbours outside
+            the box contribute nothing. Default: ``radius`` for radius search, else per query the largest
+            ``|offset|_inf`` among its neighbours (the box just covers them).
+        normalize: divide by the number of neighbours that contribute (Monte Carlo average).
+        bias: ``[F_out]`` added to every output.
+        check_values: run the value checks of :func:`check_point_set` (one host sync); shapes are always checked.
+
+    Returns:
+        ``[B, M, F_out]``. Memory ``O(B M k (P + F_in) + B M P F_in + B M F_out)`` (``P``: basis size), never a
+        ``[B, M, k, F_in, F_out]`` kernel. Held for backward: the offsets ``[B, M, k, d]``, the gathered neighbour
+        features ``[B, M, k, F_in]``, the basis (SMP: the hat responses ``[B, M, G, P, k]``; MLP: each hidden
+        layer's ``[B, M, k, H]``), the contracted ``[B, M, P, F_in]`` and the int64 neighbour indices ``[B, M, k]``.
+
+    Regular grids: pixel ``(row i, col j)`` at position ``(j, -i)`` with ``kernel_extent = (K - 1) / 2`` makes this the
+    dense ``K x K`` cross-correlation whose tap ``[a, b]`` is ``g(lin[b], lin[K - 1 - a])`` (``lin =
+    linspace(-1, 1, K)``), which is :func:`kernel_coords` with ``rotate_2d=True``, i.e. ``SMPConv``'s orientation;
+    in 1-d and 3-d position = index.
+    """
+    for attr in ('aggregate', 'dim', 'in_channels', 'out_channels'):
+        if not hasattr(kernel, attr):
+            raise TypeError(f'kernel must be a kernel generator (MLPKernel, SMPPointKernel), got {type(kernel)}')
+    if int(k) < 1:
+        raise ValueError(f'k must be at least 1, got {k}')
+    if radius is not None and not radius > 0:
+        raise ValueError(f'radius must be positive, got {radius}')
+    if kernel_extent is not None and not kernel_extent > 0:
+        raise ValueError(f'kernel_extent must be positive, got {kernel_extent}')
+    if check_values:
+        check_point_set(features, positions, mask, query, kernel.in_channels, kernel.dim,
+                        int(k) if radius is None else None)
+    else:
+        check_point_set_shapes(features, positions, mask, query, kernel.in_channels, kernel.dim)
+    if radius is None and int(k) > features.shape[1]:
+        raise ValueError(f'k={k} neighbours requested but the sets hold only N={features.shape[1]} points')
+    batch, n, chans = features.shape
+    if mask is not None:  # padded positions may be anything: make them harmless before any arithmetic
+        positions = positions.masked_fill(~mask[..., None], 0.0)
+    query_pos = positions if query is None else query
+    m = query_pos.shape[1]
+    idx, valid = find_neighbors(positions.detach(), query_pos.detach(), int(k), radius, mask, chunk_size, backend)
+    flat = (idx + torch.arange(batch, device=idx.device).view(batch, 1, 1) * n).reshape(-1)
+    neighbor_pos = positions.reshape(batch * n, -1).index_select(0, flat).view(batch, m, int(k), -1)
+    neighbor_feat = features.reshape(batch * n, chans).index_select(0, flat).view(batch, m, int(k), chans)
+    offsets = neighbor_pos - query_pos.unsqueeze(2)
+    extent = kernel_extent if kernel_extent is not None else radius
+    if extent is None:
+        reach = offsets.abs().amax(-1).masked_fill(~valid, 0.0).amax(-1, keepdim=True)  # [B, M, 1]
+        offsets = offsets / torch.where(reach > 0, reach, torch.ones_like(reach)).unsqueeze(-1)
+    else:
+        offsets = offsets / extent
+        valid = valid & (offsets.detach().abs().amax(-1) <= 1.0 + 1e-6)  # outside the kernel's box
+    neighbor_feat = neighbor_feat * valid.unsqueeze(-1).to(neighbor_feat.dtype)
+    out = kernel.aggregate(offsets, neighbor_feat)
+    if normalize:
+        out = out / valid.sum(-1, keepdim=True).clamp_min(1).to(out.dtype)
+    if bias is not None:
+        out = out + bias
+    return out
+
+
+def check_point_set_shapes(features: Tensor, positions: Tensor, mask: Tensor | None = None,
+                           query: Tensor | None = None, in_channels: int | None = None,
+                           dim: int | None = None) -> None:
+    """The shape and dtype part of :func:`check_point_set` (no host sync)."""
+    if not isinstance(features, Tensor) or features.dim() != 3:
+        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+        raise ValueError(f'features must be [B, N, F_in], got {shape}')
+    if not features.is_floating_point():
+        raise TypeError(f'features must be floating point, got {features.dtype}')
+    batch, n, chans = features.shape
+    if in_channels is not None and chans != in_channels:
+        raise ValueError(f'features have {chans} channels, expected F_in={in_channels}')
+    _check_positions('positions', positions, dim=dim)
+    if positions.shape[:2] != features.shape[:2]:
+        raise ValueError(f'positions {tuple(positions.shape)} do not match features {tuple(features.shape)}: '
+                         f'batch and point counts must agree')
+    _check_mask(mask, batch, n)
+    if query is not None:
+        _check_positions('query', query, batch, positions.shape[-1])
+
+
+@register_notrace_module
+class PointConv(nn.Module):
+    """Continuous convolution on point sets (Wang et al., CVPR 2018) with an SMP or MLP kernel.
+
+    ``PointConv(in_channels, out_channels, kernel='smp' | 'mlp', dim=2, k=16, radius=None, normalize=False,
+    kernel_extent=None, bias=True, **kernel_kwargs)``; ``forward(features [B, N, F_in], positions [B, N, d],
+    query [B, M, d] = None, mask [B, N] = None) -> [B, M, F_out]``. See :func:`point_conv` for the neighbourhood,
+    the kernel box, memory and what is held for backward. ``kernel_kwargs`` go to :class:`SMPPointKernel`
+    (``n_points``, ``radius`` -> pass it as ``point_radius``, ``coord_std``, ``shared_points``, ``kernel_normalize``,
+    ``learn_positions``, ``learn_radius``) or :class:`MLPKernel` (``hidden``, ``depth``, ``activation``).
+    """
+
+    def __init__(
+            self,
+            in_channels: int,
+            out_channels: int,
+            kernel: str = 'smp',
+            dim: int = 2,
+            k: int = 16,
+            radius: float | None = None,
+            normalize: bool = False,
+            kernel_extent: float | None = None,
+            bias: bool = True,
+            chunk_size: int | None = None,
+            backend: str = 'auto',
+            device=None,
+            dtype=None,
+            **kernel_kwargs,
+    ):
+        super().__init__()
+        if int(k) < 1:
+            raise ValueError(f'k must be at least 1, got {k}')
+        if radius is not None and not radius > 0:
+            raise ValueError(f'radius must be positive, got {radius}')
+        if kernel_extent is not None and not kernel_extent > 0:
+            raise ValueError(f'kernel_extent must be positive, got {kernel_extent}')
+        dd = dict(device=device, dtype=dtype)
+        self.in_channels, self.out_channels, self.dim = int(in_channels), int(out_channels), int(dim)
+        self.k, self.radius, self.normalize = int(k), radius, bool(normalize)
+        self.kernel_extent, self.chunk_size, self.backend = kernel_extent, chunk_size, backend
+        self.kernel_type = kernel
+        if kernel == 'smp':
+            if 'point_radius' in kernel_kwargs:
+                kernel_kwargs['radius'] = kernel_kwargs.pop('point_radius')
+            self.kernel = SMPPointKernel(self.dim, self.in_channels, self.out_channels, **kernel_kwargs, **dd)
+        elif kernel == 'mlp':
+            self.kernel = MLPKernel(self.dim, self.in_channels, self.out_channels, **kernel_kwargs, **dd)
+        else:
+            raise ValueError(f"kernel must be 'smp' or 'mlp', got {kernel!r}")
+        self.bias = nn.Parameter(torch.zeros(self.out_channels, **dd)) if bias else None
+
+    def forward(self, features: Tensor, positions: Tensor, query: Tensor | None = None,
+                mask: Tensor | None = None, check_values: bool = True) -> Tensor:
+        return point_conv(features, positions, self.kernel, query, mask, self.k, self.radius, self.kernel_extent,
+                          self.normalize, self.bias, self.chunk_size, self.backend, check_values)
+
+    def extra_repr(self) -> str:
+        return (f'{self.in_channels}, {self.out_channels}, kernel={self.kernel_type!r}, dim={self.dim}, k={self.k}, '
+                f'radius={self.radius}, normalize={self.normalize}, kernel_extent={self.kernel_extent}')

@@ -78,6 +78,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     'sequence': dict(optimizer='adam', lr=1e-4, batch_size=64, epochs=200, weight_decay=1e-5, warmup_epochs=5,
                      label_smoothing=0.0, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False),
 }
+# Point-set classifiers (smpconv_points; no official recipe): AdamW, cosine with one warmup epoch, no augmentation.
+RECIPES['points'] = dict(optimizer='adamw', lr=2e-3, batch_size=32, epochs=20, weight_decay=0.01, warmup_epochs=1,
+                         label_smoothing=0.0, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False)
 
 # Sequence data a user brings (ts: / npz: / hf:, tens to hundreds of series): chosen on generated data sets, see
 # BENCHMARKS.md "Small-data sequence recipe" (python -m smpconv_models.experiments.small_data). Batch size, epochs and
@@ -140,6 +143,8 @@ def recipe_for(model: str, data: str) -> dict[str, Any]:
         recipe = dict(RECIPES['sequence'], **_TASK_OVERRIDES.get(model, {}))
     elif model == 'smpconv_cifar':
         recipe = dict(RECIPES['cifar'])
+    elif model.startswith('smpconv_points'):
+        recipe = dict(RECIPES['points'])
     else:
         recipe = dict(RECIPES['imagenet'])
     if data.split(':', 1)[0] in ('digits', 'digits-irregular'):
@@ -170,7 +175,9 @@ _HELP = {
             "'pmnist:ROOT', 'scifar10:ROOT' (torchvision layout, never downloaded), 'folder:ROOT' (train/ and "
             "val/ image folders) or 'hf:PATH' (a Hugging Face dataset saved with save_to_disk, images or a sequence "
             "column); sequences: 'ts:DIR/NAME' (UEA / UCR DIR/NAME_TRAIN.ts and _TEST.ts), 'npz:PATH' (x_train, "
-            "y_train, x_test, y_test), 'speechcommands:ROOT' (SpeechCommands/speech_commands_v0.02/)",
+            "y_train, x_test, y_test), 'speechcommands:ROOT' (SpeechCommands/speech_commands_v0.02/); point sets: "
+            "'digits-points[:DRAWS]' (the embedded digits as 2-d point sets for smpconv_points; DRAWS random draws "
+            "per training digit, default 4)",
     'output_dir': 'run folder: last/, best/, state/, metrics.jsonl, summary.json, kernels.png',
     'epochs': 'training epochs (recipe default)',
     'batch_size': 'global batch size over all processes (split across them)',

@@ -25,10 +25,13 @@ _logger = logging.getLogger(__name__)
 
 
 def model_kind(name: str) -> str:
-    """``'sequence'`` for the TCNs, ``'irregular'`` for the irregular-series TCNs, ``'image'`` for the rest."""
+    """``'sequence'`` for the TCNs, ``'irregular'`` for the irregular-series TCNs, ``'points'`` for point-set models,
+    ``'image'`` for the rest."""
     base = name.split(':')[-1].split('.')[0]
     if base.startswith('smpconv_irregular_tcn'):
         return 'irregular'
+    if base.startswith('smpconv_points'):
+        return 'points'
     return 'sequence' if base.startswith('smpconv_tcn') else 'image'
 
 

@@ -12,6 +12,15 @@ import smpconv_models  # noqa: F401  (registers the smpconv_* models)
 
 # (timm test function, model fnmatch pattern) -> reason. The plugin deselects these.
 EXCLUDED: dict[tuple[str, str], str] = {}
+# Point-set models take (features [B, N, C], positions [B, N, d], mask) instead of an image tensor: every test of
+# timm's file feeds [B, C, H, W] images, so none applies (tests/models/test_smpconv_points.py covers their contract).
+_POINT_SET_REASON = 'point-set model: input is (features, positions, mask), not a [B, C, H, W] image'
+for _test in ('test_model_forward', 'test_model_backward', 'test_model_default_cfgs', 'test_model_forward_torchscript',
+              'test_model_forward_features', 'test_model_forward_intermediates_features',
+              'test_model_forward_intermediates', 'test_model_forward_fx', 'test_model_backward_fx',
+              'test_model_forward_fx_torchscript', 'test_model_load_pretrained', 'test_model_features_pretrained',
+              'test_prune_intermediate_layers_contract'):
+    EXCLUDED[(_test, 'smpconv_points*')] = _POINT_SET_REASON
 
 # The irregular-series TCNs take (values, timestamps, mask) and pick their path from the data (one host read):
 # timm's tests feed one image-shaped tensor and trace / script the forward, which this contract does not fit. Their

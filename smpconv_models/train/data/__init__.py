@@ -4,8 +4,8 @@
 sMNIST / pMNIST / sCIFAR10 tasks, image folders, Hugging Face image datasets), ``archives`` (UEA / UCR ``.ts``
 files), ``arrays`` (``.npz`` arrays, Hugging Face sequence datasets), ``audio`` (Speech Commands, MFCC),
 ``sequences`` (padding, normalisation and augmentation shared by the sequence sources), ``irregular`` (any sequence
-set as irregularly sampled series: observations dropped per series, ``digits-irregular``). Nothing is ever
-downloaded.
+set as irregularly sampled series: observations dropped per series, ``digits-irregular``), ``points``
+(``digits-points``: the digits as 2-d point sets). Nothing is ever downloaded.
 """
 from __future__ import annotations
 
@@ -18,16 +18,17 @@ from .common import DataBundle, DatasetNotFoundError, EpochShuffleSampler, fixed
 from .digits import digits
 from .images import hf_images, image_folder, sequence_permutation, sequential_set, torchvision_set
 from .irregular import drop_observations, to_irregular
+from .points import digits_points
 from .sequences import SequenceAugment, SequenceSet, parse_augment
 
 __all__ = ['DataBundle', 'build_data', 'EpochShuffleSampler', 'DatasetNotFoundError', 'sequence_permutation',
            'fixed_split', 'need_root', 'DATA_SPECS', 'read_ts', 'TsFile', 'SequenceSet', 'SequenceAugment',
-           'parse_augment', 'mfcc', 'read_wav', 'drop_observations', 'to_irregular']
+           'parse_augment', 'mfcc', 'read_wav', 'drop_observations', 'to_irregular', 'digits_points']
 
 # The --data specs, in the order the error message and --help list them.
 DATA_SPECS = ('digits', 'digits-irregular', 'cifar10:ROOT', 'cifar100:ROOT', 'mnist:ROOT', 'smnist:ROOT',
               'pmnist:ROOT', 'scifar10:ROOT', 'folder:ROOT', 'hf:PATH', 'ts:DIR/NAME', 'npz:PATH',
-              'speechcommands:ROOT')
+              'speechcommands:ROOT', 'digits-points[:DRAWS]')
 
 # --missing-rate of 'digits-irregular' when none is given (the middle of the protocol's 0.3 / 0.5 / 0.7)
 DIGITS_MISSING_RATE = 0.5
@@ -37,8 +38,8 @@ def build_data(spec: str, model_kind: str, img_size: int | None = None, seed: in
                test_fraction: float = 0.2, train_transform: Any = None, eval_transform: Any = None,
                model_name: str | None = None, missing_rate: float | None = None) -> DataBundle:
     """Build train / test datasets from a ``--data`` spec (``NAME`` or ``NAME:PATH``, see :data:`DATA_SPECS`) for a
-    ``'sequence'``, ``'irregular'`` or ``'image'`` model. ``model_name`` picks what some sources give: Speech Commands
-    is the raw waveform for ``*_raw`` models and MFCCs otherwise.
+    ``'sequence'``, ``'irregular'``, ``'points'`` or ``'image'`` model. ``model_name`` picks what some sources give:
+    Speech Commands is the raw waveform for ``*_raw`` models and MFCCs otherwise.
 
     An ``'irregular'`` model gets any sequence spec as irregular series with ``missing_rate`` of each series'
     observations dropped (:func:`to_irregular`; ``digits-irregular`` is ``digits`` with 0.5 by default)."""
@@ -59,6 +60,10 @@ def build_data(spec: str, model_kind: str, img_size: int | None = None, seed: in
                          f'{model_kind} models take complete inputs')
     if name == 'digits':
         return digits(model_kind, img_size, test_fraction)
+    if name == 'digits-points':
+        if root and not root.isdigit():
+            raise ValueError(f'digits-points[:DRAWS] takes a number of training draws, got {root!r}')
+        return digits_points(model_kind, test_fraction, int(root) if root else 4)
     if name in ('smnist', 'pmnist', 'scifar10'):
         if model_kind != 'sequence':
             raise ValueError(f'{name} is a sequence task; use a smpconv_tcn_* model')

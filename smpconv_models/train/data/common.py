@@ -28,8 +28,8 @@ class DataBundle:
     test: Dataset
     num_classes: int
     in_chans: int
-    kind: str  # 'sequence' or 'image'
-    length: int  # sequence length or image size
+    kind: str  # 'sequence', 'image' or 'points'
+    length: int  # sequence length, image size or (padded) points per set
     name: str
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
