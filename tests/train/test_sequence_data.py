@@ -266,6 +266,7 @@ def test_small_data_recipe_is_the_default_for_user_sequences_only():
     assert recipe_for('smpconv_tcn_speech', 'speechcommands:/data')['lr'] == 2e-3
     assert recipe_model_args('smpconv_tcn_chartraj', 'ts:/d/GunPoint', 151) == {'radius': 2 / 150, 'global_pool': 'avg'}
     assert recipe_model_args('smpconv_tcn_chartraj', 'ts:/d/CharacterTrajectories', 182) == {}
+    assert recipe_model_args('smpconv_tcn_mnist', 'npz:/x.npz', 4)['small_kernel_size'] == 4  # shorter than 5 taps
     tiny, large = small_data_schedule(30), small_data_schedule(5000)
     assert tiny['batch_size'] == 8 and tiny['epochs'] == 167 and large['batch_size'] == 64
     assert large['epochs'] == 20  # 78 steps per epoch: the epoch floor, not the step target, decides
