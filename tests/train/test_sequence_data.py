@@ -237,6 +237,10 @@ def test_mask_makes_left_padding_invisible_to_the_tcn():
     mask[:, 15:] = True
     torch.testing.assert_close(model(padded, mask=mask), model(x), rtol=1e-10, atol=1e-12)
     assert not torch.allclose(model(padded), model(x), rtol=1e-6, atol=1e-9)  # unmasked, the padding leaks in
+    model.reset_classifier(4, global_pool='avg')  # the small-data recipe's pooling averages the real steps only
+    model.eval()
+    torch.testing.assert_close(model(padded, mask=mask), model(x), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)), rtol=0, atol=0)
 
 
 def test_sequence_augment_is_seeded_and_keeps_padding_zero():
