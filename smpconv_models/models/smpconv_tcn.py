@@ -51,6 +51,17 @@ def apply_mask(x: Tensor, mask: Tensor | None) -> Tensor:
     return x * mask.unsqueeze(1).to(x.dtype)
 
 
+@register_notrace_function
+def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of ``x`` ``[B, C, L]`` (or ``[B, C, 1, L]``) over time, over the real steps only when ``mask`` ``[B, L]``
+    is given."""
+    x = x.flatten(2)
+    if mask is None:
+        return x.mean(-1)
+    weights = mask.to(x.dtype).unsqueeze(1)
+    return (x * weights).sum(-1) / weights.sum(-1).clamp(min=1.0)
+
+
 class TCNBlock(nn.Module):
     """``relu(drop(relu(pair2(drop(relu(pair1(x)))))) + shortcut(x))``, pairs = BN(causal SMP) + BN(causal small)."""
 
@@ -229,8 +240,11 @@ class SMPConvTCN(SMPModelMixin, nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Logits for ``x``; ``mask`` ``[B, L]`` marks the real steps of left-padded series (see
-        :meth:`forward_features`)."""
-        return self.forward_head(self.forward_features(x, mask))
+        :meth:`forward_features`; ``global_pool='avg'`` then averages over the real steps only)."""
+        features = self.forward_features(x, mask)
+        if self.global_pool == 'avg':
+            return self.head(masked_mean(features, mask))
+        return self.forward_head(features)
 
 
 

@@ -163,7 +163,10 @@ def recipe_model_args(model: str, data: str, length: int | None = None) -> dict[
                                                                                                'digits-irregular'):
         return {'radius': 0.03}
     if length and length > 1 and uses_small_data_recipe(model, data):
-        return {'radius': 2.0 / (length - 1), 'global_pool': 'avg'}
+        args: dict[str, Any] = {'radius': 2.0 / (length - 1), 'global_pool': 'avg'}
+        if length < 5:  # the small causal kernel (5 taps) cannot be longer than the sequence
+            args['small_kernel_size'] = length
+        return args
     return {}
 
 

@@ -237,6 +237,10 @@ def test_mask_makes_left_padding_invisible_to_the_tcn():
     mask[:, 15:] = True
     torch.testing.assert_close(model(padded, mask=mask), model(x), rtol=1e-10, atol=1e-12)
     assert not torch.allclose(model(padded), model(x), rtol=1e-6, atol=1e-9)  # unmasked, the padding leaks in
+    model.reset_classifier(4, global_pool='avg')  # the small-data recipe's pooling averages the real steps only
+    model.eval()
+    torch.testing.assert_close(model(padded, mask=mask), model(x), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)), rtol=0, atol=0)
 
 
 def test_sequence_augment_is_seeded_and_keeps_padding_zero():
@@ -266,6 +270,7 @@ def test_small_data_recipe_is_the_default_for_user_sequences_only():
     assert recipe_for('smpconv_tcn_speech', 'speechcommands:/data')['lr'] == 2e-3
     assert recipe_model_args('smpconv_tcn_chartraj', 'ts:/d/GunPoint', 151) == {'radius': 2 / 150, 'global_pool': 'avg'}
     assert recipe_model_args('smpconv_tcn_chartraj', 'ts:/d/CharacterTrajectories', 182) == {}
+    assert recipe_model_args('smpconv_tcn_mnist', 'npz:/x.npz', 4)['small_kernel_size'] == 4  # shorter than 5 taps
     tiny, large = small_data_schedule(30), small_data_schedule(5000)
     assert tiny['batch_size'] == 8 and tiny['epochs'] == 167 and large['batch_size'] == 64
     assert large['epochs'] == 20  # 78 steps per epoch: the epoch floor, not the step target, decides
