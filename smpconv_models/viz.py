@@ -17,10 +17,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 from torch import Tensor
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from .layers import SMPConvBase
 
@@ -79,12 +83,13 @@ def layer_kernels(layer: SMPConvBase, filter_index: int = 0, n_kernels: int = 4
     return positions, radii, first, total
 
 
-def add_l1_balls(ax, positions: Tensor, radii: Tensor, color: str = 'k', alpha: float = 0.15) -> None:
+def add_l1_balls(ax, positions: Tensor | np.ndarray, radii: Tensor | np.ndarray, color: str = 'k',
+                 alpha: float = 0.15) -> None:
     """Draw each 2-d point's support ``||x - p||_1 < r`` (a diamond) on a matplotlib axis."""
     from matplotlib.collections import PolyCollection
 
-    p = positions.detach().float().cpu()
-    r = radii.detach().float().cpu().reshape(-1, 1)
+    p = torch.as_tensor(positions).detach().float().cpu()
+    r = torch.as_tensor(radii).detach().float().cpu().reshape(-1, 1)
     offsets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
     diamonds = p[:, None, :] + r[:, :, None] * offsets  # [P, 4, 2]
     ax.add_collection(PolyCollection(diamonds.numpy(), facecolors=color, edgecolors=color, alpha=alpha,
@@ -92,6 +97,7 @@ def add_l1_balls(ax, positions: Tensor, radii: Tensor, color: str = 'k', alpha: 
 
 
 def _draw_points(ax, positions: Tensor, radii: Tensor, ndim: int) -> None:
+    positions, radii = positions.numpy(), radii.numpy()
     if ndim == 2:
         add_l1_balls(ax, positions, radii, alpha=min(0.25, max(0.03, 4.0 / len(positions))))
         ax.scatter(positions[:, 0], positions[:, 1], s=3, c='k')
@@ -102,7 +108,7 @@ def _draw_points(ax, positions: Tensor, radii: Tensor, ndim: int) -> None:
     else:  # 1-d: each point's support [p - r, p + r] as a bar, sorted by position
         order = positions[:, 0].argsort()
         p, r = positions[order, 0], radii[order]
-        rows = torch.arange(len(p))
+        rows = list(range(len(p)))
         ax.hlines(rows, p - r, p + r, colors='k', lw=1)
         ax.scatter(p, rows, s=6, c='k')
         ax.axvspan(-1, 1, color='0.9', zorder=0)
@@ -151,12 +157,13 @@ def plot_smp_kernels(model: nn.Module, path: str | os.PathLike, layers: Sequence
                 ax.axis('off')
                 continue
             title, img = panels[j]
+            img = img.numpy()
             if ndim == 2:
                 ax.imshow(img, cmap='magma', vmin=0, vmax=1, extent=(-1, 1, -1, 1), interpolation='nearest')
                 ax.set_xticks([])
                 ax.set_yticks([])
             else:
-                ax.plot(torch.linspace(-1, 1, img.numel()), img, lw=0.8)
+                ax.plot(torch.linspace(-1, 1, img.size).numpy(), img, lw=0.8)
                 ax.set_ylim(-0.02, 1.05)
                 ax.tick_params(labelsize=6)
             ax.set_title(title, fontsize=7)

@@ -19,6 +19,7 @@ and ``DIR/ablate.md`` (the table).
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import sys
 import time
@@ -36,6 +37,8 @@ from .._io import write_json_atomic, write_text_atomic
 from ..layers import clamp_radii_, smp_param_groups
 
 __all__ = ['MODELS', 'settings', 'AblateConfig', 'load_digits', 'train_eval', 'run_ablation', 'main']
+
+_logger = logging.getLogger(__name__)
 
 # model -> (registered name, architecture kwargs of the base setting, data kind, image size)
 MODELS: dict[str, tuple[str, dict[str, Any], str, int | None]] = {
@@ -150,6 +153,8 @@ def run_ablation(cfg: AblateConfig, out: str | Path) -> dict[str, Any]:
                 accs.append(train_eval(model, data, cfg, seed))
                 seconds.append(time.time() - t0)
             mean, std = _mean_std(accs)
+            _logger.info('%s %s: top-1 %.2f +- %.2f (%.1f s / run)', model_key, label, mean, std,
+                         statistics.fmean(seconds))
             rows.append({
                 'model': model_key, 'arch': arch, 'group': group, 'setting': label, 'kwargs': overrides,
                 'top1_mean': mean, 'top1_std': std, 'top1': accs,
@@ -199,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--models', nargs='+', default=list(defaults.models), choices=list(MODELS),
                         help='which models to ablate')
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
     epochs = args.epochs or (1 if args.quick else defaults.epochs)
     n_seeds = args.seeds or (1 if args.quick else len(defaults.seeds))
     if epochs < 1 or n_seeds < 1:

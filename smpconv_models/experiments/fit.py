@@ -198,16 +198,16 @@ def _plot(pictures: dict[str, dict[str, Any]], results: dict[str, Any], path: Pa
         lim = pic['target'].abs().max().item()
         shown = [('target', pic['target'])] + [(m, pic[m]['pred']) for m in METHODS]
         for ax, (label, img) in zip(row, shown):
-            ax.imshow(img, cmap='RdBu_r', vmin=-lim, vmax=lim, extent=(-1, 1, -1, 1))
+            ax.imshow(img.numpy(), cmap='RdBu_r', vmin=-lim, vmax=lim, extent=(-1, 1, -1, 1))
             title = name if label == 'target' else f'{label}: MSE {results[name][f"{label}_mse"]:.1e}'
             ax.set_title(title, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
         ax = row[4]
         start, end = pic['moving']['start'], pic['moving']['end']
-        ax.scatter(start[0][:, 0], start[0][:, 1], s=4, c='0.6', label='start (= fixed points)')
+        ax.scatter(start[0][:, 0].numpy(), start[0][:, 1].numpy(), s=4, c='0.6', label='start (= fixed points)')
         add_l1_balls(ax, end[0], end[1], color='C3', alpha=0.04)
-        ax.scatter(end[0][:, 0], end[0][:, 1], s=4, c='C3', label='moved')
+        ax.scatter(end[0][:, 0].numpy(), end[0][:, 1].numpy(), s=4, c='C3', label='moved')
         ax.set_xlim(-1.1, 1.1)
         ax.set_ylim(-1.1, 1.1)
         ax.set_aspect('equal')
