@@ -145,13 +145,14 @@ def run_ablation(cfg: AblateConfig, out: str | Path) -> dict[str, Any]:
         data = load_digits(kind, img_size)
         for group, label, overrides in settings(model_key):
             kwargs = dict(base, **overrides)
-            accs, seconds = [], []
+            accs, seconds, cpu_seconds = [], [], []
             for seed in cfg.seeds:
                 torch.manual_seed(seed)
                 model = timm.create_model(arch, **kwargs)
-                t0 = time.time()
+                t0, c0 = time.time(), time.process_time()
                 accs.append(train_eval(model, data, cfg, seed))
                 seconds.append(time.time() - t0)
+                cpu_seconds.append(time.process_time() - c0)
             mean, std = _mean_std(accs)
             _logger.info('%s %s: top-1 %.2f +- %.2f (%.1f s / run)', model_key, label, mean, std,
                          statistics.fmean(seconds))
@@ -160,29 +161,35 @@ def run_ablation(cfg: AblateConfig, out: str | Path) -> dict[str, Any]:
                 'top1_mean': mean, 'top1_std': std, 'top1': accs,
                 'params': sum(p.numel() for p in model.parameters()),
                 'trainable_params': sum(p.numel() for p in model.parameters() if p.requires_grad),
-                'seconds': statistics.fmean(seconds),
+                'seconds': statistics.fmean(seconds), 'cpu_seconds': statistics.fmean(cpu_seconds),
             })
-    summary = {
+            write_json_atomic(out / 'ablate.json', _summary(rows, cfg, started, done=False))
+    summary = _summary(rows, cfg, started, done=True)
+    write_json_atomic(out / 'ablate.json', summary)
+    write_text_atomic(out / 'ablate.md', ablate_table(summary))
+    return summary
+
+
+def _summary(rows: list[dict[str, Any]], cfg: AblateConfig, started: float, done: bool) -> dict[str, Any]:
+    return {
         'rows': rows,
         'base': {k: {'arch': v[0], 'kwargs': {a: list(b) if isinstance(b, tuple) else b for a, b in v[1].items()},
                      'data': f'digits ({v[2]}, ' + (f'{v[3]}x{v[3]})' if v[3] else '64 steps)')}
                  for k, v in MODELS.items() if k in cfg.models},
         'config': {**asdict(cfg), 'seeds': list(cfg.seeds), 'models': list(cfg.models)},
         'seconds': time.time() - started,
+        'complete': done,  # rows are written after every setting; False while the run is still going
     }
-    write_json_atomic(out / 'ablate.json', summary)
-    write_text_atomic(out / 'ablate.md', ablate_table(summary))
-    return summary
 
 
 def ablate_table(summary: dict[str, Any]) -> str:
     """The markdown table of ``ablate.json``."""
     cfg = summary['config']
-    lines = ['| model | group | setting | top-1 % (mean ± std) | params (trainable) | s / run |',
+    lines = ['| model | group | setting | top-1 % (mean ± std) | params (trainable) | s / run (CPU s) |',
              '|---|---|---|---|---|---|']
     for r in summary['rows']:
         lines.append(f'| {r["model"]} | {r["group"]} | {r["setting"]} | {r["top1_mean"]:.2f} ± {r["top1_std"]:.2f} | '
-                     f'{r["params"]:,} ({r["trainable_params"]:,}) | {r["seconds"]:.1f} |')
+                     f'{r["params"]:,} ({r["trainable_params"]:,}) | {r["seconds"]:.1f} ({r["cpu_seconds"]:.1f}) |')
     lines.append('')
     lines.append(f'Digits test split (360 images), {len(cfg["seeds"])} seed(s), {cfg["epochs"]} epochs of batch '
                  f'{cfg["batch_size"]}' + (f' (at most {cfg["limit_train_batches"]} batches each)'

@@ -127,7 +127,7 @@ def run_fit(cfg: FitConfig, out: str | Path) -> dict[str, Any]:
     for name in cfg.targets:
         if name not in TARGETS:
             raise ValueError(f'unknown target {name!r}; targets: {", ".join(TARGETS)}')
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     probe = make_smp(cfg, 0, True)
     coords = probe.kernel_coord
     smp_params = sum(p.numel() for p in probe.parameters())
@@ -162,6 +162,7 @@ def run_fit(cfg: FitConfig, out: str | Path) -> dict[str, Any]:
         'params': {'smp': smp_params, 'mlp': _mlp_params(hidden), 'mlp_hidden': hidden},
         'config': {**asdict(cfg), 'seeds': list(cfg.seeds), 'targets': list(cfg.targets)},
         'seconds': time.time() - started,
+        'cpu_seconds': time.process_time() - cpu_started,
     }
     write_json_atomic(out / 'fit.json', summary)
     write_text_atomic(out / 'fit.md', fit_table(summary))
