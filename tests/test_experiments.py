@@ -94,6 +94,7 @@ def test_ablate_quick_writes_documented_outputs(tmp_path):
             assert r['trainable_params'] == r['params'] - frozen
         assert rows[(model, 'n_points=32')]['params'] > rows[(model, 'positions + radii (base)')]['params']
     assert (tmp_path / 'ablate.md').read_text().count(' | ') >= 5 * len(rows)
+    assert is_png(tmp_path / 'kernels_image.png') and is_png(tmp_path / 'kernels_sequence.png')
 
 
 # ------------------------------------------------------------------------------------- kernel pictures (Figs. 4-5)

@@ -13,8 +13,9 @@ learning-rate factor 0.1, radii clamped after each step) and step budget.
 
     python -m smpconv_models.experiments.ablate --out DIR [--quick]
 
-writes ``DIR/ablate.json`` (one row per model and setting: top-1 mean and std over seeds, parameters, seconds)
-and ``DIR/ablate.md`` (the table).
+writes ``DIR/ablate.json`` (one row per model and setting: top-1 mean and std over seeds, parameters, seconds),
+``DIR/ablate.md`` (the table) and ``DIR/kernels_{image,sequence}.png`` (the trained base models' points and kernels,
+first seed, drawn by :func:`smpconv_models.viz.plot_smp_kernels`).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from torch import Tensor
 
 from .._io import write_json_atomic, write_text_atomic
 from ..layers import clamp_radii_, smp_param_groups
+from ..viz import plot_smp_kernels
 
 __all__ = ['MODELS', 'settings', 'AblateConfig', 'load_digits', 'train_eval', 'run_ablation', 'main']
 
@@ -153,6 +155,8 @@ def run_ablation(cfg: AblateConfig, out: str | Path) -> dict[str, Any]:
                 accs.append(train_eval(model, data, cfg, seed))
                 seconds.append(time.time() - t0)
                 cpu_seconds.append(time.process_time() - c0)
+                if not overrides and seed == cfg.seeds[0]:  # the trained base model's points and kernels
+                    plot_smp_kernels(model, out / f'kernels_{model_key}.png', max_layers=3)
             mean, std = _mean_std(accs)
             _logger.info('%s %s: top-1 %.2f +- %.2f (%.1f s / run)', model_key, label, mean, std,
                          statistics.fmean(seconds))
