@@ -212,14 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     defaults = AblateConfig()
     parser.add_argument('--epochs', type=int, default=None, help=f'epochs per run (default {defaults.epochs})')
     parser.add_argument('--seeds', type=int, default=None, help=f'number of seeds (default {len(defaults.seeds)})')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch CPU threads (the operations are small: one thread wastes nothing and is immune '
+                             'to oversubscription on a shared machine)')
     parser.add_argument('--models', nargs='+', default=list(defaults.models), choices=list(MODELS),
                         help='which models to ablate')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     epochs = args.epochs or (1 if args.quick else defaults.epochs)
     n_seeds = args.seeds or (1 if args.quick else len(defaults.seeds))
-    if epochs < 1 or n_seeds < 1:
-        parser.error('--epochs and --seeds must be positive')
+    if epochs < 1 or n_seeds < 1 or args.threads < 1:
+        parser.error('--epochs, --seeds and --threads must be positive')
+    torch.set_num_threads(args.threads)
     cfg = AblateConfig(epochs=epochs, seeds=tuple(range(n_seeds)), models=tuple(args.models),
                        limit_train_batches=3 if args.quick else None)
     summary = run_ablation(cfg, args.out)

@@ -228,12 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--seeds', type=int, default=None, help=f'number of seeds (default {len(defaults.seeds)})')
     parser.add_argument('--n-points', type=int, default=defaults.n_points, help='SMP points')
     parser.add_argument('--lr', type=float, default=defaults.lr, help='Adam learning rate')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch CPU threads (the operations are small: one thread wastes nothing and is immune '
+                             'to oversubscription on a shared machine)')
     parser.add_argument('--targets', nargs='+', default=list(TARGETS), choices=list(TARGETS), help='targets')
     args = parser.parse_args(argv)
     steps = args.steps or (150 if args.quick else defaults.steps)
     n_seeds = args.seeds or (1 if args.quick else len(defaults.seeds))
-    if steps < 1 or n_seeds < 1:
-        parser.error('--steps and --seeds must be positive')
+    if steps < 1 or n_seeds < 1 or args.threads < 1:
+        parser.error('--steps, --seeds and --threads must be positive')
+    torch.set_num_threads(args.threads)
     cfg = FitConfig(n_points=args.n_points, steps=steps, lr=args.lr, seeds=tuple(range(n_seeds)),
                     targets=tuple(args.targets))
     summary = run_fit(cfg, args.out)
