@@ -223,10 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     n_seeds = args.seeds or (1 if args.quick else len(defaults.seeds))
     if epochs < 1 or n_seeds < 1 or args.threads < 1:
         parser.error('--epochs, --seeds and --threads must be positive')
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     cfg = AblateConfig(epochs=epochs, seeds=tuple(range(n_seeds)), models=tuple(args.models),
                        limit_train_batches=3 if args.quick else None)
-    summary = run_ablation(cfg, args.out)
+    try:
+        summary = run_ablation(cfg, args.out)
+    finally:
+        torch.set_num_threads(previous_threads)
     sys.stdout.write(ablate_table(summary) + f'wrote {Path(args.out) / "ablate.json"} and ablate.md\n')
     return 0
 

@@ -237,10 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     n_seeds = args.seeds or (1 if args.quick else len(defaults.seeds))
     if steps < 1 or n_seeds < 1 or args.threads < 1:
         parser.error('--steps, --seeds and --threads must be positive')
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     cfg = FitConfig(n_points=args.n_points, steps=steps, lr=args.lr, seeds=tuple(range(n_seeds)),
                     targets=tuple(args.targets))
-    summary = run_fit(cfg, args.out)
+    try:
+        summary = run_fit(cfg, args.out)
+    finally:
+        torch.set_num_threads(previous_threads)
     sys.stdout.write(fit_table(summary) + f'wrote {Path(args.out) / "fit.json"}, fit.md, fit.png in '
                      f'{summary["seconds"]:.0f} s\n')
     return 0
