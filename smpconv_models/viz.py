@@ -28,8 +28,20 @@ if TYPE_CHECKING:
 
 from .layers import SMPConvBase
 
-__all__ = ['plot_kernels', 'plot_smp_kernels', 'select_smp_layers', 'layer_kernels', 'add_l1_balls', 'save_figure',
-           'load_model', 'main']
+__all__ = ['pyplot', 'plot_kernels', 'plot_smp_kernels', 'select_smp_layers', 'layer_kernels', 'add_l1_balls',
+           'save_figure', 'load_model', 'main']
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (unless one was chosen), or a clear error."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError('kernel pictures need matplotlib: pip install "smpconv-models[train]"') from e
+    matplotlib.use('Agg', force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def select_smp_layers(model: nn.Module, names: Sequence[str] | None = None, max_layers: int = 4
@@ -130,11 +142,7 @@ def plot_smp_kernels(model: nn.Module, path: str | os.PathLike, layers: Sequence
     supports, the first ``n_kernels`` kernels of filter ``filter_index`` as ``|k|`` in [0, 1] (Fig. 4) and the
     normalised sum of ``|k|`` over the layer (Fig. 5). 1-d (sequence) kernels are drawn as curves over the
     normalised time axis. Written atomically; returns the path."""
-    import matplotlib
-
-    matplotlib.use('Agg', force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     chosen = select_smp_layers(model, layers, max_layers)
     if n_kernels < 1:
         raise ValueError(f'n_kernels must be at least 1, got {n_kernels}')

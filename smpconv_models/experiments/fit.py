@@ -187,12 +187,9 @@ def fit_table(summary: dict[str, Any]) -> str:
 
 
 def _plot(pictures: dict[str, dict[str, Any]], results: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from ..viz import add_l1_balls, pyplot, save_figure
 
-    matplotlib.use('Agg', force=False)
-    import matplotlib.pyplot as plt
-
-    from ..viz import add_l1_balls, save_figure
+    plt = pyplot()
 
     fig, axes = plt.subplots(len(pictures), 5, figsize=(16, 3.4 * len(pictures)), squeeze=False)
     for row, (name, pic) in zip(axes, pictures.items()):
