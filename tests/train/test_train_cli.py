@@ -178,7 +178,9 @@ def test_frozen_points_stay_fixed_through_train_py(tmp_path):
     common = ['--epochs', '1', '--batch-size', '32', '--limit-train-batches', '3', '--plot', 'false',
               '--ema', 'true', '--ema-decay', '0.5']
     train('--output-dir', str(tmp_path / 'base'), '--model-args', frozen, *common)
-    train('--output-dir', str(tmp_path / 'tuned'), '--pretrained', str(tmp_path / 'base' / 'last'), *common)
+    train('--output-dir', str(tmp_path / 'tuned'), '--pretrained', str(tmp_path / 'base' / 'last'), *common,
+          '--plot', 'true')
+    assert (tmp_path / 'tuned' / 'kernels.png').read_bytes()[:4] == b'\x89PNG'  # viz.plot_kernels at the end
     base = weights(tmp_path / 'base' / 'last')
     config = json.loads((tmp_path / 'tuned' / 'last' / 'config.json').read_text())
     assert config['model_args']['learn_positions'] is False and config['model_args']['learn_radius'] is False
