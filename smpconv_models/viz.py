@@ -200,12 +200,15 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
 
 
 def load_model(spec: str, model: str | None = None, model_args: dict | None = None) -> nn.Module:
-    """A model from a registered name / pretrained tag, a Hub-layout or ``train.py`` run folder, or a checkpoint
-    file (``model`` names its architecture; official checkpoints go through the family's converter)."""
+    """A model from a registered name / pretrained tag, a Hub-layout (``local-dir:`` optional) or ``train.py`` run
+    folder, ``hf-hub:REPO``, or a checkpoint file (``model`` names its architecture; official checkpoints go through
+    the family's converter)."""
     from .train.modeling import build_model
 
     model_args = dict(model_args or {})
-    path = Path(spec)
+    if spec.startswith('hf-hub:'):
+        return build_model(model or 'smpconv_tcn_mnist', model_args, spec).eval()
+    path = Path(spec.removeprefix('local-dir:'))
     if path.is_dir() and not (path / 'config.json').is_file():
         run = next((path / d for d in ('best', 'last') if (path / d / 'config.json').is_file()), None)
         if run is None:

@@ -153,6 +153,7 @@ def test_viz_cli_official_checkpoint_and_run_folder(tmp_path, official_dir, caps
     tcn = timm.create_model('smpconv_tcn_mnist', seq_len=20, depth=1, width=4, learn_positions=False)
     save_pretrained(tcn, tmp_path / 'run' / 'best', model_args=dict(seq_len=20, depth=1, width=4,
                                                                     learn_positions=False))
+    assert load_model(f'local-dir:{tmp_path / "run" / "best"}').seq_len == 20
     loaded = load_model(str(tmp_path / 'run'))
     assert loaded.seq_len == 20 and not loaded.blocks[0].conv1.smp.conv.weight_coord.requires_grad
     torch.testing.assert_close(loaded.blocks[0].conv1.smp.conv.weight_coord, tcn.blocks[0].conv1.smp.conv.weight_coord)
