@@ -1,1 +1,11 @@
-"""Experiments: commands whose numbers BENCHMARKS.md records."""
+"""Experiments: commands whose numbers BENCHMARKS.md and ``experiments/README.md`` record.
+
+The paper's claims, on a CPU in minutes (see ``experiments/README.md``):
+
+* ``python -m smpconv_models.experiments.fit``: function fitting with moving vs fixed points (Sec. 4.1, Fig. 3);
+* ``python -m smpconv_models.experiments.ablate``: learnable positions / radii, initial spread and radius, number
+  of points (Tables 6-9) on the embedded digits.
+
+Beyond the paper: ``small_data`` (the small-data sequence recipe against ROCKET), ``point_kernels`` and
+``irregular_kernels`` (SMP vs MLP kernels off the grid).
+"""

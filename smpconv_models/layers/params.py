@@ -14,7 +14,8 @@ __all__ = ['clamp_radii_', 'smp_param_groups', 'rescale_smp_kernels_', 'scaled_k
 
 
 def clamp_radii_(model: nn.Module) -> nn.Module:
-    """Clamp the radii of every SMP layer in ``model`` in place (call after each optimizer step, before EMA)."""
+    """Clamp the radii of every SMP layer in ``model`` in place (call after each optimizer step, before EMA); frozen
+    radii (``learn_radius=False``) are left as initialised."""
     for module in model.modules():
         if isinstance(module, (SMPConvBase, SMPPointKernel)):
             module.clamp_radii_()
@@ -35,7 +36,8 @@ def smp_param_groups(
     * ``radius``: point radii, decay 0, learning rate scaled by ``radius_lr_scale``.
 
     Each group carries ``lr_scale`` (timm's schedulers multiply the scheduled rate by it); when ``lr`` is given the
-    groups also carry their absolute ``lr``. Frozen parameters are left out; empty groups are dropped.
+    groups also carry their absolute ``lr``. Frozen parameters (``requires_grad=False``, e.g. the points of a layer
+    built with ``learn_positions=False`` / ``learn_radius=False``) are left out; empty groups are dropped.
     """
     positions, radii = set(), set()
     for module in model.modules():

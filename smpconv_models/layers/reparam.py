@@ -208,7 +208,8 @@ class SMPLargeKernelConv2d(SMPReparamConv):
     """Depthwise SMP branch + BN beside a small depthwise conv + BN (the official ImageNet ``SMPCNN``).
 
     Submodule names follow the official checkpoints (``smp.conv``, ``smp.bn``, ``small_conv.conv``, ``small_conv.bn``);
-    the deploy form is ``nn.Conv2d(C, C, K, groups=C, bias=True)``.
+    the deploy form is ``nn.Conv2d(C, C, K, groups=C, bias=True)``. ``n_points``, ``radius``, ``coord_std``,
+    ``learn_positions`` and ``learn_radius`` go to :class:`SMPDepthwiseConv2d` (the ablation switches).
     """
 
     def __init__(
@@ -220,6 +221,10 @@ class SMPLargeKernelConv2d(SMPReparamConv):
             n_points_divide: int = 4,
             deploy: bool = False,
             norm_layer: type[nn.Module] = nn.BatchNorm2d,
+            radius: float | None = None,
+            coord_std: float = 0.2,
+            learn_positions: bool = True,
+            learn_radius: bool = True,
             device=None,
             dtype=None,
     ):
@@ -230,7 +235,8 @@ class SMPLargeKernelConv2d(SMPReparamConv):
         dd = dict(device=device, dtype=dtype)
         smp = small = None
         if not deploy:
-            smp = SMPDepthwiseConv2d(channels, kernel_size, n_points, n_points_divide, **dd)
+            smp = SMPDepthwiseConv2d(channels, kernel_size, n_points, n_points_divide, radius, coord_std,
+                                     learn_positions, learn_radius, **dd)
             small = nn.Conv2d(channels, channels, small_kernel_size, padding=small_kernel_size // 2, groups=channels,
                               bias=False, **dd)
         self._init_branches(smp, small, norm_layer, deploy, dd)
@@ -266,6 +272,8 @@ class SMPParallelConv(SMPReparamConv):
             small_bias: bool = False,
             deploy: bool = False,
             norm_layer: type[nn.Module] | None = None,
+            learn_positions: bool = True,
+            learn_radius: bool = True,
             device=None,
             dtype=None,
     ):
@@ -279,7 +287,8 @@ class SMPParallelConv(SMPReparamConv):
         dd = dict(device=device, dtype=dtype)
         smp = small = None
         if not deploy:
-            smp = SMPConv(in_channels, out_channels, kernel_size, n_points, radius, coord_std, ndim, bias, **dd)
+            smp = SMPConv(in_channels, out_channels, kernel_size, n_points, radius, coord_std, ndim, bias,
+                          learn_positions, learn_radius, **dd)
             small = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[ndim - 1](
                 in_channels, out_channels, small_kernel_size, padding=small_kernel_size // 2, bias=small_bias, **dd)
             nn.init.trunc_normal_(small.weight, std=0.02)
@@ -315,6 +324,8 @@ class SMPParallelCausalConv1d(SMPReparamConv):
             fft: bool | None = None,
             deploy: bool = False,
             norm_layer: type[nn.Module] = nn.BatchNorm1d,
+            learn_positions: bool = True,
+            learn_radius: bool = True,
             device=None,
             dtype=None,
     ):
@@ -326,7 +337,8 @@ class SMPParallelCausalConv1d(SMPReparamConv):
         dd = dict(device=device, dtype=dtype)
         smp = small = None
         if not deploy:
-            smp = SMPCausalConv1d(in_channels, out_channels, kernel_size, n_points, radius, coord_std, bias, fft, **dd)
+            smp = SMPCausalConv1d(in_channels, out_channels, kernel_size, n_points, radius, coord_std, bias, fft,
+                                  learn_positions, learn_radius, **dd)
             small = CausalConv1d(in_channels, out_channels, small_kernel_size, bias=False, **dd)
         self._init_branches(smp, small, norm_layer, deploy, dd)
 

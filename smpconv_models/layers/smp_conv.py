@@ -64,6 +64,11 @@ class SMPConvBase(nn.Module):
     cache key is each parameter's storage pointer and version counter, which every in-place update
     (optimizer step, ``load_state_dict``, :meth:`clamp_radii_`), ``.data`` replacement and ``.to()`` changes.
     Under :func:`share_kernels` (gradient accumulation) one kernel serves every micro-batch of an optimizer step.
+
+    Ablation switches (Tables 6-9 of the paper): ``learn_positions=False`` / ``learn_radius=False`` freeze the
+    positions / radii at their initialisation (``requires_grad=False``: they stay in the state dict, so checkpoints
+    keep their layout, but receive no gradient, no optimizer update and no :meth:`clamp_radii_`); ``coord_std`` and
+    ``radius`` set the initial position spread and radius, ``n_points`` the number of points.
     """
 
     # No class-level annotations in the layers: under ``from __future__ import annotations`` they are strings that
@@ -80,6 +85,8 @@ class SMPConvBase(nn.Module):
             normalize: bool,
             radius_bounds: tuple[float, float],
             causal: bool = False,
+            learn_positions: bool = True,
+            learn_radius: bool = True,
             device=None,
             dtype=None,
     ):
@@ -106,6 +113,8 @@ class SMPConvBase(nn.Module):
         self._share_final: bool | None = None
         self._shared: tuple[tuple, Tensor, Tensor] | None = None
         self._init_points(radius, coord_std, causal)
+        self.weight_coord.requires_grad_(bool(learn_positions))
+        self.radius.requires_grad_(bool(learn_radius))
 
     @torch.no_grad()
     def _init_points(self, radius: float, coord_std: float, causal: bool) -> None:
@@ -120,8 +129,10 @@ class SMPConvBase(nn.Module):
 
     @torch.no_grad()
     def clamp_radii_(self) -> None:
-        """Clamp radii in place to ``[radius_min, radius_max]`` (the official per-step ``radius_clip``)."""
-        self.radius.clamp_(self.radius_min, self.radius_max)
+        """Clamp radii in place to ``[radius_min, radius_max]`` (the official per-step ``radius_clip``); frozen radii
+        (``learn_radius=False``) are left as initialised."""
+        if self.radius.requires_grad:
+            self.radius.clamp_(self.radius_min, self.radius_max)
 
     @torch.jit.export  # compiled, so smp_weight() can call it on a scripted module too
     def _kernel_layout(self, kernel: Tensor) -> Tensor:
@@ -214,15 +225,17 @@ class SMPConvBase(nn.Module):
 
     def extra_repr(self) -> str:
         return (f'kernel_size={self.kernel_size}, n_points={self.n_points}, normalize={self.normalize}, '
-                f'radius_bounds=({self.radius_min}, {self.radius_max})')
+                f'radius_bounds=({self.radius_min}, {self.radius_max}), '
+                f'learn_positions={self.weight_coord.requires_grad}, learn_radius={self.radius.requires_grad}')
 
 
 @register_notrace_module
 class SMPDepthwiseConv2d(SMPConvBase):
     """Depthwise 2-d SMP convolution with points shared across channels (ImageNet form, stride 1, 'same').
 
-    ``n_points`` defaults to ``kernel_size**2 // n_points_divide``; radii start at ``4 / kernel_size`` and are
-    clamped to ``[1e-3, 1]``; positions ~ truncated N(0, 0.2) in ``[-1, 1]``; no ``1/|N(x)|`` factor.
+    ``n_points`` defaults to ``kernel_size**2 // n_points_divide``; radii start at ``radius`` (default
+    ``4 / kernel_size``) and are clamped to ``[1e-3, 1]``; positions ~ truncated N(0, ``coord_std`` = 0.2) in
+    ``[-1, 1]``; no ``1/|N(x)|`` factor. ``learn_positions`` / ``learn_radius``: see :class:`SMPConvBase`.
     """
 
     def __init__(
@@ -231,6 +244,10 @@ class SMPDepthwiseConv2d(SMPConvBase):
             kernel_size: int,
             n_points: int | None = None,
             n_points_divide: int = 4,
+            radius: float | None = None,
+            coord_std: float = 0.2,
+            learn_positions: bool = True,
+            learn_radius: bool = True,
             device=None,
             dtype=None,
     ):
@@ -242,8 +259,10 @@ class SMPDepthwiseConv2d(SMPConvBase):
             n_points = size[0] * size[1] // n_points_divide
         self.channels = int(channels)
         super().__init__(
-            groups=1, channels=self.channels, n_points=n_points, kernel_size=size, radius=4.0 / size[0],
-            coord_std=0.2, normalize=False, radius_bounds=(1e-3, 1.0), device=device, dtype=dtype)
+            groups=1, channels=self.channels, n_points=n_points, kernel_size=size,
+            radius=4.0 / size[0] if radius is None else radius, coord_std=coord_std, normalize=False,
+            radius_bounds=(1e-3, 1.0), learn_positions=learn_positions, learn_radius=learn_radius, device=device,
+            dtype=dtype)
 
     @torch.jit.export
     def _kernel_layout(self, kernel: Tensor) -> Tensor:
@@ -273,6 +292,8 @@ class SMPConv(SMPConvBase):
             coord_std: float,
             ndim: int = 2,
             bias: bool = True,
+            learn_positions: bool = True,
+            learn_radius: bool = True,
             device=None,
             dtype=None,
     ):
@@ -283,7 +304,8 @@ class SMPConv(SMPConvBase):
         self.in_channels, self.out_channels, self.ndim = int(in_channels), int(out_channels), ndim
         super().__init__(
             groups=self.out_channels, channels=self.in_channels, n_points=n_points, kernel_size=size, radius=radius,
-            coord_std=coord_std, normalize=True, radius_bounds=(1e-4, 1.0), device=device, dtype=dtype)
+            coord_std=coord_std, normalize=True, radius_bounds=(1e-4, 1.0), learn_positions=learn_positions,
+            learn_radius=learn_radius, device=device, dtype=dtype)
         self.bias = nn.Parameter(torch.zeros(self.out_channels, device=device, dtype=dtype)) if bias else None
 
     @torch.jit.export
@@ -315,6 +337,8 @@ class SMPCausalConv1d(SMPConvBase):
             coord_std: float,
             bias: bool = True,
             fft: bool | None = None,
+            learn_positions: bool = True,
+            learn_radius: bool = True,
             device=None,
             dtype=None,
     ):
@@ -323,7 +347,8 @@ class SMPCausalConv1d(SMPConvBase):
         self.fft = fft
         super().__init__(
             groups=self.out_channels, channels=self.in_channels, n_points=n_points, kernel_size=size, radius=radius,
-            coord_std=coord_std, normalize=True, radius_bounds=(1e-4, 1.0), causal=True, device=device, dtype=dtype)
+            coord_std=coord_std, normalize=True, radius_bounds=(1e-4, 1.0), causal=True,
+            learn_positions=learn_positions, learn_radius=learn_radius, device=device, dtype=dtype)
         self.bias = nn.Parameter(torch.zeros(self.out_channels, device=device, dtype=dtype)) if bias else None
 
     requires_odd_kernel = False

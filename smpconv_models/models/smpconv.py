@@ -76,13 +76,15 @@ class SMPBlock(nn.Module):
     """Large-kernel block: BN, 1x1 conv-BN-ReLU, SMP large kernel (+ small kernel), ReLU, 1x1 conv-BN, residual."""
 
     def __init__(self, dim: int, kernel_size: int, drop_path: float = 0.0, n_points_divide: int = 4,
-                 small_kernel_size: int = 5, deploy: bool = False, device=None, dtype=None):
+                 small_kernel_size: int = 5, deploy: bool = False, smp_args: dict | None = None, device=None,
+                 dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.prelkb_bn = nn.Identity() if deploy else nn.BatchNorm2d(dim, **dd)
         self.pw1 = ConvBN(dim, dim, 1, act_layer=_ReLU, deploy=deploy, **dd)
         self.large_kernel = SMPLargeKernelConv2d(
-            dim, kernel_size, small_kernel_size, n_points_divide=n_points_divide, deploy=deploy, **dd)
+            dim, kernel_size, small_kernel_size, n_points_divide=n_points_divide, deploy=deploy, **(smp_args or {}),
+            **dd)
         self.lk_nonlinear = nn.ReLU(inplace=True)
         self.pw2 = ConvBN(dim, dim, 1, deploy=deploy, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
@@ -153,7 +155,8 @@ class SMPStage(nn.Module):
 
     def __init__(self, in_chs: int, out_chs: int, depth: int, kernel_size: int, drop_path_rates: list[float],
                  n_points_divide: int = 4, small_kernel_size: int = 5, ffn_ratio: float = 4.0,
-                 downsample: bool = True, deploy: bool = False, device=None, dtype=None):
+                 downsample: bool = True, deploy: bool = False, smp_args: dict | None = None, device=None,
+                 dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.grad_checkpointing = False
@@ -166,7 +169,8 @@ class SMPStage(nn.Module):
         blocks = []
         for i in range(depth):
             blocks.append(
-                SMPBlock(out_chs, kernel_size, drop_path_rates[i], n_points_divide, small_kernel_size, deploy, **dd))
+                SMPBlock(out_chs, kernel_size, drop_path_rates[i], n_points_divide, small_kernel_size, deploy,
+                         smp_args, **dd))
             blocks.append(ConvFFN(out_chs, int(out_chs * ffn_ratio), drop_path_rates[i], deploy, **dd))
         self.blocks = nn.Sequential(*blocks)
 
@@ -178,7 +182,12 @@ class SMPStage(nn.Module):
 
 
 class SMPConvNet(SMPModelMixin, nn.Module):
-    """SMPConvNet (ImageNet). Input ``[B, in_chans, H, W]`` (H, W divisible by 32 for the full feature pyramid)."""
+    """SMPConvNet (ImageNet). Input ``[B, in_chans, H, W]`` (H, W divisible by 32 for the full feature pyramid).
+
+    Ablation switches (paper Tables 6-9), the same in every stage: ``n_points`` (default ``K*K // n_points_divide``
+    per stage), initial ``radius`` (default ``4 / K``) and position spread ``coord_std``, and ``learn_positions`` /
+    ``learn_radius`` (False freezes them at their initialisation).
+    """
 
     def __init__(
             self,
@@ -195,11 +204,18 @@ class SMPConvNet(SMPModelMixin, nn.Module):
             drop_path_rate: float = 0.0,
             kernel_scale: float = 1.0,
             deploy: bool = False,
+            n_points: int | None = None,
+            radius: float | None = None,
+            coord_std: float = 0.2,
+            learn_positions: bool = True,
+            learn_radius: bool = True,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        smp_args = dict(n_points=n_points, radius=radius, coord_std=coord_std, learn_positions=learn_positions,
+                        learn_radius=learn_radius)
         if not (len(depths) == len(dims) == len(kernel_sizes)):
             raise ValueError(f'depths {depths}, dims {dims} and kernel_sizes {kernel_sizes} must have equal lengths')
         self.num_classes = num_classes
@@ -220,7 +236,7 @@ class SMPConvNet(SMPModelMixin, nn.Module):
             if i > 0:
                 reduction *= 2
             stages.append(SMPStage(prev, dim, depth, k, dpr[i], n_points_divide, small_kernel_size, ffn_ratio,
-                                   downsample=i > 0, deploy=deploy, **dd))
+                                   downsample=i > 0, deploy=deploy, smp_args=smp_args, **dd))
             self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f'stages.{i}'))
             prev = dim
         self.stages = nn.Sequential(*stages)

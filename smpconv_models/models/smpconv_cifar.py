@@ -27,10 +27,11 @@ class SMPResBlock(nn.Module):
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int, n_points: int, radius: float, coord_std: float,
                  small_kernel_size: int, drop_rate: float, conv_bias: bool = False, deploy: bool = False,
-                 device=None, dtype=None):
+                 learn_positions: bool = True, learn_radius: bool = True, device=None, dtype=None):
         super().__init__()
         args = dict(kernel_size=kernel_size, n_points=n_points, radius=radius, coord_std=coord_std,
-                    small_kernel_size=small_kernel_size, bias=conv_bias, deploy=deploy, device=device, dtype=dtype)
+                    small_kernel_size=small_kernel_size, bias=conv_bias, deploy=deploy,
+                    learn_positions=learn_positions, learn_radius=learn_radius, device=device, dtype=dtype)
         self.conv1 = SMPParallelConv(in_chs, out_chs, **args)
         self.conv2 = SMPParallelConv(out_chs, out_chs, **args)
         self.act = nn.ReLU()
@@ -44,7 +45,11 @@ class SMPResBlock(nn.Module):
 
 
 class SMPConvCifar(SMPModelMixin, nn.Module):
-    """SMPConv ResNet for 32x32 images. Input ``[B, in_chans, H, W]``; the kernel covers the whole 32x32 image."""
+    """SMPConv ResNet for 32x32 images. Input ``[B, in_chans, H, W]``; the kernel covers the whole 32x32 image.
+
+    Ablation switches (paper Tables 6-9): ``n_points`` per filter, initial ``radius`` and position spread
+    ``coord_std``, and ``learn_positions`` / ``learn_radius`` (False freezes them at their initialisation).
+    """
 
     def __init__(
             self,
@@ -63,6 +68,8 @@ class SMPConvCifar(SMPModelMixin, nn.Module):
             drop_path_rate: float = 0.0,
             kernel_scale: float = 1.0,
             deploy: bool = False,
+            learn_positions: bool = True,
+            learn_radius: bool = True,
             device=None,
             dtype=None,
     ):
@@ -75,7 +82,8 @@ class SMPConvCifar(SMPModelMixin, nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         args = dict(kernel_size=kernel_size, n_points=n_points, radius=radius, coord_std=coord_std,
-                    small_kernel_size=small_kernel_size, **dd)
+                    small_kernel_size=small_kernel_size, learn_positions=learn_positions, learn_radius=learn_radius,
+                    **dd)
         self.stem = SMPParallelConv(in_chans, stem_width, bias=conv_bias, small_bias=True, deploy=deploy, **args)
         self.stem_act = nn.ReLU()
         blocks, self.feature_info, prev = [], [], stem_width

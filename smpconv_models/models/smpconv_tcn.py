@@ -67,11 +67,13 @@ class TCNBlock(nn.Module):
 
     def __init__(self, in_chs: int, out_chs: int, seq_len: int, n_points: int, radius: float, coord_std: float,
                  small_kernel_size: int, conv_bias: bool, use_fft: bool | None, drop_rate: float,
-                 deploy: bool = False, device=None, dtype=None):
+                 deploy: bool = False, learn_positions: bool = True, learn_radius: bool = True, device=None,
+                 dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         args = dict(kernel_size=seq_len, n_points=n_points, radius=radius, coord_std=coord_std,
-                    small_kernel_size=small_kernel_size, bias=conv_bias, fft=use_fft, deploy=deploy, **dd)
+                    small_kernel_size=small_kernel_size, bias=conv_bias, fft=use_fft, deploy=deploy,
+                    learn_positions=learn_positions, learn_radius=learn_radius, **dd)
         self.conv1 = SMPParallelCausalConv1d(in_chs, out_chs, **args)
         self.conv2 = SMPParallelCausalConv1d(out_chs, out_chs, **args)
         self.act = nn.ReLU()
@@ -86,7 +88,11 @@ class TCNBlock(nn.Module):
 
 class SMPConvTCN(SMPModelMixin, nn.Module):
     """SMPConv TCN for sequences ``[B, in_chans, L]`` (or ``[B, in_chans, 1, L]``, see the module docstring);
-    ``seq_len`` is the kernel length (the training length)."""
+    ``seq_len`` is the kernel length (the training length).
+
+    Ablation switches (paper Tables 6-9): ``n_points`` per filter, initial ``radius`` and position spread
+    ``coord_std``, and ``learn_positions`` / ``learn_radius`` (False freezes them at their initialisation).
+    """
 
     def __init__(
             self,
@@ -106,6 +112,8 @@ class SMPConvTCN(SMPModelMixin, nn.Module):
             drop_path_rate: float = 0.0,
             kernel_scale: float = 1.0,
             deploy: bool = False,
+            learn_positions: bool = True,
+            learn_radius: bool = True,
             device=None,
             dtype=None,
     ):
@@ -126,7 +134,7 @@ class SMPConvTCN(SMPModelMixin, nn.Module):
         blocks, self.feature_info, prev = [], [], in_chans
         for i in range(depth):
             blocks.append(TCNBlock(prev, width, seq_len, n_points, radius, coord_std, small_kernel_size, conv_bias,
-                                   use_fft, drop_rate, deploy, **dd))
+                                   use_fft, drop_rate, deploy, learn_positions, learn_radius, **dd))
             self.feature_info.append(dict(num_chs=width, reduction=1, module=f'blocks.{i}'))
             prev = width
         self.blocks = nn.Sequential(*blocks)

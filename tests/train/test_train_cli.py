@@ -168,3 +168,25 @@ def test_yaml_config_and_override(tmp_path):
     path.write_text('epoch: 7\n')
     with pytest.raises(ValueError, match='unknown option'):
         parse_config(['--config', str(path)])
+
+
+def test_frozen_points_stay_fixed_through_train_py(tmp_path):
+    # learn_positions / learn_radius = False (paper Tables 6-7) through train.py: the optimizer, clamp_radii_ and the
+    # EMA leave positions and radii as they were, the flags travel with the saved model_args, the weights train
+    frozen = json.dumps({'depth': 2, 'width': 8, 'n_points': 6, 'learn_positions': False, 'learn_radius': False,
+                         'radius': 1.5})  # above the clamp bound 1: a frozen radius is not clamped either
+    common = ['--epochs', '1', '--batch-size', '32', '--limit-train-batches', '3', '--plot', 'false',
+              '--ema', 'true', '--ema-decay', '0.5']
+    train('--output-dir', str(tmp_path / 'base'), '--model-args', frozen, *common)
+    train('--output-dir', str(tmp_path / 'tuned'), '--pretrained', str(tmp_path / 'base' / 'last'), *common,
+          '--plot', 'true')
+    assert (tmp_path / 'tuned' / 'kernels.png').read_bytes()[:4] == b'\x89PNG'  # viz.plot_kernels at the end
+    base = weights(tmp_path / 'base' / 'last')
+    config = json.loads((tmp_path / 'tuned' / 'last' / 'config.json').read_text())
+    assert config['model_args']['learn_positions'] is False and config['model_args']['learn_radius'] is False
+    for folder in ('last', 'best'):  # best/ holds the EMA weights
+        tuned = weights(tmp_path / 'tuned' / folder)
+        points = [k for k in base if k.endswith(('.weight_coord', '.radius'))]
+        assert len(points) == 8 and all(torch.equal(tuned[k], base[k]) for k in points)
+        assert all(torch.all(tuned[k] == 1.5) for k in points if k.endswith('.radius'))
+        assert not torch.equal(tuned['blocks.0.conv1.smp.conv.weights'], base['blocks.0.conv1.smp.conv.weights'])
