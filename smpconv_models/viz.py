@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 from .layers import MLPKernel, SMPConvBase, SMPPointKernel, kernel_coords
 
-__all__ = ['pyplot', 'plot_kernels', 'plot_smp_kernels', 'plot_point_kernels', 'select_smp_layers', 'layer_kernels', 'add_l1_balls',
-           'save_figure', 'load_model', 'main']
+__all__ = ['pyplot', 'plot_kernels', 'plot_smp_kernels', 'plot_point_kernels', 'select_smp_layers', 'layer_kernels',
+           'add_l1_balls', 'save_figure', 'load_model', 'main']
 
 
 def pyplot():
