@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .conv import mix_channels_fft
+from .export_conv import export_causal_conv1d, is_exporting
 
 __all__ = ['causal_conv1d', 'next_fast_len', 'use_fft_for']
 
@@ -74,6 +75,9 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, fft: bo
     use_fft = use_fft_for(length, taps) if fft is None else fft
     if not use_fft:
         return F.conv1d(F.pad(x, (taps - 1, 0)), weight, bias)
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
+        if is_exporting():  # ONNX / torch.export: real arithmetic (export_conv.py)
+            return export_causal_conv1d(x, weight, bias)
     return _fft_causal_conv1d(x, weight, bias)
 
 
