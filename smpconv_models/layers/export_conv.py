@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -122,30 +123,32 @@ def irfft_real(z: Tensor, n: int) -> Tensor:
     """``irfft(view_as_complex(z), n)`` on the second-last axis: ``[..., n // 2 + 1, 2]`` to ``[..., n]``."""
     if _torchscript_onnx():
         # the full Hermitian spectrum, then an inverse complex DFT (ONNX's DFT has no one-sided inverse)
-        mirror = z.narrow(-2, 1, n - z.shape[-2]).flip(-2) * torch.tensor([1.0, -1.0], dtype=z.dtype)
+        mirror = z.narrow(-2, 1, n - int(z.shape[-2])).flip(-2) * torch.tensor([1.0, -1.0], dtype=z.dtype)
         return _OnnxDFT.apply(torch.cat([z, mirror], -2), n, True, False).select(-1, 0)
     return torch.fft.irfft(torch.view_as_complex(z.contiguous()), n=n)
 
 
 def _bases(n: int, n_in: int, n_freq: int, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
-    """``cos`` and ``sin`` of ``2 pi t f / n`` for ``t < n_in``, ``f < n_freq`` (computed in float64)."""
-    t = torch.arange(n_in, dtype=torch.float64, device=device)[:, None]
-    f = torch.arange(n_freq, dtype=torch.float64, device=device)[None, :]
-    angle = (t * f).remainder(n) * (2 * math.pi / n)  # exact phase for large t * f
-    return angle.cos().to(dtype), angle.sin().to(dtype)
+    """``cos`` and ``sin`` of ``2 pi t f / n`` for ``t < n_in``, ``f < n_freq``, computed in float64 with numpy so
+    that exporters record them as constants (traced tensor ops would be recomputed on every inference)."""
+    t = np.arange(n_in, dtype=np.int64)[:, None]
+    f = np.arange(n_freq, dtype=np.int64)[None, :]
+    angle = (t * f % n) * (2 * math.pi / n)  # exact phase for large t * f
+    return (torch.from_numpy(np.cos(angle)).to(device=device, dtype=dtype),
+            torch.from_numpy(np.sin(angle)).to(device=device, dtype=dtype))
 
 
 def _rfft_matmul(x: Tensor, n: int) -> Tensor:
     """:func:`rfft_real` as one real matmul with a ``[L, 2F]`` basis."""
     freqs = n // 2 + 1
-    cos, sin = _bases(n, x.shape[-1], freqs, x.dtype, x.device)
+    cos, sin = _bases(n, int(x.shape[-1]), freqs, x.dtype, x.device)
     out = x @ torch.cat([cos, -sin], 1)  # [..., 2F]
     return out.unflatten(-1, (2, freqs)).transpose(-1, -2)
 
 
 def _fft_matmul(z: Tensor, n: int, n_out: int, inverse: bool) -> Tensor:
     """:func:`fft_real` (first ``n_out`` outputs) as one real matmul: ``[..., m, 2]`` to ``[..., n_out, 2]``."""
-    cos, sin = _bases(n, z.shape[-2], n_out, z.dtype, z.device)
+    cos, sin = _bases(n, int(z.shape[-2]), n_out, z.dtype, z.device)
     if inverse:
         cos, sin = cos / n, -sin / n
     # (a + ib)(c - is) = (ac + bs) + i(bc - as)
@@ -156,12 +159,13 @@ def _fft_matmul(z: Tensor, n: int, n_out: int, inverse: bool) -> Tensor:
 
 def _irfft_matmul(z: Tensor, n: int, n_out: int) -> Tensor:
     """:func:`irfft_real` (first ``n_out`` outputs) as one real matmul with a ``[2F, n_out]`` basis."""
-    freqs = z.shape[-2]
+    freqs = int(z.shape[-2])
     cos, sin = _bases(n, freqs, n_out, z.dtype, z.device)
-    weight = torch.full((freqs, 1), 2.0 / n, dtype=z.dtype, device=z.device)
-    weight[0] = 1.0 / n
+    scale = np.full((freqs, 1), 2.0 / n)
+    scale[0] = 1.0 / n
     if n % 2 == 0:
-        weight[-1] = 1.0 / n
+        scale[-1] = 1.0 / n
+    weight = torch.from_numpy(scale).to(device=z.device, dtype=z.dtype)
     basis = torch.cat([cos * weight, -sin * weight], 0)  # y = sum_f w_f (re cos - im sin)
     return z.transpose(-1, -2).flatten(-2) @ basis
 
@@ -185,7 +189,7 @@ def mix_channels_real(xr: Tensor, wr: Tensor) -> Tensor:
 def export_causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """:func:`~smpconv_models.layers.causal_conv.causal_conv1d` (kernel already cropped to ``K <= L``) in its
     export form (module docstring)."""
-    length, taps = x.shape[-1], weight.shape[-1]
+    length, taps = int(x.shape[-1]), int(weight.shape[-1])  # plain ints under torch.jit.trace too
     freqs = (length + taps) // 2
     method = resolve_export_method(2 * max(length, taps) * freqs)
     if method == 'direct':
@@ -212,8 +216,9 @@ def export_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int
     from .conv import _reachable
 
     nd = weight.dim() - 2
-    reach = [_reachable(x.shape[2 + d], weight.shape[2 + d]) for d in range(nd)]
-    exact = [x.shape[2 + d] + max(before, after) for d, (_, before, after) in enumerate(reach)]
+    lengths = [int(x.shape[2 + d]) for d in range(nd)]  # plain ints under torch.jit.trace too
+    reach = [_reachable(lengths[d], int(weight.shape[2 + d])) for d in range(nd)]
+    exact = [lengths[d] + max(before, after) for d, (_, before, after) in enumerate(reach)]
     method = resolve_export_method(max(2 * n * (n // 2 + 1) for n in exact))
     if method == 'direct' or nd > 2:
         return direct(x, weight, bias, groups)
@@ -234,7 +239,7 @@ def export_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int
         re = xf[..., 0] * wf[..., 0] - xf[..., 1] * wf[..., 1]
         im = xf[..., 0] * wf[..., 1] + xf[..., 1] * wf[..., 0]
         yf = torch.stack([re, im], -1)
-    y = _inverse_spectrum(yf, sizes, [x.shape[2 + d] for d in range(nd)], method)
+    y = _inverse_spectrum(yf, sizes, lengths, method)
     if bias is not None:
         y = y + bias.to(compute).reshape([-1] + [1] * nd)
     return y.to(out_dtype)
