@@ -56,6 +56,7 @@ class TrainConfig:
     sync_bn: bool | None = None
     test_fraction: float = 0.2
     limit_train_batches: int | None = None
+    compile: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -151,6 +152,7 @@ _HELP = {
     'sync_bn': 'SyncBatchNorm when several processes train (default: on)',
     'test_fraction': 'held-out fraction for datasets without a test split (digits)',
     'limit_train_batches': 'stop each epoch after this many batches (smoke tests)',
+    'compile': 'train with torch.compile (default settings; the first steps compile, a new batch size recompiles once)',
 }
 
 
