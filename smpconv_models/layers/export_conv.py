@@ -115,8 +115,9 @@ def fft_real(z: Tensor, n: int, inverse: bool = False) -> Tensor:
     zero-padded to ``n``."""
     if _torchscript_onnx():
         return _OnnxDFT.apply(z, n, inverse, False)
-    c = torch.view_as_complex(z.contiguous())
-    return torch.view_as_real(torch.fft.ifft(c, n=n) if inverse else torch.fft.fft(c, n=n))
+    # zero-pad in the real form: the dynamo exporter has no ONNX form for padding a complex tensor
+    c = torch.view_as_complex(F.pad(z, (0, 0, 0, n - int(z.shape[-2]))).contiguous())
+    return torch.view_as_real(torch.fft.ifft(c) if inverse else torch.fft.fft(c))
 
 
 def irfft_real(z: Tensor, n: int) -> Tensor:
