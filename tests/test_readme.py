@@ -31,4 +31,12 @@ def test_layers_block(monkeypatch):
     ns = run_block(1, monkeypatch)
     assert ns['y'].shape == (2, 96, 56, 56) and ns['out'].shape == (8, 30, 784)
     assert ns['block'].reparam_conv is not None and ns['block'].smp is None
-    assert len(BLOCKS) == 2
+    assert len(BLOCKS) == 3
+
+
+def test_deployment_block(monkeypatch):
+    ns = run_block(2, monkeypatch)
+    with torch.no_grad():
+        expected = ns['model'](torch.from_numpy(ns['x']))
+    got = torch.from_numpy(ns['logits'])
+    assert got.shape == (4, 10) and float((got - expected).norm() / expected.norm()) < 1e-4
