@@ -145,11 +145,13 @@ def test_export_cli_round_trip(name, tmp_path, capsys):
         args = ['smpconv_tcn_mnist.digits', str(out), '--pretrained', '--seq-len', '50']
     if name != 'smpconv_t':  # the TorchScript exporter for the rest (faster; both are covered above)
         args += ['--exporter', 'torchscript']
+    torch.manual_seed(0)  # the CLI builds the same (randomly initialised) model as build_export_model below
     assert export_cli.main([*args, '--dynamic-batch']) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report['path'] == str(out) and set(report['relative_error']) == {'batch_2', 'batch_3'}
     assert max(report['relative_error'].values()) <= 1e-4
     # the file reproduces the model the CLI built
+    torch.manual_seed(0)
     model = export_cli.build_export_model(args[0], pretrained='--pretrained' in args,
                                           model_args=json.loads(args[3]) if '--model-args' in args else {})
     x = export_cli.example_input(model, 4, 50 if name == 'smpconv_tcn_mnist' else None)

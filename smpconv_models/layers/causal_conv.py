@@ -69,6 +69,9 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, fft: bo
     if not torch.jit.is_scripting():  # Python-only argument checks
         _check_inputs(x, weight, bias)
     length, taps = x.shape[-1], weight.shape[-1]
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
+        if torch.jit.is_tracing():  # sizes are traced tensors there: the crop and the padding need constants
+            length, taps = int(length), int(taps)
     if taps > length:  # taps older than the first input step never meet data
         weight = weight[..., taps - length:]
         taps = length
