@@ -27,7 +27,12 @@ process, whose peak resident memory is reported. Rows:
 * ``points_train_smp_vs_mlp``: ``smpconv_points`` training step on digits point sets (batch 32), SMP kernels vs MLP
   kernels with the same basis size, same network;
 * ``point_conv_scaling`` (no peer): one ``PointConv`` layer at N = 1k, 10k, 100k points (k = 16): neighbour search
-  and forward + backward time, points / s, peak RSS.
+  and forward + backward time, points / s, peak RSS;
+* ``tcn_mnist_onnxruntime_vs_pytorch``: the reparameterized 784-tap ``smpconv_tcn_mnist`` exported to ONNX and run in
+  onnxruntime vs the same model in PyTorch eval, batch 8 (``--onnx-methods`` times every family per FFT export
+  method instead of the rows);
+* ``smpconv_t_compiled_train_vs_convnext_tiny``: the training step of both models under ``torch.compile`` (default
+  settings), batch 8, 224, NCHW.
 
 The machine's fp32 matmul rate (GFLOP/s, 2 flops per multiply-add) is measured too, next to the GMAC/s each model
 achieves (fvcore MACs / time, when fvcore is installed).
@@ -335,6 +340,98 @@ def _row_tcn(quick: bool) -> dict[str, Any]:
     return dict(ours_time=t_ours, peer_time=t_peer, batch=64, note='ours: FFT causal conv; peer: direct conv1d')
 
 
+def _ort_session(model: nn.Module, x: torch.Tensor, path: Path, method: str = 'auto'):
+    """``model`` exported with the dynamo exporter (FFT convolutions as ``method``) and loaded in onnxruntime with
+    as many threads as PyTorch uses; returns a callable running it on ``x``."""
+    import onnxruntime as ort
+
+    from .export import export_onnx
+
+    export_onnx(model, path, x, fft_method=method)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+def _row_onnx_tcn(quick: bool) -> dict[str, Any]:
+    """onnxruntime vs PyTorch inference of the reparameterized 784-tap smpconv_tcn_mnist, batch 8."""
+    import tempfile
+
+    import timm
+
+    from . import models  # noqa: F401
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 784)
+    model = timm.utils.reparameterize_model(calibrate_bn_(timm.create_model('smpconv_tcn_mnist'), x))
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = _ort_session(model, x, Path(tmp) / 'tcn.onnx')
+
+        def peer():
+            with torch.inference_mode():
+                model(x)
+        t_ours, t_peer = time_pair(ours, peer, *_reps(quick, 9))
+    return dict(ours_time=t_ours, peer_time=t_peer, batch=8,
+                note='ours: onnxruntime (CPU) of the exported model (FFT convs as matmul bases); peer: PyTorch eval')
+
+
+def _row_compiled_train(quick: bool) -> dict[str, Any]:
+    """``torch.compile`` (default settings) training steps of smpconv_t and ConvNeXt-T, batch 8, 224, NCHW."""
+    import timm
+
+    from . import models  # noqa: F401
+    from .layers import smp_param_groups
+
+    x, y = torch.randn(8, 3, 224, 224), torch.randint(0, 1000, (8,))
+
+    def make(name):
+        torch.manual_seed(0)
+        m = timm.create_model(name, drop_path_rate=0.1).train()
+        groups = smp_param_groups(m, 0.05, lr=1e-4) if name.startswith('smpconv') else m.parameters()
+        return _train_step(torch.compile(m), x, y, torch.optim.AdamW(groups, lr=1e-4))
+
+    t_ours, t_peer = time_pair(make('smpconv_t'), make('convnext_tiny'), *_reps(quick, 3))
+    return dict(ours_time=t_ours, peer_time=t_peer, batch=8, note='both torch.compile(model), default settings')
+
+
+def onnx_fft_methods(quick: bool = False) -> list[dict[str, Any]]:
+    """ms of onnxruntime inference (batch 8) of each family's reparameterized model with its FFT convolutions
+    exported as each method of :mod:`~smpconv_models.layers.export_conv`, next to PyTorch eval, alternating medians
+    (what ``'auto'`` is chosen from). smpconv_tcn_speech_raw is timed at 2,000 steps (its 16,000-tap deploy model
+    holds 690 MB of kernels); ``'direct'`` is skipped where it costs over 50 GMAC per sample."""
+    import tempfile
+
+    import timm
+
+    from . import models  # noqa: F401
+
+    settings = [('smpconv_cifar', {}, (3, 32, 32)), ('smpconv_tcn_mnist', {}, (1, 784)),
+                ('smpconv_tcn_scifar10', {}, (3, 1024)), ('smpconv_tcn_chartraj', {}, (3, 182)),
+                ('smpconv_tcn_speech', {}, (20, 161)), ('smpconv_tcn_speech_raw', {'seq_len': 2000}, (1, 2000))]
+    rows = []
+    for name, kwargs, shape in settings:
+        torch.manual_seed(0)
+        x = torch.randn(8, *shape)
+        model = timm.utils.reparameterize_model(calibrate_bn_(timm.create_model(name, **kwargs), x))
+        calls: dict[str, Callable[[], Any]] = {}
+
+        def pytorch(model=model, x=x):
+            with torch.inference_mode():
+                model(x)
+        calls['pytorch'] = pytorch
+        with tempfile.TemporaryDirectory() as tmp:
+            for method in ('dft', 'matmul', 'direct'):
+                if method == 'direct' and shape[-1] > 1024:
+                    continue
+                calls[method] = _ort_session(model, x, Path(tmp) / f'{method}.onnx', method)
+            ms = {k: 1e3 * t for k, t in _alternating_medians(calls, 3 if quick else 5).items()}
+        rows.append({'model': name, 'input': list(shape), **{f'{k}_ms': v for k, v in ms.items()}})
+        _logger.info('%s', rows[-1])
+    return rows
+
+
 def _row_irregular(quick: bool) -> dict[str, Any]:
     """``smpconv_irregular_tcn`` training step on a batch of digits-irregular (50% of each series dropped), SMP
     kernels vs MLP kernels (Wang et al.'s kernel MLP, 2 hidden layers of 32) in the same network."""
@@ -437,6 +534,8 @@ ROWS: dict[str, Callable[[bool], dict[str, Any]]] = {
     'smpconv_t_eval_cached_vs_reparam': _row_cached,
     'cifar_train_vs_mlp_kernel': _row_cifar,
     'tcn_mnist_train_fft_vs_direct': _row_tcn,
+    'tcn_mnist_onnxruntime_vs_pytorch': _row_onnx_tcn,
+    'smpconv_t_compiled_train_vs_convnext_tiny': _row_compiled_train,
     'irregular_tcn_train_smp_vs_mlp': _row_irregular,
     'points_train_smp_vs_mlp': _row_points,
     'point_conv_scaling': _row_point_scaling,
@@ -445,6 +544,7 @@ ROWS: dict[str, Callable[[bool], dict[str, Any]]] = {
 TARGETS = {
     'smpconv_t_infer_vs_convnext_tiny': 1.0, 'smpconv_t_train_vs_convnext_tiny': 0.75,
     'smpconv_t_eval_cached_vs_reparam': 0.9, 'cifar_train_vs_mlp_kernel': 2.5, 'tcn_mnist_train_fft_vs_direct': 3.0,
+    'tcn_mnist_onnxruntime_vs_pytorch': 0.5, 'smpconv_t_compiled_train_vs_convnext_tiny': 0.75,
     'irregular_tcn_train_smp_vs_mlp': 0.9, 'points_train_smp_vs_mlp': 1.0,
 }
 
@@ -675,12 +775,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--plot', default=None, help='write a PNG of the ratios here')
     parser.add_argument('--quick', action='store_true', help='fewer repetitions (a smoke run, noisier)')
     parser.add_argument('--rows', nargs='*', default=None, help=f'subset of rows: {", ".join(ROWS)}')
+    parser.add_argument('--onnx-methods', action='store_true',
+                        help='instead of the rows: onnxruntime time of every family per FFT export method')
     parser.add_argument('--profile', action='store_true',
                         help='instead of the rows: where smpconv_t spends its time (op groups, depthwise paths)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    if args.profile:
-        report = run_profile(args.quick)
+    if args.onnx_methods or args.profile:
+        report = {'onnx_fft_methods': onnx_fft_methods(args.quick)} if args.onnx_methods else run_profile(args.quick)
         sys.stdout.write(json.dumps(report, indent=1) + '\n')
         if args.json:
             write_json_atomic(args.json, report)

@@ -97,3 +97,12 @@ def test_unknown_row_is_a_clear_error(caplog):
     with caplog.at_level(logging.ERROR):
         assert bench.main(['--rows', 'resnet']) == 2
     assert 'unknown rows' in caplog.text and 'smpconv_t_infer_vs_convnext_tiny' in caplog.text
+
+
+def test_deployment_rows_have_targets_and_main_accepts_onnx_methods(monkeypatch, capsys):
+    for name in ('tcn_mnist_onnxruntime_vs_pytorch', 'smpconv_t_compiled_train_vs_convnext_tiny'):
+        assert name in bench.ROWS and bench.TARGETS[name] > 0
+    rows = [{'model': 'smpconv_cifar', 'input': [3, 32, 32], 'pytorch_ms': 2.0, 'matmul_ms': 1.0}]
+    monkeypatch.setattr(bench, 'onnx_fft_methods', lambda quick: rows)
+    assert bench.main(['--onnx-methods', '--quick']) == 0
+    assert json.loads(capsys.readouterr().out) == {'onnx_fft_methods': rows}

@@ -31,7 +31,7 @@ def test_layers_block(monkeypatch):
     ns = run_block(1, monkeypatch)
     assert ns['y'].shape == (2, 96, 56, 56) and ns['out'].shape == (8, 30, 784)
     assert ns['block'].reparam_conv is not None and ns['block'].smp is None
-    assert len(BLOCKS) == 4
+    assert len(BLOCKS) == 5
 
 
 def test_irregular_series_block(monkeypatch):
@@ -45,6 +45,8 @@ def test_irregular_series_block(monkeypatch):
         values[2, :, 30:] = float('nan')
         torch.testing.assert_close(model(values, timestamps, mask), expected)
     assert ns['mlp_model'].kernel == 'mlp'
+
+
 def test_point_set_block(monkeypatch):
     index = next(i for i, b in enumerate(BLOCKS) if 'PointConv(' in b)
     ns = run_block(index, monkeypatch)
@@ -52,3 +54,11 @@ def test_point_set_block(monkeypatch):
     # outputs at the support points equal the outputs when the same positions are passed as the query
     torch.testing.assert_close(ns['conv'](ns['features'][:8], ns['positions'][:8], query=ns['positions'][:8],
                                           mask=ns['mask'][:8]), ns['h'])
+
+
+def test_deployment_block(monkeypatch):
+    ns = run_block(next(i for i, b in enumerate(BLOCKS) if 'onnxruntime' in b), monkeypatch)
+    with torch.no_grad():
+        expected = ns['model'](torch.from_numpy(ns['x']))
+    got = torch.from_numpy(ns['logits'])
+    assert got.shape == (4, 10) and float((got - expected).norm() / expected.norm()) < 1e-4

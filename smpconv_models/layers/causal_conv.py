@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .conv import mix_channels_fft
+from .export_conv import export_causal_conv1d, is_exporting
 
 __all__ = ['causal_conv1d', 'next_fast_len', 'use_fft_for']
 
@@ -68,12 +69,18 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, fft: bo
     if not torch.jit.is_scripting():  # Python-only argument checks
         _check_inputs(x, weight, bias)
     length, taps = x.shape[-1], weight.shape[-1]
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
+        if torch.jit.is_tracing():  # sizes are traced tensors there: the crop and the padding need constants
+            length, taps = int(length), int(taps)
     if taps > length:  # taps older than the first input step never meet data
         weight = weight[..., taps - length:]
         taps = length
     use_fft = use_fft_for(length, taps) if fft is None else fft
     if not use_fft:
         return F.conv1d(F.pad(x, (taps - 1, 0)), weight, bias)
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
+        if is_exporting():  # ONNX / torch.export: real arithmetic (export_conv.py)
+            return export_causal_conv1d(x, weight, bias)
     return _fft_causal_conv1d(x, weight, bias)
 
 

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .export_conv import export_same_conv, is_exporting
+
 __all__ = [
     'check_conv_input', 'prefers_channels_last', 'same_conv', 'fft_same_conv', 'fft_depthwise_weight_grad',
     'conv_path', 'use_fft_conv', 'mix_channels_fft',
@@ -239,6 +241,9 @@ def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int
     """
     nd = weight.dim() - 2
     path = conv_path(x, weight, groups)
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
+        if path != 'direct' and is_exporting():  # ONNX / torch.export: real arithmetic (export_conv.py)
+            return export_same_conv(x, weight, bias, groups, _direct_same_conv)
     if path == 'fft':
         return fft_same_conv(x, weight, bias, groups)
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules import module as _module
 
+from .export_conv import is_exporting
+
 __all__ = [
     'conv2d_act', 'pointwise_conv2d', 'activation_name', 'needs_grad', 'has_forward_hooks', 'bns_have_statistics',
     'folds_in_eval', 'cached_eval_value', 'micro_batch_size', 'MICRO_BATCH_BYTES',
@@ -37,10 +39,11 @@ def needs_grad(x: Tensor, tensors: Sequence[Tensor]) -> bool:
 
 
 def folds_in_eval(module: nn.Module, x: Any) -> bool:
-    """Whether ``module`` may run its folded inference form on ``x``: eval mode, no autograd, not while ``torch.fx``
-    or ``torch.jit.trace`` records (traces and FLOP counts see the modules as they are), and no forward hook on a
-    submodule (a hook on an inner conv or BatchNorm still fires: the plain path runs)."""
-    if not isinstance(x, Tensor) or module.training or torch.jit.is_tracing():
+    """Whether ``module`` may run its folded inference form on ``x``: eval mode, no autograd, not while ``torch.fx``,
+    ``torch.jit.trace`` or an exporter (``torch.onnx``, ``torch.export``) records (traces, exports and FLOP counts
+    see the modules as they are), and no forward hook on a submodule (a hook on an inner conv or BatchNorm still
+    fires: the plain path runs)."""
+    if not isinstance(x, Tensor) or module.training or torch.jit.is_tracing() or is_exporting():
         return False
     if needs_grad(x, list(module.parameters())):
         return False

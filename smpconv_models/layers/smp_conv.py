@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .causal_conv import causal_conv1d
 from .conv import check_conv_input, same_conv
+from .export_conv import is_exporting
 from .smp_kernel import kernel_coords, smp_kernel
 
 __all__ = ['SMPConvBase', 'SMPDepthwiseConv2d', 'SMPConv', 'SMPCausalConv1d', 'share_kernels']
@@ -175,7 +176,7 @@ class SMPConvBase(nn.Module):
             return self._kernel_layout(kernel)
         needs_grad = torch.is_grad_enabled() and any(
             p.requires_grad for p in (self.weight_coord, self.radius, self.weights))
-        if self.training or needs_grad:
+        if self.training or needs_grad or is_exporting():  # exporters trace fake tensors: no storage to key on
             self._kernel_cache = None
             if self._share_final is not None and needs_grad:
                 return self._shared_kernel(self._share_final)

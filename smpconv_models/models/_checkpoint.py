@@ -15,7 +15,7 @@ from timm.models import adapt_input_conv
 
 __all__ = [
     'load_checkpoint_file', 'unwrap_state_dict', 'load_pretrained_file', 'strip_prefixes', 'check_state_dict_matches',
-    'validate_for_model', 'shipped_weights',
+    'validate_for_model', 'shipped_weights', 'adapt_input_weight', 'adapt_input_layers',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -129,6 +129,40 @@ def check_state_dict_matches(
         if shapes:
             parts.append(f'shape mismatches ({len(shapes)}): {"; ".join(shapes[:10])}')
         raise ValueError(f'checkpoint does not match {type(model).__name__}: ' + ' | '.join(parts))
+
+
+def adapt_input_weight(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """timm's first-conv rule (``timm.models.adapt_input_conv``) along dim 1 of a tensor of any rank (conv weights
+    ``[O, I, *k]``, SMP ``weights`` ``[G, I, P]``): one channel sums the source channels, more repeat them and
+    rescale by ``old / new`` (so an input with the same image on every channel gives the source model's output)."""
+    if in_chans < 1:
+        raise ValueError(f'in_chans must be positive, got {in_chans}')
+    old = weight.shape[1]
+    if in_chans == old:
+        return weight
+    dtype = weight.dtype
+    weight = weight.float()
+    if in_chans == 1:
+        return weight.sum(1, keepdim=True).to(dtype)
+    reps = -(-in_chans // old)
+    return (weight.repeat(1, reps, *(1,) * (weight.dim() - 2))[:, :in_chans] * (old / in_chans)).to(dtype)
+
+
+def adapt_input_layers(state_dict: dict[str, torch.Tensor], model: nn.Module, keys: Iterable[str]
+                       ) -> dict[str, torch.Tensor]:
+    """In a converted state dict, adapt the input-channel dim of the tensors named ``keys`` (the first layer's SMP
+    ``weights``, small-kernel branch, deploy conv and shortcut) to ``model.in_chans`` with
+    :func:`adapt_input_weight` where the checkpoint has another channel count (``checkpoint_filter_fn``s call this,
+    so ``timm.create_model(..., pretrained=True, in_chans=N)`` adapts every input layer, not only ``first_conv``)."""
+    in_chans = getattr(model, 'in_chans', None)
+    if not in_chans:
+        return state_dict
+    for key in keys:
+        w = state_dict.get(key)
+        if w is not None and w.dim() >= 2 and w.shape[1] != in_chans:
+            state_dict[key] = adapt_input_weight(w, in_chans)
+            _logger.info('adapted the input channels of %s from %d to %d', key, w.shape[1], in_chans)
+    return state_dict
 
 
 def validate_for_model(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

@@ -31,7 +31,7 @@ from ..layers.fused import (
     has_forward_hooks,
     micro_batch_size,
 )
-from ._checkpoint import unwrap_state_dict, validate_for_model
+from ._checkpoint import adapt_input_layers, unwrap_state_dict, validate_for_model
 from ._common import SMPModelMixin
 
 __all__ = ['SMPConvNet', 'SMPBlock', 'ConvFFN', 'SMPStage']
@@ -352,6 +352,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module, valida
 
     Official ``transitions.{i}`` become ``stages.{i+1}.downsample``, ``head.*`` becomes ``head.fc.*`` and the
     persistent ``kernel_coord`` grids are dropped (ours are derived buffers). Our own state dicts pass unchanged.
+    The input layers (:data:`INPUT_LAYERS`) are adapted to the model's ``in_chans`` as timm adapts a first conv.
     ``validate=False`` converts keys only (for loaders that adapt the head or input channels afterwards).
     """
     if 'model' in state_dict or 'model_ema' in state_dict or any(k.startswith('module.') for k in state_dict):
@@ -363,7 +364,12 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module, valida
         for pattern, repl in _OFFICIAL_RENAMES:
             k = pattern.sub(repl, k)
         out[k] = v
+    adapt_input_layers(out, model, INPUT_LAYERS)
     return validate_for_model(out, model) if validate else out
+
+
+# Tensors whose dim 1 is the input channels (adapted to ``in_chans`` by checkpoint_filter_fn).
+INPUT_LAYERS = ('stem.0.conv.weight',)
 
 
 def _create_smpconv(variant: str, pretrained: bool = False, **kwargs) -> SMPConvNet:

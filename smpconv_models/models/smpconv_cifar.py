@@ -15,7 +15,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor
 
 from ..layers import SMPParallelConv
-from ._checkpoint import validate_for_model
+from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import SMPModelMixin
 from ._official import convert_ckconv_keys, linear_from_pointwise, pop_train_lengths
 
@@ -164,6 +164,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module, valida
                          ) -> dict[str, Tensor]:
     """Convert an official ``Img_ResNet`` state dict: ``cconv1``/``norm1``... -> ``stem``, block pairs ->
     ``conv{n}.smp`` / ``conv{n}.small_conv``, ``out_layer`` (a 1x1 conv) -> ``head.fc``; ``train_length`` dropped.
+    The input layers (:data:`INPUT_LAYERS`) are adapted to the model's ``in_chans`` as timm adapts a first conv.
     ``validate=False`` converts keys only (for loaders that adapt the head or input channels afterwards)."""
     state_dict = convert_ckconv_keys(dict(state_dict), [('out_layer.', 'head.fc.')])
     pop_train_lengths(state_dict)
@@ -174,7 +175,13 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module, valida
         if k == 'head.fc.weight':
             v = linear_from_pointwise(v)
         out[k] = v
+    adapt_input_layers(out, model, INPUT_LAYERS)
     return validate_for_model(out, model) if validate else out
+
+
+# Tensors whose dim 1 is the input channels (adapted to ``in_chans`` by checkpoint_filter_fn): the stem's SMP
+# weights, its small-kernel branch, and its deploy conv in reparameterized checkpoints.
+INPUT_LAYERS = ('stem.smp.conv.weights', 'stem.small_conv.conv.weight', 'stem.reparam_conv.weight')
 
 
 def _cfg(**kwargs) -> dict:

@@ -21,7 +21,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor
 
 from ..layers import SMPParallelCausalConv1d
-from ._checkpoint import shipped_weights, validate_for_model
+from ._checkpoint import adapt_input_layers, shipped_weights, validate_for_model
 from ._common import SMPModelMixin
 from ._official import convert_ckconv_keys, pop_train_lengths
 
@@ -262,6 +262,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module, valida
 
     The official persistent ``train_length`` buffers record the kernel length fixed at the first forward; a value
     different from the model's ``seq_len`` raises ``ValueError`` (the kernels would be sampled on another grid).
+    The input layers (:data:`INPUT_LAYERS`) are adapted to the model's ``in_chans`` as timm adapts a first conv.
     ``validate=False`` converts keys only (for loaders that adapt the head or input channels afterwards).
     """
     state_dict = convert_ckconv_keys(dict(state_dict), [('backbone.', 'blocks.'), ('finallyr.', 'head.')])
@@ -273,7 +274,14 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module, valida
         raise ValueError(
             f'checkpoint was trained with kernel length (train_length) {v} at {k}, but the model has seq_len='
             f'{seq_len}; create the model with seq_len={v}')
+    adapt_input_layers(state_dict, model, INPUT_LAYERS)
     return validate_for_model(state_dict, model) if validate else state_dict
+
+
+# Tensors whose dim 1 is the input channels (adapted to ``in_chans`` by checkpoint_filter_fn): the first block's
+# SMP weights, small-kernel branch, deploy conv (reparameterized checkpoints) and shortcut.
+INPUT_LAYERS = ('blocks.0.conv1.smp.conv.weights', 'blocks.0.conv1.small_conv.conv.weight',
+                'blocks.0.conv1.reparam_conv.weight', 'blocks.0.shortcut.weight')
 
 
 def _cfg(input_size: tuple[int, int], num_classes: int = 10, **kwargs) -> dict:

@@ -61,6 +61,7 @@ class TrainConfig:
     limit_train_batches: int | None = None
     missing_rate: float | None = None
     eval_every: int | None = None
+    compile: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -227,6 +228,7 @@ _HELP = {
                     'defaults to 0.5, other specs to 0',
     'eval_every': 'evaluate and save best/ and the resume state every N epochs and after the last (default 1; the '
                   'small-data recipe evaluates about 20 times per run)',
+    'compile': 'train with torch.compile (default settings; the first steps compile, a new batch size recompiles once)',
 }
 
 

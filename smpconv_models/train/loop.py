@@ -195,6 +195,8 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, test_loader, scheduler)
     unwrapped = accelerator.unwrap_model(model)
+    if cfg.compile:  # the compiled module shares the parameters; checkpoints and EMA use `unwrapped`
+        model = torch.compile(model)
     ema = ModelEmaV3(unwrapped, decay=cfg.ema_decay) if cfg.ema else None
 
     mixup_fn = None

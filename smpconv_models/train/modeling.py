@@ -17,7 +17,12 @@ import timm
 import torch
 import torch.nn as nn
 
-from ..models._checkpoint import check_state_dict_matches, load_checkpoint_file, unwrap_state_dict
+from ..models._checkpoint import (
+    adapt_input_weight,
+    check_state_dict_matches,
+    load_checkpoint_file,
+    unwrap_state_dict,
+)
 
 __all__ = ['model_kind', 'build_model', 'resolve_pretrained', 'adapt_channels']
 
@@ -70,11 +75,7 @@ def resolve_pretrained(spec: str, model_name: str) -> tuple[str, dict[str, Any],
 
 def adapt_channels(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     """timm's input-channel rule along dim 1: one channel sums, more repeat and rescale by ``old / new``."""
-    old = weight.shape[1]
-    if in_chans == 1:
-        return weight.sum(1, keepdim=True)
-    reps = -(-in_chans // old)
-    return weight.repeat(1, reps, *(1,) * (weight.dim() - 2))[:, :in_chans] * (old / in_chans)
+    return adapt_input_weight(weight, in_chans)
 
 
 def _load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], classifier: str | None) -> None:
