@@ -54,11 +54,10 @@ from ..layers import SMPParallelCausalConv1d, causal_conv1d, check_conv_input, k
 from ..layers.smp_kernel import COUNT_EPS, smp_basis_local
 from ._checkpoint import validate_for_model
 from ._common import SMPModelMixin
-from .smpconv_tcn import TCNBlock
+from .smpconv_tcn import _POOLS, TCNBlock, TCNClassifierMixin
 
 __all__ = ['SMPConvIrregularTCN', 'MLPCausalConv1d', 'masked_batch_norm', 'check_irregular_inputs']
 
-_POOLS = ('last', 'avg', 'max', '')
 _KERNELS = ('smp', 'mlp')
 # elements of the [B, G, P, q, L] hat basis the pairwise path holds at once (float32: 64 MiB)
 PAIRWISE_CHUNK = 1 << 24
@@ -289,7 +288,7 @@ class MLPCausalConv1d(nn.Module):
         return f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}'
 
 
-class SMPConvIrregularTCN(SMPModelMixin, nn.Module):
+class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
     """The SMPConv TCN on irregular series ``values [B, C, L]``, ``timestamps [B, L]``, ``mask [B, L]`` (see the
     module docstring). Its modules are the grid TCN's (:class:`TCNBlock` with :class:`SMPParallelCausalConv1d`), so a
     :class:`~smpconv_models.models.smpconv_tcn.SMPConvTCN` state dict of the same configuration loads unchanged.
@@ -349,36 +348,6 @@ class SMPConvIrregularTCN(SMPModelMixin, nn.Module):
         self.head = self._make_head(num_classes, **dd)
         if kernel_scale != 1.0:
             self.rescale_kernels(kernel_scale)
-
-    def _make_head(self, num_classes: int, device=None, dtype=None) -> nn.Module:
-        if num_classes <= 0:
-            return nn.Identity()
-        head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
-        nn.init.normal_(head.weight, std=0.01)
-        nn.init.zeros_(head.bias)
-        return head
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(stem=r'^blocks\.0\.', blocks=r'^blocks\.(\d+)')
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in _POOLS:
-                raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        p = next(self.parameters(), None)
-        self.head = self._make_head(num_classes, **({} if p is None else dict(device=p.device, dtype=p.dtype)))
-        self.head.train(self.training)
 
     @torch.no_grad()
     def reparameterize(self) -> None:

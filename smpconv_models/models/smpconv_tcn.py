@@ -86,7 +86,43 @@ class TCNBlock(nn.Module):
         return apply_mask(self.act(out + self.shortcut(x)), mask)
 
 
-class SMPConvTCN(SMPModelMixin, nn.Module):
+class TCNClassifierMixin:
+    """The sequence TCNs' linear head, its pooling switch and timm's classifier / grouping hooks (shared by
+    :class:`SMPConvTCN` and :class:`~smpconv_models.models.smpconv_irregular.SMPConvIrregularTCN`); the model sets
+    ``num_features``, ``blocks``, ``head`` and ``global_pool`` (one of ``_POOLS``)."""
+
+    def _make_head(self, num_classes: int, device=None, dtype=None) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
+        return head
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r'^blocks\.0\.', blocks=r'^blocks\.(\d+)')
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            if global_pool not in _POOLS:
+                raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        p = next(self.parameters(), None)  # a new head follows the model's device, dtype and train / eval mode
+        self.head = self._make_head(num_classes, **({} if p is None else dict(device=p.device, dtype=p.dtype)))
+        self.head.train(self.training)
+
+
+class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
     """SMPConv TCN for sequences ``[B, in_chans, L]`` (or ``[B, in_chans, 1, L]``, see the module docstring);
     ``seq_len`` is the kernel length (the training length).
 
@@ -142,38 +178,6 @@ class SMPConvTCN(SMPModelMixin, nn.Module):
         self.head = self._make_head(num_classes, **dd)
         if kernel_scale != 1.0:
             self.rescale_kernels(kernel_scale)
-
-    def _make_head(self, num_classes: int, device=None, dtype=None) -> nn.Module:
-        if num_classes <= 0:
-            return nn.Identity()
-        head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
-        nn.init.normal_(head.weight, std=0.01)
-        nn.init.zeros_(head.bias)
-        return head
-
-
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(stem=r'^blocks\.0\.', blocks=r'^blocks\.(\d+)')
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in _POOLS:
-                raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        p = next(self.parameters(), None)  # a new head follows the model's device, dtype and train / eval mode
-        self.head = self._make_head(num_classes, **({} if p is None else dict(device=p.device, dtype=p.dtype)))
-        self.head.train(self.training)
 
     def forward_intermediates(
             self,
