@@ -51,6 +51,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import SMPParallelCausalConv1d, causal_conv1d, check_conv_input, kernel_coords, smp_basis
+from ..layers.conv import check_float_3d
 from ..layers.smp_kernel import COUNT_EPS, smp_basis_local
 from ._checkpoint import validate_for_model
 from ._common import SMPModelMixin
@@ -72,11 +73,7 @@ def check_irregular_inputs(values: Tensor, timestamps: Tensor | None, mask: Tens
     mask (a regular grid ``0..L-1`` and all-observed when ``None``). Shapes, dtypes and devices are checked here;
     the data checks (finite, strictly increasing observed timestamps, at least one observation per series) run in
     :meth:`SMPConvIrregularTCN.forward_features` with one host read."""
-    if not isinstance(values, Tensor) or values.dim() != 3:
-        shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-        raise ValueError(f'values must be [B, C, L], got {shape}')
-    if not values.is_floating_point():
-        raise TypeError(f'values must be floating point, got {values.dtype}')
+    check_float_3d('values', values, '[B, C, L]')
     batch, chans, length = values.shape
     if chans != in_chans:
         raise ValueError(f'values have {chans} channels, the model expects in_chans={in_chans}')
