@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ['mean_std', 'train_run', 'seed_row', 'write_rows_json', 'torch_threads']
+__all__ = ['mean_std', 'train_run', 'seed_row', 'seed_cells', 'write_rows_json', 'torch_threads']
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -41,6 +41,12 @@ def seed_row(runs: list[dict[str, Any]], seeds: list[int], rate_key: str) -> dic
     return {'seeds': seeds, 'top1': top1, 'top1_mean': top1_mean, 'top1_std': top1_std,
             'best_top1': [r['best_top1'] for r in runs], 'params': runs[0]['params'],
             rate_key: statistics.median(r[rate_key] for r in runs)}
+
+
+def seed_cells(row: dict[str, Any], rate_key: str) -> str:
+    """The Markdown cells of a :func:`seed_row`: ``top-1 mean +- std | seeds | params | throughput``."""
+    return (f"{row['top1_mean']:.2f} +- {row['top1_std']:.2f} | {len(row['seeds'])} | {row['params']:,} | "
+            f"{row[rate_key]:.0f}")
 
 
 def write_rows_json(path: str | Path, module: str, argv: list[str] | None, rows: list[dict[str, Any]]) -> None:

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._common import seed_row, train_run, write_rows_json
+from ._common import seed_cells, seed_row, train_run, write_rows_json
 
 __all__ = ['run_one', 'run_grid', 'format_table', 'main']
 
@@ -51,8 +51,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ['| missing | kernel | test top-1 (%), mean +- std | seeds | params | train series/s |',
              '| --- | --- | --- | --- | --- | --- |']
     for r in rows:
-        lines.append(f"| {round(100 * r['missing_rate'])}% | {r['kernel'].upper()} | {r['top1_mean']:.2f} +- "
-                     f"{r['top1_std']:.2f} | {len(r['seeds'])} | {r['params']:,} | {r['series_per_s']:.0f} |")
+        lines.append(f"| {round(100 * r['missing_rate'])}% | {r['kernel'].upper()} | {seed_cells(r, 'series_per_s')} |")
     return '\n'.join(lines)
 
 

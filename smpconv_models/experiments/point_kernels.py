@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._common import seed_row, train_run, write_rows_json
+from ._common import seed_cells, seed_row, train_run, write_rows_json
 
 __all__ = ['train_once', 'compare_kernels', 'format_table', 'main']
 
@@ -48,8 +48,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ['| kernel | test top-1 (%), mean +- std | seeds | params | train sets/s |',
              '| --- | --- | --- | --- | --- |']
     for r in rows:
-        lines.append(f"| {r['kernel'].upper()} | {r['top1_mean']:.2f} +- {r['top1_std']:.2f} | {len(r['seeds'])} | "
-                     f"{r['params']:,} | {r['sets_per_s']:.0f} |")
+        lines.append(f"| {r['kernel'].upper()} | {seed_cells(r, 'sets_per_s')} |")
     return '\n'.join(lines)
 
 
