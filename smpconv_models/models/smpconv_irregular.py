@@ -329,20 +329,17 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
         self.global_pool, self.drop_rate, self.kernel = global_pool, drop_rate, kernel
         self.pairwise_chunk = int(pairwise_chunk)
         self.grad_checkpointing = False
-        blocks, self.feature_info, prev = [], [], in_chans
-        for i in range(depth):
+
+        def make_block(prev: int) -> TCNBlock:
             block = TCNBlock(prev, width, seq_len, n_points, radius, coord_std, small_kernel_size, conv_bias, use_fft,
                              drop_rate, deploy, **dd)
             if kernel == 'mlp' and not deploy:
                 for conv in (block.conv1, block.conv2):
                     conv.smp.conv = MLPCausalConv1d(conv.in_channels, conv.out_channels, seq_len, hidden=mlp_hidden,
                                                     depth=mlp_depth, bias=conv_bias, fft=use_fft, **dd)
-            blocks.append(block)
-            self.feature_info.append(dict(num_chs=width, reduction=1, module=f'blocks.{i}'))
-            prev = width
-        self.blocks = nn.Sequential(*blocks)
-        self.num_features = self.head_hidden_size = width
-        self.head = self._make_head(num_classes, **dd)
+            return block
+
+        self._build_trunk(make_block, in_chans, depth, width, num_classes, **dd)
         if kernel_scale != 1.0:
             self.rescale_kernels(kernel_scale)
 

@@ -13,6 +13,8 @@ keep the input's layout: unpooled features (``forward_features``, ``global_pool=
 # generates, and string annotations there break scripting an fx-traced model (timm's fx + torchscript test).
 
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 from timm.layers import register_notrace_function
@@ -91,6 +93,19 @@ class TCNClassifierMixin:
     :class:`SMPConvTCN` and :class:`~smpconv_models.models.smpconv_irregular.SMPConvIrregularTCN`); the model sets
     ``num_features``, ``blocks``, ``head`` and ``global_pool`` (one of ``_POOLS``)."""
 
+    def _build_trunk(self, make_block: Callable[[int], nn.Module], in_chans: int, depth: int, width: int,
+                     num_classes: int, device=None, dtype=None) -> None:
+        """``blocks`` (``make_block(in_chs)``, ``depth`` of them, ``width`` channels out), ``feature_info`` and the
+        head, in that order."""
+        blocks, self.feature_info, prev = [], [], in_chans
+        for i in range(depth):
+            blocks.append(make_block(prev))
+            self.feature_info.append(dict(num_chs=width, reduction=1, module=f'blocks.{i}'))
+            prev = width
+        self.blocks = nn.Sequential(*blocks)
+        self.num_features = self.head_hidden_size = width
+        self.head = self._make_head(num_classes, device=device, dtype=dtype)
+
     def _make_head(self, num_classes: int, device=None, dtype=None) -> nn.Module:
         if num_classes <= 0:
             return nn.Identity()
@@ -167,15 +182,9 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
         self.global_pool = global_pool
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
-        blocks, self.feature_info, prev = [], [], in_chans
-        for i in range(depth):
-            blocks.append(TCNBlock(prev, width, seq_len, n_points, radius, coord_std, small_kernel_size, conv_bias,
-                                   use_fft, drop_rate, deploy, learn_positions, learn_radius, **dd))
-            self.feature_info.append(dict(num_chs=width, reduction=1, module=f'blocks.{i}'))
-            prev = width
-        self.blocks = nn.Sequential(*blocks)
-        self.num_features = self.head_hidden_size = width
-        self.head = self._make_head(num_classes, **dd)
+        self._build_trunk(lambda prev: TCNBlock(prev, width, seq_len, n_points, radius, coord_std, small_kernel_size,
+                                                conv_bias, use_fft, drop_rate, deploy, learn_positions, learn_radius,
+                                                **dd), in_chans, depth, width, num_classes, **dd)
         if kernel_scale != 1.0:
             self.rescale_kernels(kernel_scale)
 
