@@ -89,9 +89,9 @@ class TCNBlock(nn.Module):
 
 
 class TCNClassifierMixin:
-    """The sequence TCNs' linear head, its pooling switch and timm's classifier / grouping hooks (shared by
-    :class:`SMPConvTCN` and :class:`~smpconv_models.models.smpconv_irregular.SMPConvIrregularTCN`); the model sets
-    ``num_features``, ``blocks``, ``head`` and ``global_pool`` (one of ``_POOLS``)."""
+    """What :class:`SMPConvTCN` and :class:`~smpconv_models.models.smpconv_irregular.SMPConvIrregularTCN` share: the
+    trunk of blocks with its ``feature_info``, the linear head, the pooling switch and timm's classifier / grouping
+    hooks. The model sets ``global_pool`` (one of ``_POOLS``) and calls :meth:`_build_trunk`."""
 
     def _build_trunk(self, make_block: Callable[[int], nn.Module], in_chans: int, depth: int, width: int,
                      num_classes: int, device=None, dtype=None) -> None:
