@@ -201,10 +201,12 @@ def use_mlp_kernels(model: nn.Module) -> nn.Module:
 
 # ------------------------------------------------------------------------------------------------------ rows
 
-def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer) -> Callable:
+def _train_step(model: nn.Module, x: torch.Tensor | dict[str, torch.Tensor], y: torch.Tensor,
+                opt: torch.optim.Optimizer) -> Callable:
+    """One cross-entropy training step; a dict ``x`` is passed as keyword inputs (``model(**x)``)."""
     def step():
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(model(**x) if isinstance(x, dict) else model(x), y).backward()
         opt.step()
     return step
 
@@ -450,12 +452,7 @@ def _row_irregular(quick: bool) -> dict[str, Any]:
         torch.manual_seed(0)
         m = timm.create_model('smpconv_irregular_tcn', kernel=kernel).train()
         opt = torch.optim.Adam(smp_param_groups(m, 1e-5, lr=3e-3), lr=3e-3)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(m(**inputs), y).backward()
-            opt.step()
-        return step, sum(p.numel() for p in m.parameters())
+        return _train_step(m, inputs, y, opt), sum(p.numel() for p in m.parameters())
 
     (ours, n_ours), (peer, n_peer) = make('smp'), make('mlp')
     t_ours, t_peer = time_pair(ours, peer, *_reps(quick, 5))
@@ -480,12 +477,7 @@ def _row_points(quick: bool) -> dict[str, Any]:
         torch.manual_seed(0)
         m = timm.create_model('smpconv_points', kernel=kernel).train()
         opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(m(**batch), y).backward()
-            opt.step()
-        return step, sum(p.numel() for p in m.parameters())
+        return _train_step(m, batch, y, opt), sum(p.numel() for p in m.parameters())
 
     (ours, n_ours), (peer, n_peer) = make('smp'), make('mlp')
     t_ours, t_peer = time_pair(ours, peer, *_reps(quick, 7))

@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 
 import smpconv_models  # noqa: F401
 from smpconv_models.experiments import ablate, fit
-from smpconv_models.layers import SMPConv, SMPConvBase
+from smpconv_models.layers import SMPConv
 from smpconv_models.viz import layer_kernels, load_model, plot_smp_kernels, select_smp_layers
 from smpconv_models.viz import main as viz_main
+from tests.helpers import smp_layers
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -88,7 +89,7 @@ def test_ablate_quick_writes_documented_outputs(tmp_path):
             assert r['seconds'] > 0
             net = timm.create_model(arch, **dict(base, **overrides))
             assert r['params'] == sum(p.numel() for p in net.parameters())
-            smp = [m for m in net.modules() if isinstance(m, SMPConvBase)]
+            smp = smp_layers(net)
             frozen = (0 if overrides.get('learn_positions', True) else sum(m.weight_coord.numel() for m in smp)) \
                 + (0 if overrides.get('learn_radius', True) else sum(m.radius.numel() for m in smp))
             assert r['trainable_params'] == r['params'] - frozen

@@ -37,6 +37,7 @@ from torch import Tensor
 from .._io import write_json_atomic, write_text_atomic
 from ..layers import clamp_radii_, smp_param_groups
 from ..viz import plot_smp_kernels
+from ._common import mean_std, torch_threads
 
 __all__ = ['MODELS', 'settings', 'AblateConfig', 'load_digits', 'train_eval', 'run_ablation', 'main']
 
@@ -129,10 +130,6 @@ def train_eval(model: nn.Module, data: tuple[Tensor, Tensor, Tensor, Tensor], cf
     return 100.0 * correct / len(x_test)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def run_ablation(cfg: AblateConfig, out: str | Path) -> dict[str, Any]:
     """Every model, setting and seed; writes ``ablate.json`` and ``ablate.md`` into ``out``."""
     out = Path(out)
@@ -157,7 +154,7 @@ def run_ablation(cfg: AblateConfig, out: str | Path) -> dict[str, Any]:
                 cpu_seconds.append(time.process_time() - c0)
                 if not overrides and seed == cfg.seeds[0]:  # the trained base model's points and kernels
                     plot_smp_kernels(model, out / f'kernels_{model_key}.png', max_layers=3)
-            mean, std = _mean_std(accs)
+            mean, std = mean_std(accs)
             _logger.info('%s %s: top-1 %.2f +- %.2f (%.1f s / run)', model_key, label, mean, std,
                          statistics.fmean(seconds))
             rows.append({
@@ -223,14 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     n_seeds = args.seeds or (1 if args.quick else len(defaults.seeds))
     if epochs < 1 or n_seeds < 1 or args.threads < 1:
         parser.error('--epochs, --seeds and --threads must be positive')
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
     cfg = AblateConfig(epochs=epochs, seeds=tuple(range(n_seeds)), models=tuple(args.models),
                        limit_train_batches=3 if args.quick else None)
-    try:
+    with torch_threads(args.threads):
         summary = run_ablation(cfg, args.out)
-    finally:
-        torch.set_num_threads(previous_threads)
     sys.stdout.write(ablate_table(summary) + f'wrote {Path(args.out) / "ablate.json"} and ablate.md\n')
     return 0
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from torch import Tensor
 from .._io import write_json_atomic, write_text_atomic
 from ..bench import MAGNetKernel
 from ..layers import SMPConv, clamp_radii_, smp_param_groups
+from ._common import mean_std, torch_threads
 
 __all__ = ['TARGETS', 'FitConfig', 'target_grid', 'make_smp', 'make_mlp', 'fit_one', 'run_fit', 'main']
 
@@ -116,10 +116,6 @@ def fit_one(model: nn.Module, predict: Callable[[], Tensor], target: Tensor, cfg
         return F.mse_loss(pred, target).item(), pred
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def run_fit(cfg: FitConfig, out: str | Path) -> dict[str, Any]:
     """Fit every target with every method and seed; write ``fit.json``, ``fit.md`` and ``fit.png`` into ``out``."""
     out = Path(out)
@@ -154,7 +150,7 @@ def run_fit(cfg: FitConfig, out: str | Path) -> dict[str, Any]:
                 pictures[name] = dict(target=target, **fits)
         entry: dict[str, Any] = {'formula': TARGETS[name][0]}
         for method in METHODS:
-            entry[f'{method}_mse'], entry[f'{method}_mse_std'] = _mean_std(per_seed[method])
+            entry[f'{method}_mse'], entry[f'{method}_mse_std'] = mean_std(per_seed[method])
         entry['per_seed'] = per_seed
         results[name] = entry
     summary = {
@@ -234,14 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     n_seeds = args.seeds or (1 if args.quick else len(defaults.seeds))
     if steps < 1 or n_seeds < 1 or args.threads < 1:
         parser.error('--steps, --seeds and --threads must be positive')
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
     cfg = FitConfig(n_points=args.n_points, steps=steps, lr=args.lr, seeds=tuple(range(n_seeds)),
                     targets=tuple(args.targets))
-    try:
+    with torch_threads(args.threads):
         summary = run_fit(cfg, args.out)
-    finally:
-        torch.set_num_threads(previous_threads)
     sys.stdout.write(fit_table(summary) + f'wrote {Path(args.out) / "fit.json"}, fit.md, fit.png in '
                      f'{summary["seconds"]:.0f} s\n')
     return 0

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from ._common import seed_cells, seed_row, train_run, write_rows_json
 
 __all__ = ['run_one', 'run_grid', 'format_table', 'main']
 
@@ -27,18 +28,11 @@ KERNELS = ('smp', 'mlp')
 def run_one(kernel: str, missing_rate: float, seed: int, out: Path, extra: list[str] | None = None,
             model_args: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train once through ``train.py``; ``{'top1', 'best_top1', 'params', 'series_per_s', 'seconds'}``."""
-    from ..train import main as train_main
-
     args = ['--model', 'smpconv_irregular_tcn', '--data', 'digits-irregular', '--missing-rate', str(missing_rate),
-            '--seed', str(seed), '--model-args', json.dumps({'kernel': kernel, **(model_args or {})}),
-            '--output-dir', str(out), '--plot', 'false', *(extra or [])]
-    code = train_main(args)
-    if code != 0:
-        raise RuntimeError(f'train.py {" ".join(args)} exited with {code}')
-    summary = json.loads((out / 'summary.json').read_text())
-    epochs = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
-    return {'top1': summary['eval_top1'], 'best_top1': summary['best_top1'], 'params': summary['params'],
-            'series_per_s': statistics.median(e['images_per_s'] for e in epochs), 'seconds': summary['seconds']}
+            '--seed', str(seed), '--model-args', json.dumps({'kernel': kernel, **(model_args or {})})]
+    run = train_run(args, out, extra)
+    run['series_per_s'] = run.pop('items_per_s')
+    return run
 
 
 def run_grid(missing_rates: list[float], seeds: list[int], workdir: Path, extra: list[str] | None = None,
@@ -49,11 +43,7 @@ def run_grid(missing_rates: list[float], seeds: list[int], workdir: Path, extra:
         for kernel in KERNELS:
             runs = [run_one(kernel, rate, seed, workdir / f'{kernel}_m{round(100 * rate)}_s{seed}', extra, model_args)
                     for seed in seeds]
-            top1 = [r['top1'] for r in runs]
-            rows.append({'missing_rate': rate, 'kernel': kernel, 'seeds': seeds, 'top1': top1,
-                         'top1_mean': statistics.mean(top1), 'top1_std': statistics.stdev(top1) if len(top1) > 1
-                         else 0.0, 'best_top1': [r['best_top1'] for r in runs], 'params': runs[0]['params'],
-                         'series_per_s': statistics.median(r['series_per_s'] for r in runs)})
+            rows.append({'missing_rate': rate, 'kernel': kernel, **seed_row(runs, seeds, 'series_per_s')})
     return rows
 
 
@@ -61,8 +51,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ['| missing | kernel | test top-1 (%), mean +- std | seeds | params | train series/s |',
              '| --- | --- | --- | --- | --- | --- |']
     for r in rows:
-        lines.append(f"| {round(100 * r['missing_rate'])}% | {r['kernel'].upper()} | {r['top1_mean']:.2f} +- "
-                     f"{r['top1_std']:.2f} | {len(r['seeds'])} | {r['params']:,} | {r['series_per_s']:.0f} |")
+        lines.append(f"| {round(100 * r['missing_rate'])}% | {r['kernel'].upper()} | {seed_cells(r, 'series_per_s')} |")
     return '\n'.join(lines)
 
 
@@ -84,11 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rows = run_grid(args.missing_rates, args.seeds, Path(args.out or tmp), extra, model_args)
     if args.json:
-        from .._io import write_json_atomic
-
-        write_json_atomic(Path(args.json), {'command': ' '.join(['python -m smpconv_models.experiments.'
-                                                                  'irregular_kernels', *(argv or sys.argv[1:])]),
-                                            'rows': rows})
+        write_rows_json(args.json, 'smpconv_models.experiments.irregular_kernels', argv, rows)
     sys.stdout.write(format_table(rows) + '\n')
     return 0
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from ._common import seed_cells, seed_row, train_run, write_rows_json
 
 __all__ = ['train_once', 'compare_kernels', 'format_table', 'main']
 
@@ -26,18 +27,11 @@ KERNELS = ('smp', 'mlp')
 def train_once(kernel: str, seed: int, out: Path, extra: list[str] | None = None,
                model_args: dict[str, Any] | None = None) -> dict[str, Any]:
     """One ``train.py`` run; ``{'top1', 'best_top1', 'params', 'sets_per_s', 'seconds'}``."""
-    from ..train import main as train_main
-
     args = ['--model', 'smpconv_points', '--data', 'digits-points', '--seed', str(seed),
-            '--model-args', json.dumps({'kernel': kernel, **(model_args or {})}), '--output-dir', str(out),
-            '--plot', 'false', *(extra or [])]
-    code = train_main(args)
-    if code != 0:
-        raise RuntimeError(f'train.py {" ".join(args)} exited with {code}')
-    summary = json.loads((out / 'summary.json').read_text())
-    epochs = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
-    return {'top1': summary['eval_top1'], 'best_top1': summary['best_top1'], 'params': summary['params'],
-            'sets_per_s': statistics.median(e['images_per_s'] for e in epochs), 'seconds': summary['seconds']}
+            '--model-args', json.dumps({'kernel': kernel, **(model_args or {})})]
+    run = train_run(args, out, extra)
+    run['sets_per_s'] = run.pop('items_per_s')
+    return run
 
 
 def compare_kernels(seeds: list[int], workdir: Path, extra: list[str] | None = None,
@@ -46,11 +40,7 @@ def compare_kernels(seeds: list[int], workdir: Path, extra: list[str] | None = N
     rows = []
     for kernel in KERNELS:
         runs = [train_once(kernel, seed, workdir / f'{kernel}_s{seed}', extra, model_args) for seed in seeds]
-        top1 = [r['top1'] for r in runs]
-        rows.append({'kernel': kernel, 'seeds': seeds, 'top1': top1, 'top1_mean': statistics.mean(top1),
-                     'top1_std': statistics.stdev(top1) if len(top1) > 1 else 0.0,
-                     'best_top1': [r['best_top1'] for r in runs], 'params': runs[0]['params'],
-                     'sets_per_s': statistics.median(r['sets_per_s'] for r in runs)})
+        rows.append({'kernel': kernel, **seed_row(runs, seeds, 'sets_per_s')})
     return rows
 
 
@@ -58,8 +48,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ['| kernel | test top-1 (%), mean +- std | seeds | params | train sets/s |',
              '| --- | --- | --- | --- | --- |']
     for r in rows:
-        lines.append(f"| {r['kernel'].upper()} | {r['top1_mean']:.2f} +- {r['top1_std']:.2f} | {len(r['seeds'])} | "
-                     f"{r['params']:,} | {r['sets_per_s']:.0f} |")
+        lines.append(f"| {r['kernel'].upper()} | {seed_cells(r, 'sets_per_s')} |")
     return '\n'.join(lines)
 
 
@@ -81,10 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rows = compare_kernels(args.seeds, Path(args.out or tmp), extra, model_args)
     if args.json:
-        from .._io import write_json_atomic
-
-        command = ' '.join(['python -m smpconv_models.experiments.point_kernels', *(argv or sys.argv[1:])])
-        write_json_atomic(Path(args.json), {'command': command, 'rows': rows})
+        write_rows_json(args.json, 'smpconv_models.experiments.point_kernels', argv, rows)
     sys.stdout.write(format_table(rows) + '\n')
     return 0
 

@@ -10,8 +10,8 @@ from torch import Tensor
 from .export_conv import export_same_conv, is_exporting
 
 __all__ = [
-    'check_conv_input', 'prefers_channels_last', 'same_conv', 'fft_same_conv', 'fft_depthwise_weight_grad',
-    'conv_path', 'use_fft_conv', 'mix_channels_fft',
+    'check_conv_input', 'check_float_3d', 'prefers_channels_last', 'same_conv', 'fft_same_conv',
+    'fft_depthwise_weight_grad', 'conv_path', 'use_fft_conv', 'mix_channels_fft',
 ]
 
 
@@ -26,6 +26,15 @@ def check_conv_input(x: Tensor, ndim: int, channels: int, name: str) -> None:
         raise ValueError(f'{name} expects {channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})')
     if not x.is_floating_point():
         raise TypeError(f'{name} expects a floating-point input, got dtype {x.dtype}')
+
+
+def check_float_3d(name: str, x: Tensor, layout: str) -> None:
+    """Raise a clear error unless ``x`` is a 3-d floating-point tensor (``layout`` names its dims: ``[B, N, d]``)."""
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f'{name} must be {layout}, got {shape}')
+    if not x.is_floating_point():
+        raise TypeError(f'{name} must be floating point, got {x.dtype}')
 
 
 def prefers_channels_last(x: Tensor, kernel_size: int) -> bool:

@@ -22,6 +22,7 @@ import torch.nn as nn
 from timm.layers import register_notrace_module
 from torch import Tensor
 
+from .conv import check_float_3d
 from .smp_kernel import COUNT_EPS, smp_basis, smp_kernel
 
 __all__ = ['MLPKernel', 'SMPPointKernel', 'PointConv', 'point_conv', 'find_neighbors', 'farthest_point_sample',
@@ -211,11 +212,7 @@ class SMPPointKernel(nn.Module):
 # ------------------------------------------------------------------------------------------------ neighbours
 
 def _check_positions(name: str, positions: Tensor, batch: int | None = None, dim: int | None = None) -> None:
-    if not isinstance(positions, Tensor) or positions.dim() != 3:
-        shape = tuple(positions.shape) if isinstance(positions, Tensor) else type(positions).__name__
-        raise ValueError(f'{name} must be [B, N, d], got {shape}')
-    if not positions.is_floating_point():
-        raise TypeError(f'{name} must be floating point, got {positions.dtype}')
+    check_float_3d(name, positions, '[B, N, d]')
     if batch is not None and positions.shape[0] != batch:
         raise ValueError(f'{name} has batch size {positions.shape[0]}, expected {batch}')
     if dim is not None and positions.shape[-1] != dim:
@@ -491,11 +488,7 @@ def check_point_set_shapes(features: Tensor, positions: Tensor, mask: Tensor | N
                            query: Tensor | None = None, in_channels: int | None = None,
                            dim: int | None = None) -> None:
     """The shape and dtype part of :func:`check_point_set` (no host sync)."""
-    if not isinstance(features, Tensor) or features.dim() != 3:
-        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-        raise ValueError(f'features must be [B, N, F_in], got {shape}')
-    if not features.is_floating_point():
-        raise TypeError(f'features must be floating point, got {features.dtype}')
+    check_float_3d('features', features, '[B, N, F_in]')
     batch, n, chans = features.shape
     if in_channels is not None and chans != in_channels:
         raise ValueError(f'features have {chans} channels, expected F_in={in_channels}')

@@ -51,14 +51,14 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import SMPParallelCausalConv1d, causal_conv1d, check_conv_input, kernel_coords, smp_basis
+from ..layers.conv import check_float_3d
 from ..layers.smp_kernel import COUNT_EPS, smp_basis_local
 from ._checkpoint import validate_for_model
 from ._common import SMPModelMixin
-from .smpconv_tcn import TCNBlock
+from .smpconv_tcn import _POOLS, TCNBlock, TCNClassifierMixin
 
 __all__ = ['SMPConvIrregularTCN', 'MLPCausalConv1d', 'masked_batch_norm', 'check_irregular_inputs']
 
-_POOLS = ('last', 'avg', 'max', '')
 _KERNELS = ('smp', 'mlp')
 # elements of the [B, G, P, q, L] hat basis the pairwise path holds at once (float32: 64 MiB)
 PAIRWISE_CHUNK = 1 << 24
@@ -73,11 +73,7 @@ def check_irregular_inputs(values: Tensor, timestamps: Tensor | None, mask: Tens
     mask (a regular grid ``0..L-1`` and all-observed when ``None``). Shapes, dtypes and devices are checked here;
     the data checks (finite, strictly increasing observed timestamps, at least one observation per series) run in
     :meth:`SMPConvIrregularTCN.forward_features` with one host read."""
-    if not isinstance(values, Tensor) or values.dim() != 3:
-        shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-        raise ValueError(f'values must be [B, C, L], got {shape}')
-    if not values.is_floating_point():
-        raise TypeError(f'values must be floating point, got {values.dtype}')
+    check_float_3d('values', values, '[B, C, L]')
     batch, chans, length = values.shape
     if chans != in_chans:
         raise ValueError(f'values have {chans} channels, the model expects in_chans={in_chans}')
@@ -289,7 +285,7 @@ class MLPCausalConv1d(nn.Module):
         return f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}'
 
 
-class SMPConvIrregularTCN(SMPModelMixin, nn.Module):
+class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
     """The SMPConv TCN on irregular series ``values [B, C, L]``, ``timestamps [B, L]``, ``mask [B, L]`` (see the
     module docstring). Its modules are the grid TCN's (:class:`TCNBlock` with :class:`SMPParallelCausalConv1d`), so a
     :class:`~smpconv_models.models.smpconv_tcn.SMPConvTCN` state dict of the same configuration loads unchanged.
@@ -333,52 +329,19 @@ class SMPConvIrregularTCN(SMPModelMixin, nn.Module):
         self.global_pool, self.drop_rate, self.kernel = global_pool, drop_rate, kernel
         self.pairwise_chunk = int(pairwise_chunk)
         self.grad_checkpointing = False
-        blocks, self.feature_info, prev = [], [], in_chans
-        for i in range(depth):
+
+        def make_block(prev: int) -> TCNBlock:
             block = TCNBlock(prev, width, seq_len, n_points, radius, coord_std, small_kernel_size, conv_bias, use_fft,
                              drop_rate, deploy, **dd)
             if kernel == 'mlp' and not deploy:
                 for conv in (block.conv1, block.conv2):
                     conv.smp.conv = MLPCausalConv1d(conv.in_channels, conv.out_channels, seq_len, hidden=mlp_hidden,
                                                     depth=mlp_depth, bias=conv_bias, fft=use_fft, **dd)
-            blocks.append(block)
-            self.feature_info.append(dict(num_chs=width, reduction=1, module=f'blocks.{i}'))
-            prev = width
-        self.blocks = nn.Sequential(*blocks)
-        self.num_features = self.head_hidden_size = width
-        self.head = self._make_head(num_classes, **dd)
+            return block
+
+        self._build_trunk(make_block, in_chans, depth, width, num_classes, **dd)
         if kernel_scale != 1.0:
             self.rescale_kernels(kernel_scale)
-
-    def _make_head(self, num_classes: int, device=None, dtype=None) -> nn.Module:
-        if num_classes <= 0:
-            return nn.Identity()
-        head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
-        nn.init.normal_(head.weight, std=0.01)
-        nn.init.zeros_(head.bias)
-        return head
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(stem=r'^blocks\.0\.', blocks=r'^blocks\.(\d+)')
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in _POOLS:
-                raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        p = next(self.parameters(), None)
-        self.head = self._make_head(num_classes, **({} if p is None else dict(device=p.device, dtype=p.dtype)))
-        self.head.train(self.training)
 
     @torch.no_grad()
     def reparameterize(self) -> None:

@@ -13,6 +13,8 @@ keep the input's layout: unpooled features (``forward_features``, ``global_pool=
 # generates, and string annotations there break scripting an fx-traced model (timm's fx + torchscript test).
 
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 from timm.layers import register_notrace_function
@@ -86,7 +88,56 @@ class TCNBlock(nn.Module):
         return apply_mask(self.act(out + self.shortcut(x)), mask)
 
 
-class SMPConvTCN(SMPModelMixin, nn.Module):
+class TCNClassifierMixin:
+    """What :class:`SMPConvTCN` and :class:`~smpconv_models.models.smpconv_irregular.SMPConvIrregularTCN` share: the
+    trunk of blocks with its ``feature_info``, the linear head, the pooling switch and timm's classifier / grouping
+    hooks. The model sets ``global_pool`` (one of ``_POOLS``) and calls :meth:`_build_trunk`."""
+
+    def _build_trunk(self, make_block: Callable[[int], nn.Module], in_chans: int, depth: int, width: int,
+                     num_classes: int, device=None, dtype=None) -> None:
+        """``blocks`` (``make_block(in_chs)``, ``depth`` of them, ``width`` channels out), ``feature_info`` and the
+        head, in that order."""
+        blocks, self.feature_info, prev = [], [], in_chans
+        for i in range(depth):
+            blocks.append(make_block(prev))
+            self.feature_info.append(dict(num_chs=width, reduction=1, module=f'blocks.{i}'))
+            prev = width
+        self.blocks = nn.Sequential(*blocks)
+        self.num_features = self.head_hidden_size = width
+        self.head = self._make_head(num_classes, device=device, dtype=dtype)
+
+    def _make_head(self, num_classes: int, device=None, dtype=None) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
+        return head
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r'^blocks\.0\.', blocks=r'^blocks\.(\d+)')
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            if global_pool not in _POOLS:
+                raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        p = next(self.parameters(), None)  # a new head follows the model's device, dtype and train / eval mode
+        self.head = self._make_head(num_classes, **({} if p is None else dict(device=p.device, dtype=p.dtype)))
+        self.head.train(self.training)
+
+
+class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
     """SMPConv TCN for sequences ``[B, in_chans, L]`` (or ``[B, in_chans, 1, L]``, see the module docstring);
     ``seq_len`` is the kernel length (the training length).
 
@@ -131,49 +182,11 @@ class SMPConvTCN(SMPModelMixin, nn.Module):
         self.global_pool = global_pool
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
-        blocks, self.feature_info, prev = [], [], in_chans
-        for i in range(depth):
-            blocks.append(TCNBlock(prev, width, seq_len, n_points, radius, coord_std, small_kernel_size, conv_bias,
-                                   use_fft, drop_rate, deploy, learn_positions, learn_radius, **dd))
-            self.feature_info.append(dict(num_chs=width, reduction=1, module=f'blocks.{i}'))
-            prev = width
-        self.blocks = nn.Sequential(*blocks)
-        self.num_features = self.head_hidden_size = width
-        self.head = self._make_head(num_classes, **dd)
+        self._build_trunk(lambda prev: TCNBlock(prev, width, seq_len, n_points, radius, coord_std, small_kernel_size,
+                                                conv_bias, use_fft, drop_rate, deploy, learn_positions, learn_radius,
+                                                **dd), in_chans, depth, width, num_classes, **dd)
         if kernel_scale != 1.0:
             self.rescale_kernels(kernel_scale)
-
-    def _make_head(self, num_classes: int, device=None, dtype=None) -> nn.Module:
-        if num_classes <= 0:
-            return nn.Identity()
-        head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
-        nn.init.normal_(head.weight, std=0.01)
-        nn.init.zeros_(head.bias)
-        return head
-
-
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(stem=r'^blocks\.0\.', blocks=r'^blocks\.(\d+)')
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in _POOLS:
-                raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        p = next(self.parameters(), None)  # a new head follows the model's device, dtype and train / eval mode
-        self.head = self._make_head(num_classes, **({} if p is None else dict(device=p.device, dtype=p.dtype)))
-        self.head.train(self.training)
 
     def forward_intermediates(
             self,

@@ -4,14 +4,12 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-import torch.nn as nn
 from timm.utils import ModelEmaV3
 
 import smpconv_models  # noqa: F401  (registers the models)
 from smpconv_models.layers import (
     SMPCausalConv1d,
     SMPConv,
-    SMPConvBase,
     SMPDepthwiseConv2d,
     SMPLargeKernelConv2d,
     SMPParallelCausalConv1d,
@@ -19,6 +17,7 @@ from smpconv_models.layers import (
     clamp_radii_,
     smp_param_groups,
 )
+from tests.helpers import smp_layers
 
 # (constructor taking the switches as kwargs, an input)
 LAYERS = {
@@ -30,10 +29,6 @@ LAYERS = {
     'parallel_causal': (lambda **kw: SMPParallelCausalConv1d(3, 4, 16, 5, 0.1, 0.1, **kw), (2, 3, 16)),
 }
 SWITCHES = [(True, True), (False, True), (True, False), (False, False)]
-
-
-def smp_layers(model: nn.Module) -> list[SMPConvBase]:
-    return [m for m in model.modules() if isinstance(m, SMPConvBase)]
 
 
 @pytest.mark.parametrize('learn_positions,learn_radius', SWITCHES)
