@@ -237,8 +237,8 @@ def train_accuracy(spec: str, out_dir: Path, overrides: dict[str, Any], seed: in
     return {'top1': summary['eval_top1'], 'epochs': summary['epochs'], 'seconds': summary['seconds']}
 
 
-def _run_set(spec: SetSpec, variants: dict[str, dict[str, Any]], seed: int, kernels: int, threads: int
-             ) -> dict[str, Any]:
+def _run_set(spec: SetSpec, variants: dict[str, dict[str, Any]], seed: int, kernels: int, threads: int,
+             train_seed: int | None = None) -> dict[str, Any]:
     """One table row: generate ``spec``, fit ROCKET, train every variant (one process per set with ``--jobs``)."""
     from ..train.data import build_data
 
@@ -260,7 +260,8 @@ def _run_set(spec: SetSpec, variants: dict[str, dict[str, Any]], seed: int, kern
             overrides = dict(overrides)
             if overrides.get('batch_size'):
                 overrides['batch_size'] = min(overrides['batch_size'], spec.n_train)
-            res = train_accuracy(f'npz:{path}', Path(tmp) / 'runs' / name, overrides, seed)
+            res = train_accuracy(f'npz:{path}', Path(tmp) / 'runs' / name, overrides,
+                                 seed if train_seed is None else train_seed)
             row[name], row[f'{name}_s'] = res['top1'], res['seconds']
     _say(json.dumps(row))
     return row
@@ -279,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f'training loops to run: {", ".join(VARIANTS)}, or JSON objects of overrides '
                              'separated by ";" (named by their JSON)')
     parser.add_argument('--kernels', type=int, default=10_000, help='ROCKET kernels')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=int, default=0, help='data (and, by default, training) seed')
+    parser.add_argument('--train-seed', type=int, default=None,
+                        help='training seed (initialisation, batches, augmentation) on the --seed data')
     parser.add_argument('--json', default='', help='also write the rows to this JSON file')
     parser.add_argument('--jobs', type=int, default=1, help='data sets trained at once, one process each')
     parser.add_argument('--threads', type=int, default=1,
@@ -299,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         variants[v] = json.loads(v) if v.strip().startswith('{') else VARIANTS[v]
     if args.quick:
         variants = {k: {**v, 'epochs': 2} for k, v in variants.items()}
-    jobs = [(spec, variants, args.seed, 200 if args.quick else args.kernels, args.threads) for spec in specs]
+    jobs = [(spec, variants, args.seed, 200 if args.quick else args.kernels, args.threads, args.train_seed)
+            for spec in specs]
     if args.jobs > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor

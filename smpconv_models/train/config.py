@@ -157,14 +157,15 @@ def recipe_for(model: str, data: str) -> dict[str, Any]:
 def recipe_model_args(model: str, data: str, length: int | None = None) -> dict[str, Any]:
     """Model kwargs a dataset needs beyond its shape: on the 64-step digits the official 784-step point radius
     (0.002, under one grid spacing of 2/783) would leave most points between taps, so it scales with the spacing;
-    the small-data recipe sets it to one grid spacing ``2 / (length - 1)`` of the data's ``length`` and averages the
-    features over time (``global_pool='avg'``: a pattern counts wherever it occurs, instead of only through the
-    last step's view of it, which a few dozen series cannot teach for every position)."""
+    the small-data recipe sets it to one grid spacing ``2 / (length - 1)`` of the data's ``length`` and takes each
+    feature's maximum over time (``global_pool='max'``: a pattern counts wherever it occurs, instead of only through
+    the last step's view of it, which a few dozen series cannot teach for every position; the maximum keeps a short
+    motif that an average over hundreds of steps dilutes, BENCHMARKS.md "Small-data sequence recipe")."""
     if model.startswith(('smpconv_tcn', 'smpconv_irregular_tcn')) and data.split(':', 1)[0] in ('digits',
                                                                                                'digits-irregular'):
         return {'radius': 0.03}
     if length and length > 1 and uses_small_data_recipe(model, data):
-        args: dict[str, Any] = {'radius': 2.0 / (length - 1), 'global_pool': 'avg'}
+        args: dict[str, Any] = {'radius': 2.0 / (length - 1), 'global_pool': 'max'}
         if length < 5:  # the small causal kernel (5 taps) cannot be longer than the sequence
             args['small_kernel_size'] = length
         return args

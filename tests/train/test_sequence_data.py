@@ -241,6 +241,9 @@ def test_mask_makes_left_padding_invisible_to_the_tcn():
     model.eval()
     torch.testing.assert_close(model(padded, mask=mask), model(x), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)), rtol=0, atol=0)
+    model.reset_classifier(4, global_pool='max')  # the recipe's pooling: padded steps are zero, the features >= 0
+    model.eval()
+    torch.testing.assert_close(model(padded, mask=mask), model(x), rtol=1e-10, atol=1e-12)
 
 
 def test_sequence_augment_is_seeded_and_keeps_padding_zero():
@@ -268,7 +271,7 @@ def test_small_data_recipe_is_the_default_for_user_sequences_only():
     assert small['epochs'] is None and small['seq_augment'] and small['optimizer'] == 'adamw'
     assert recipe_for('smpconv_tcn_mnist', 'npz:/x.npz')['lr'] == small['lr']
     assert recipe_for('smpconv_tcn_speech', 'speechcommands:/data')['lr'] == 2e-3
-    assert recipe_model_args('smpconv_tcn_chartraj', 'ts:/d/GunPoint', 151) == {'radius': 2 / 150, 'global_pool': 'avg'}
+    assert recipe_model_args('smpconv_tcn_chartraj', 'ts:/d/GunPoint', 151) == {'radius': 2 / 150, 'global_pool': 'max'}
     assert recipe_model_args('smpconv_tcn_chartraj', 'ts:/d/CharacterTrajectories', 182) == {}
     assert recipe_model_args('smpconv_tcn_mnist', 'npz:/x.npz', 4)['small_kernel_size'] == 4  # shorter than 5 taps
     tiny, large = small_data_schedule(30), small_data_schedule(5000)
