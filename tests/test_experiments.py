@@ -162,3 +162,24 @@ def test_viz_cli_official_checkpoint_and_run_folder(tmp_path, official_dir, caps
     with pytest.raises(SystemExit):
         viz_main(['smpconv_nope', str(tmp_path / 'y.png')])
     assert 'neither a file, a folder nor a registered model' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(('module', 'rate_key'), [('point_kernels', None), ('irregular_kernels', 'missing_rate')])
+def test_kernel_comparisons_quick_write_consistent_rows(tmp_path, module, rate_key):
+    """SMP vs MLP kernel experiments (BENCHMARKS.md): one row per kernel, each seed's final top-1 in [0, 100], and the
+    summary mean / std are those of the per-seed values."""
+    import importlib
+    import statistics
+
+    mod = importlib.import_module(f'smpconv_models.experiments.{module}')
+    out = tmp_path / 'rows.json'
+    assert mod.main(['--quick', '--json', str(out), '--out', str(tmp_path / 'runs')]) == 0
+    rows = json.loads(out.read_text())['rows']
+    assert sorted(r['kernel'] for r in rows) == ['mlp', 'smp']
+    for r in rows:
+        assert len(r['top1']) == len(r['seeds']) >= 2 and all(0 <= t <= 100 for t in r['top1'])
+        assert math.isclose(r['top1_mean'], statistics.fmean(r['top1']), rel_tol=1e-12)
+        assert math.isclose(r['top1_std'], statistics.stdev(r['top1']), rel_tol=1e-9, abs_tol=1e-12)
+        assert r['params'] > 0 and all(b >= t - 1e-9 for b, t in zip(r['best_top1'], r['top1']))
+        if rate_key is not None:
+            assert r[rate_key] == 0.5
