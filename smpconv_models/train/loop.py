@@ -248,8 +248,9 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
         loss_sum = torch.zeros((), device=accelerator.device)
         correct = torch.zeros((), device=accelerator.device)
         seen = 0
-        bar = tqdm(total=batches, disable=not main_proc, desc=f'epoch {epoch + 1}/{cfg.epochs}', leave=False,
-                   dynamic_ncols=True)
+        # other processes never show a bar; the main one leaves `disable` to tqdm (TQDM_DISABLE=1 turns it off)
+        bar = tqdm(total=batches, desc=f'epoch {epoch + 1}/{cfg.epochs}', leave=False, dynamic_ncols=True,
+                   **({} if main_proc else {'disable': True}))
         for i, (x, y) in enumerate(train_loader):
             if i >= batches:
                 break
