@@ -25,12 +25,14 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _compare_compiled(model: torch.nn.Module, inputs: list[torch.Tensor], tol: float = 1e-9) -> None:
-    """Train-mode forward + backward of ``torch.compile(model)`` against eager on each input, then eval on the last
-    (float64; norm-based relative errors; parameters whose gradient is zero in eager only carry rounding noise, so
-    every gradient is compared against the norm of all gradients)."""
+def _compare_compiled(model: torch.nn.Module, inputs: list, tol: float = 1e-9) -> None:
+    """Train-mode forward + backward of ``torch.compile(model)`` against eager on each input (a tensor, or a tuple of
+    the model's positional inputs), then eval on the last (float64; norm-based relative errors; parameters whose
+    gradient is zero in eager only carry rounding noise, so every gradient is compared against the norm of all
+    gradients)."""
     torch._dynamo.reset()
     compiled = torch.compile(model)
+    inputs = [x if isinstance(x, tuple) else (x,) for x in inputs]
     for x in inputs:
         model.train()
         for m in model.modules():
@@ -39,20 +41,20 @@ def _compare_compiled(model: torch.nn.Module, inputs: list[torch.Tensor], tol: f
         outs, grads = [], []
         for fn in (model, compiled):
             model.zero_grad(set_to_none=True)
-            out = fn(x)
+            out = fn(*x)
             out.square().sum().backward()
             outs.append(out.detach())
             grads.append(_grads(model))
-        assert _rel(outs[1], outs[0]) < tol, x.shape
+        assert _rel(outs[1], outs[0]) < tol, x[0].shape
         assert grads[0].keys() == grads[1].keys()
         scale = torch.cat([g.flatten() for g in grads[0].values()]).norm()
         worst = max(float((grads[1][k] - grads[0][k]).norm() / scale) for k in grads[0])
-        assert worst < tol, (x.shape, worst)
+        assert worst < tol, (x[0].shape, worst)
         point_grads = [k for k in grads[0] if k.endswith(('weight_coord', 'radius', '.weights'))]
         assert point_grads and all(grads[0][k].abs().sum() > 0 for k in point_grads if k.endswith('.weights'))
     model.eval()  # eval (one more compile, on the last batch size): cached kernels and folded BatchNorms
     with torch.no_grad():
-        assert _rel(compiled(inputs[-1]), model(inputs[-1])) < tol
+        assert _rel(compiled(*inputs[-1]), model(*inputs[-1])) < tol
 
 
 @pytest.mark.parametrize(('name', 'kwargs', 'shape'), [

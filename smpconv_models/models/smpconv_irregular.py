@@ -54,9 +54,10 @@ from ..layers import SMPParallelCausalConv1d, causal_conv1d, check_conv_input, k
 from ..layers.conv import check_float_3d
 from ..layers.export_conv import is_exporting
 from ..layers.smp_kernel import COUNT_EPS, smp_basis_local
-from ._checkpoint import validate_for_model
+from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import SMPModelMixin
 from .smpconv_tcn import _POOLS, TCNBlock, TCNClassifierMixin
+from .smpconv_tcn import INPUT_LAYERS as _GRID_INPUT_LAYERS
 
 __all__ = ['SMPConvIrregularTCN', 'MLPCausalConv1d', 'masked_batch_norm', 'check_irregular_inputs']
 
@@ -537,12 +538,19 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module, validate: bool = True
                          ) -> dict[str, Tensor]:
     """Our checkpoints and the grid TCN's (same module names) load as they are; official ``SeqData_TCN`` keys are
-    converted as for the grid TCN."""
+    converted as for the grid TCN. The input layers (:data:`INPUT_LAYERS`) are adapted to the model's ``in_chans``
+    as timm adapts a first conv."""
     from .smpconv_tcn import checkpoint_filter_fn as grid_filter
 
     if any(k.startswith(('backbone.', 'finallyr.')) for k in state_dict):
-        return grid_filter(state_dict, model, validate)
-    return validate_for_model(dict(state_dict), model) if validate else dict(state_dict)
+        state_dict = grid_filter(state_dict, model, validate=False)
+    state_dict = adapt_input_layers(dict(state_dict), model, INPUT_LAYERS)
+    return validate_for_model(state_dict, model) if validate else state_dict
+
+
+# Tensors whose dim 1 is the input channels: the grid TCN's (the first block's SMP weights, small branch, deploy conv
+# and shortcut) and, with ``kernel='mlp'``, the first MLP kernel's output weights ``[C_out, C_in, H]``.
+INPUT_LAYERS = (*_GRID_INPUT_LAYERS, 'blocks.0.conv1.smp.conv.mlp_kernel.weights')
 
 
 def _cfg(in_chans: int, seq_len: int, num_classes: int = 10, **kwargs) -> dict:

@@ -22,7 +22,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import Tensor
 
 from ..layers import PointConv, check_point_set, farthest_point_sample, random_point_sample
-from ._checkpoint import validate_for_model
+from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import SMPModelMixin
 
 __all__ = ['SMPPointNet', 'PointSet', 'MaskedBatchNorm1d']
@@ -257,8 +257,15 @@ class SMPPointNet(SMPModelMixin, nn.Module):
 
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module, validate: bool = True) -> dict:
-    """Our own checkpoints only (there is no official point-set model); keys are checked against the model."""
-    return validate_for_model(dict(state_dict), model) if validate else dict(state_dict)
+    """Our own checkpoints only (there is no official point-set model); the stem's kernel weights (:data:`INPUT_LAYERS`)
+    are adapted to the model's ``in_chans`` as timm adapts a first conv; keys are checked against the model."""
+    state_dict = adapt_input_layers(dict(state_dict), model, INPUT_LAYERS)
+    return validate_for_model(state_dict, model) if validate else state_dict
+
+
+# Tensors whose dim 1 is the input channels (adapted to ``in_chans`` by checkpoint_filter_fn): the stem's kernel
+# weights ``[F_out, F_in, P]`` (SMP) or ``[F_out, F_in, H]`` (MLP); the stem has no bias.
+INPUT_LAYERS = ('stem.kernel.weights',)
 
 
 def _cfg(**kwargs) -> dict:
