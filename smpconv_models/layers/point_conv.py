@@ -330,6 +330,7 @@ def _neighbors_torch_cluster(support: Tensor, query: Tensor, k: int, radius: flo
     return idx, valid
 
 
+@torch.compiler.assume_constant_result  # torch.compile evaluates it once while tracing (no graph break)
 def _has_torch_cluster() -> bool:
     try:
         import torch_cluster  # noqa: F401
