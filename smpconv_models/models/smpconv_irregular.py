@@ -36,7 +36,8 @@ or from a mean / max over observed steps (``'avg'`` / ``'max'``). With ``kernel=
 MLP kernel of :class:`~smpconv_models.layers.point_conv.MLPKernel` on the same lags (for the side-by-side
 comparison). On a regular grid with no gaps (``timestamps=None, mask=None``) the model equals the grid TCN with the
 same parameters (its state dict loads unchanged). One host read per forward checks the inputs and picks the path
-(the pairwise path reads one gather width per SMP layer). The masked BatchNorm statistics are per process (no
+(the pairwise path reads one gather width per SMP layer); none while exporting, where the pairwise path serves every
+input (:meth:`SMPConvIrregularTCN.forward_features`). The masked BatchNorm statistics are per process (no
 SyncBatchNorm across processes).
 """
 from __future__ import annotations

@@ -9,7 +9,8 @@ MLP kernels; the rest of the network is identical, so the two are compared like 
 Input (``forward``, ``forward_features``): ``features [B, N, in_chans]``, ``positions [B, N, dim]`` and an optional
 ``mask [B, N]`` (bool, True = real point) as arguments, as a dict with those keys, or as a tuple
 ``(features, positions[, mask])`` in the first argument. Positions are expected at unit scale (about ``[-1, 1]^d``):
-the neighbourhood radii are in those units.
+the neighbourhood radii are in those units. The input's value checks are one host read per forward (skipped while
+exporting: :func:`~smpconv_models.layers.point_conv.check_point_set`).
 """
 # No ``from __future__ import annotations`` (as the other families: fx copies annotations into generated code).
 import math
