@@ -177,14 +177,18 @@ def _smp_pairwise(conv: nn.Module, x: Tensor, timestamps: Tensor, mask: Tensor, 
         lag_hi = ((1.0 - pos + rad) * scale + margin).to(t_query.dtype)
         window_lo = (t_query[:, None, None, :] - lag_hi[None, :, :, None]).reshape(batch, -1)
         window_hi = (t_query[:, None, None, :] - lag_lo[None, :, :, None]).reshape(batch, -1)
-        start = _searchsorted(t_source, window_lo).reshape(batch, groups, n_points, length)
-        end = _searchsorted(t_source, window_hi, right=True).reshape(batch, groups, n_points, length)
-        # the gather width: one host read; while exporting every source (a graph cannot read it from the data)
-        width = length if is_exporting() else int((end - start).amax())
+        if is_exporting():  # a graph cannot read the gather width from the data: every source (the hats are exactly
+            # zero outside their windows, so the sums are the same); |N(x)| by comparisons: P x the chunk's memory
+            start = torch.zeros_like(window_lo, dtype=torch.long).reshape(batch, groups, n_points, length)
+            end, width, per_query = start + length, length, n_points if conv.normalize else 1
+        else:
+            start = torch.searchsorted(t_source, window_lo).reshape(batch, groups, n_points, length)
+            end = torch.searchsorted(t_source, window_hi, right=True).reshape(batch, groups, n_points, length)
+            width, per_query = int((end - start).amax()), 1  # one host read: the gather width
         edges = ((pos - rad).sort(1).values, (pos + rad).sort(1).values)  # hat supports, per filter
     out = x.new_zeros(batch, groups, length)
     if width > 0:
-        q = max(1, min(length, chunk_budget // max(1, _chunk_batch(batch) * groups * n_points * width)))
+        q = max(1, min(length, chunk_budget // max(1, _chunk_batch(batch) * groups * n_points * width * per_query)))
         outs = []
         for s in range(0, length, q):
             args = (start[..., s:s + q], end[..., s:s + q], t_query[:, s:s + q], x_mixed)
