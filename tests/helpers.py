@@ -43,12 +43,14 @@ def point_sets(batch: int, n: int = 20, chans: int = 1, dim: int = 2, seed: int 
 def irregular_series(batch: int, length: int = 9, chans: int = 1, integer: bool = False, seed: int = 0,
                      dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(values [B, C, L], timestamps [B, L], mask [B, L])``: strictly increasing timestamps (gaps of 1-3 time
-    units; 1 or 2 with ``integer``), series 1 (or the only one) unobserved on its last 3 steps (values NaN)."""
+    units; 1 or 2 with ``integer``), series 1 (or the only one) unobserved on its last 3 steps and series 0 at its
+    middle step (values NaN there)."""
     g = torch.Generator().manual_seed(seed)
     gaps = torch.rand(batch, length, generator=g, dtype=dtype) * 2 + 1.0
     timestamps = gaps.floor().cumsum(1) if integer else gaps.cumsum(1)
     mask = torch.ones(batch, length, dtype=torch.bool)
     mask[min(1, batch - 1), -3:] = False
+    mask[0, length // 2] = False
     values = torch.randn(batch, chans, length, generator=g, dtype=dtype)
-    values[min(1, batch - 1), :, -3:] = float('nan')
+    values[~mask[:, None].expand_as(values)] = float('nan')
     return values, timestamps, mask
