@@ -13,6 +13,7 @@ import timm
 import torch
 
 import smpconv_models  # noqa: F401
+from smpconv_models.experiments.compile_check import compare_compiled, deterministic_
 
 from .helpers import irregular_series, point_sets, randomize_bn_
 
@@ -23,40 +24,19 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 def _compare_compiled(model: torch.nn.Module, inputs: list, tol: float = 1e-9) -> None:
     """Train-mode forward + backward of ``torch.compile(model)`` against eager on each input (a tensor, or a tuple of
-    the model's positional inputs), then eval on the last (float64; norm-based relative errors; parameters whose
-    gradient is zero in eager only carry rounding noise, so every gradient is compared against the norm of all
-    gradients)."""
-    torch._dynamo.reset()
-    compiled = torch.compile(model)
+    the model's positional inputs), then eval on the last (float64; norm-based relative errors:
+    :func:`compare_compiled`); the point parameters receive gradients."""
     inputs = [x if isinstance(x, tuple) else (x,) for x in inputs]
-    for x in inputs:
-        model.train()
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.momentum = 0.0  # the same statistics for the eager and the compiled pass
-        outs, grads = [], []
-        for fn in (model, compiled):
-            model.zero_grad(set_to_none=True)
-            out = fn(*x)
-            out.square().sum().backward()
-            outs.append(out.detach())
-            grads.append(_grads(model))
-        assert _rel(outs[1], outs[0]) < tol, x[0].shape
-        assert grads[0].keys() == grads[1].keys()
-        scale = torch.cat([g.flatten() for g in grads[0].values()]).norm()
-        worst = max(float((grads[1][k] - grads[0][k]).norm() / scale) for k in grads[0])
-        assert worst < tol, (x[0].shape, worst)
-        point_grads = [k for k in grads[0] if k.endswith(('weight_coord', 'radius', '.weights'))]
-        assert point_grads and all(grads[0][k].abs().sum() > 0 for k in point_grads if k.endswith('.weights'))
-    model.eval()  # eval (one more compile, on the last batch size): cached kernels and folded BatchNorms
-    with torch.no_grad():
-        assert _rel(compiled(*inputs[-1]), model(*inputs[-1])) < tol
+    rows = compare_compiled(deterministic_(model), inputs)
+    assert [(r['mode'], r['batch']) for r in rows] == [('train', x[0].shape[0]) for x in inputs] + [
+        ('eval', inputs[-1][0].shape[0])]
+    for row in rows:
+        assert row['output_rel'] < tol, row
+        assert row['grad_rel'] is None or row['grad_rel'] < tol, row
+    point_grads = [p.grad for n, p in model.named_parameters() if n.endswith('.weights')]
+    assert point_grads and all(g is not None and g.abs().sum() > 0 for g in point_grads)
 
 
 @pytest.mark.parametrize(('name', 'kwargs', 'shape'), [
@@ -70,6 +50,49 @@ def test_compile_default_matches_eager_across_batch_sizes(name, kwargs, shape):
     model = timm.create_model(name, **kwargs).double()
     _compare_compiled(model, [torch.randn(2, *shape, dtype=torch.float64),
                               torch.randn(3, *shape, dtype=torch.float64)])
+
+
+def test_compile_fft_depthwise_path_across_stages(monkeypatch):
+    """Full-size smpconv_t at 224x224 runs its stage-1 depthwise kernels (31x31 on 56x56) through the all-FFT path in
+    training, which small configurations never reach. A graph break there once made Dynamo compile each stage as its
+    own frame, recompile it with dynamic shapes for the next stage, and crash in Inductor; here the small model takes
+    that path in every stage."""
+    from smpconv_models.layers import conv as conv_module
+
+    plain = conv_module.conv_path
+
+    def fft_for_depthwise(x, weight, groups):
+        path = plain(x, weight, groups)
+        return 'fft' if path == 'hybrid' else path
+
+    monkeypatch.setattr(conv_module, 'conv_path', fft_for_depthwise)
+    torch.manual_seed(0)
+    model = timm.create_model('smpconv_t', depths=(1, 1), dims=(8, 16), kernel_sizes=(13, 11), num_classes=5,
+                              drop_path_rate=0.0).double()
+    x = torch.randn(2, 8, 8, 8, dtype=torch.float64, requires_grad=True)  # stage 1's large-kernel input
+    with torch.enable_grad():
+        assert plain(x, torch.zeros(8, 1, 13, 13), 8) == 'hybrid'
+        assert fft_for_depthwise(x, torch.zeros(8, 1, 13, 13), 8) == 'fft'
+    _compare_compiled(model, [torch.randn(2, 3, 32, 32, dtype=torch.float64),
+                              torch.randn(3, 3, 32, 32, dtype=torch.float64)])
+
+
+# One model per structure at its registered (full) size and input: smpconv_b is smpconv_t's class, the TCNs differ in
+# widths and lengths (speech_raw has the longest FFT). Dynamo traces the whole forward as one graph in training and in
+# eval; a graph break splits it into frames that Dynamo recompiles per shape, which is where full-size compiles broke.
+@pytest.mark.parametrize('name', ['smpconv_t', 'smpconv_cifar', 'smpconv_tcn_speech_raw'])
+def test_full_size_model_traces_as_one_graph(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name)
+    size = model.pretrained_cfg['input_size']
+    x = torch.randn(1, *(size if len(size) == 3 and size[1] > 1 else (size[0], size[-1])))
+    for train in (True, False):
+        model.train(train)
+        torch._dynamo.reset()
+        with torch.set_grad_enabled(train):
+            explained = torch._dynamo.explain(model)(x)
+        assert explained.graph_break_count == 0, (train, [str(b.reason)[:300] for b in explained.break_reasons])
+        assert explained.graph_count == 1
 
 
 def test_train_cli_compile_matches_eager(tmp_path):

@@ -101,11 +101,13 @@ def _check_inputs(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
 
 def _fft_causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     length, taps = x.shape[-1], weight.shape[-1]
-    if torch.jit.is_scripting():
+    if torch.jit.is_scripting():  # noqa: SIM114 (TorchScript skips a branch only under this sole condition)
+        n = _next_fast_len(length + taps - 1)
+    elif torch.compiler.is_compiling():  # Dynamo would trace through the lru_cache wrapper (and warn)
         n = _next_fast_len(length + taps - 1)
     else:
         n = next_fast_len(length + taps - 1)
-    out_dtype = torch.result_type(x, weight)
+    out_dtype = torch.promote_types(x.dtype, weight.dtype)
     compute_dtype = torch.promote_types(out_dtype, torch.float32)
     # Linear convolution with the time-reversed kernel: y[t] = sum_m w[K-1-m] x[t-m].
     xf = torch.fft.rfft(x.to(compute_dtype), n=n)  # [B, Cin, F]

@@ -154,7 +154,7 @@ def fft_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups:
     nd = weight.dim() - 2
     sizes: list[int] = []
     dims: list[int] = []
-    out_dtype = torch.result_type(x, weight)
+    out_dtype = torch.promote_types(x.dtype, weight.dtype)
     compute = torch.promote_types(out_dtype, torch.float32)
     w = weight.to(compute)
     for d in range(nd):

@@ -195,7 +195,7 @@ def export_causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tens
     method = resolve_export_method(2 * max(length, taps) * freqs)
     if method == 'direct':
         return F.conv1d(F.pad(x, (taps - 1, 0)), weight, bias)
-    out_dtype = torch.result_type(x, weight)
+    out_dtype = torch.promote_types(x.dtype, weight.dtype)
     compute = torch.promote_types(out_dtype, torch.float32)
     x, w = x.to(compute), weight.to(compute).flip(-1)
     if method == 'matmul':
@@ -224,7 +224,7 @@ def export_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int
     if method == 'direct' or nd > 2:
         return direct(x, weight, bias, groups)
     sizes = exact if method == 'matmul' else [_pow2(n) for n in exact]
-    out_dtype = torch.result_type(x, weight)
+    out_dtype = torch.promote_types(x.dtype, weight.dtype)
     compute = torch.promote_types(out_dtype, torch.float32)
     w = weight.to(compute)
     for d, (centre, before, after) in enumerate(reach):  # offset d at index d mod n (circular layout)

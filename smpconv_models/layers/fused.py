@@ -40,10 +40,12 @@ def needs_grad(x: Tensor, tensors: Sequence[Tensor]) -> bool:
 
 def folds_in_eval(module: nn.Module, x: Any) -> bool:
     """Whether ``module`` may run its folded inference form on ``x``: eval mode, no autograd, not while ``torch.fx``,
-    ``torch.jit.trace`` or an exporter (``torch.onnx``, ``torch.export``) records (traces, exports and FLOP counts
-    see the modules as they are), and no forward hook on a submodule (a hook on an inner conv or BatchNorm still
-    fires: the plain path runs)."""
-    if not isinstance(x, Tensor) or module.training or torch.jit.is_tracing() or is_exporting():
+    ``torch.jit.trace``, an exporter (``torch.onnx``, ``torch.export``) or ``torch.compile`` records (traces, exports
+    and FLOP counts see the modules as they are; a compiled graph cannot read the cache's storage pointers, and
+    Inductor fuses the plain ops itself), and no forward hook on a submodule (a hook on an inner conv or BatchNorm
+    still fires: the plain path runs)."""
+    if (not isinstance(x, Tensor) or module.training or torch.jit.is_tracing() or is_exporting()
+            or torch.compiler.is_compiling()):
         return False
     if needs_grad(x, list(module.parameters())):
         return False
@@ -67,8 +69,8 @@ def _onednn_fusable(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Te
         return False
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False
-    # traced graphs (fvcore FLOP counts, torch.jit.trace) and autocast see the plain ops
-    if torch.jit.is_tracing() or torch.is_autocast_enabled('cpu'):
+    # traced and compiled graphs (fvcore FLOP counts, torch.jit.trace, torch.compile) and autocast see the plain ops
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.is_autocast_enabled('cpu'):
         return False
     tensors = [weight] + ([bias] if bias is not None else []) + ([residual] if residual is not None else [])
     return not needs_grad(x, tensors)

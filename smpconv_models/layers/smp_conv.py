@@ -65,6 +65,8 @@ class SMPConvBase(nn.Module):
     cache key is each parameter's storage pointer and version counter, which every in-place update
     (optimizer step, ``load_state_dict``, :meth:`clamp_radii_`), ``.data`` replacement and ``.to()`` changes.
     Under :func:`share_kernels` (gradient accumulation) one kernel serves every micro-batch of an optimizer step.
+    Under ``torch.compile`` and the exporters the kernel is generated inside the graph on every call (neither the
+    cache nor kernel sharing applies there).
 
     Ablation switches (Tables 6-9 of the paper): ``learn_positions=False`` / ``learn_radius=False`` freeze the
     positions / radii at their initialisation (``requires_grad=False``: they stay in the state dict, so checkpoints
@@ -174,9 +176,13 @@ class SMPConvBase(nn.Module):
         if isinstance(self, torch.jit.ScriptModule):  # called from a scripted model: no cache, compiled methods only
             kernel = smp_kernel(self.kernel_coord, self.weight_coord, self.radius, self.weights, self.normalize)
             return self._kernel_layout(kernel)
+        if torch.compiler.is_compiling() or is_exporting():
+            # compiled and exported graphs generate the kernel in the graph: the cache and share_kernels() key on
+            # storage pointers, which a graph cannot read (reparameterize a model for inference instead)
+            return self.generate_kernel()
         needs_grad = torch.is_grad_enabled() and any(
             p.requires_grad for p in (self.weight_coord, self.radius, self.weights))
-        if self.training or needs_grad or is_exporting():  # exporters trace fake tensors: no storage to key on
+        if self.training or needs_grad:
             self._kernel_cache = None
             if self._share_final is not None and needs_grad:
                 return self._shared_kernel(self._share_final)
