@@ -178,17 +178,17 @@ def _smp_pairwise(conv: nn.Module, x: Tensor, timestamps: Tensor, mask: Tensor, 
         window_lo = (t_query[:, None, None, :] - lag_hi[None, :, :, None]).reshape(batch, -1)
         window_hi = (t_query[:, None, None, :] - lag_lo[None, :, :, None]).reshape(batch, -1)
         if is_exporting():  # a graph cannot read the gather width from the data: every source (the hats are exactly
-            # zero outside their windows, so the sums are the same); |N(x)| by comparisons: P x the chunk's memory
+            # zero outside their windows, so the sums are the same)
             start = torch.zeros_like(window_lo, dtype=torch.long).reshape(batch, groups, n_points, length)
-            end, width, per_query = start + length, length, n_points if conv.normalize else 1
+            end, width = start + length, length
         else:
             start = torch.searchsorted(t_source, window_lo).reshape(batch, groups, n_points, length)
             end = torch.searchsorted(t_source, window_hi, right=True).reshape(batch, groups, n_points, length)
-            width, per_query = int((end - start).amax()), 1  # one host read: the gather width
+            width = int((end - start).amax())  # one host read: the gather width
         edges = ((pos - rad).sort(1).values, (pos + rad).sort(1).values)  # hat supports, per filter
     out = x.new_zeros(batch, groups, length)
     if width > 0:
-        q = max(1, min(length, chunk_budget // max(1, _chunk_batch(batch) * groups * n_points * width * per_query)))
+        q = max(1, min(length, chunk_budget // max(1, _chunk_batch(batch) * groups * n_points * width)))
         outs = []
         for s in range(0, length, q):
             args = (start[..., s:s + q], end[..., s:s + q], t_query[:, s:s + q], x_mixed)
@@ -215,9 +215,11 @@ def _smp_local_chunk(conv: nn.Module, t_source: Tensor, width: int, edges: tuple
     coords = _lag_coords(lag, k).to(conv.weight_coord.dtype)
     h = smp_basis_local(coords.reshape(batch, groups, n_points, q * width, 1), conv.weight_coord, conv.radius)
     h = h.reshape(index.shape)
-    if conv.normalize:  # |N(x)| = #{p: p - r < x < p + r} (Eq. 1), from the sorted hat edges of each filter
+    if conv.normalize and is_exporting():  # |N(x)| (Eq. 1): every point sees the same sources (all of them) here,
+        h = h / ((h > 0).sum(2, keepdim=True, dtype=h.dtype) + COUNT_EPS)  # so count the hats covering each lag
+    elif conv.normalize:  # |N(x)| = #{p: p - r < x < p + r} (Eq. 1), from the sorted hat edges of each filter
         flat = coords.transpose(0, 1).reshape(groups, -1)
-        count = _searchsorted(edges[0], flat) - _searchsorted(edges[1], flat, right=True)
+        count = torch.searchsorted(edges[0], flat) - torch.searchsorted(edges[1], flat, right=True)
         h = h / (count.reshape(groups, batch, n_points, q, width).transpose(0, 1).to(h.dtype) + COUNT_EPS)
     source = x_mixed.gather(3, index.reshape(batch, groups, n_points, q * width)).reshape(index.shape)
     return (h * valid * source).sum((2, 4))
@@ -230,15 +232,6 @@ def _observed_first(mask: Tensor) -> Tensor:
     rank = torch.where(mask, observed.cumsum(1), observed.sum(1, keepdim=True) + (1 - observed).cumsum(1)) - 1
     steps = torch.arange(mask.shape[1], device=mask.device).expand_as(rank)
     return torch.zeros_like(rank).scatter(1, rank, steps)
-
-
-def _searchsorted(sorted_seq: Tensor, values: Tensor, right: bool = False) -> Tensor:
-    """``torch.searchsorted`` on the last axis; while exporting (ONNX has no search operator) the same indices as
-    counts ``#{sorted_seq < v}`` (``<=`` with ``right``), ``O(N M)`` comparisons."""
-    if not is_exporting():
-        return torch.searchsorted(sorted_seq, values, right=right)
-    seq, v = sorted_seq.unsqueeze(-2), values.unsqueeze(-1)
-    return ((seq <= v) if right else (seq < v)).sum(-1)
 
 
 def _chunk_batch(batch: int) -> int:
