@@ -215,12 +215,16 @@ def _smp_local_chunk(conv: nn.Module, t_source: Tensor, width: int, edges: tuple
     coords = _lag_coords(lag, k).to(conv.weight_coord.dtype)
     h = smp_basis_local(coords.reshape(batch, groups, n_points, q * width, 1), conv.weight_coord, conv.radius)
     h = h.reshape(index.shape)
-    if conv.normalize and is_exporting():  # |N(x)| (Eq. 1): every point sees the same sources (all of them) here,
-        h = h / ((h > 0).sum(2, keepdim=True, dtype=h.dtype) + COUNT_EPS)  # so count the hats covering each lag
-    elif conv.normalize:  # |N(x)| = #{p: p - r < x < p + r} (Eq. 1), from the sorted hat edges of each filter
-        flat = coords.transpose(0, 1).reshape(groups, -1)
-        count = torch.searchsorted(edges[0], flat) - torch.searchsorted(edges[1], flat, right=True)
-        h = h / (count.reshape(groups, batch, n_points, q, width).transpose(0, 1).to(h.dtype) + COUNT_EPS)
+    if conv.normalize:  # |N(x)| = #{p: p - r < x < p + r} (Eq. 1), from the sorted hat edges of each filter
+        if is_exporting():  # no search operator in ONNX; every point sees the same sources (all) here: compare once
+            flat = coords[:, :, :1].transpose(0, 1).reshape(groups, -1, 1)
+            count = (edges[0][:, None] < flat).sum(-1) - (edges[1][:, None] <= flat).sum(-1)  # searchsorted's counts
+            count = count.reshape(groups, batch, 1, q, width)
+        else:
+            flat = coords.transpose(0, 1).reshape(groups, -1)
+            count = torch.searchsorted(edges[0], flat) - torch.searchsorted(edges[1], flat, right=True)
+            count = count.reshape(groups, batch, n_points, q, width)
+        h = h / (count.transpose(0, 1).to(h.dtype) + COUNT_EPS)
     source = x_mixed.gather(3, index.reshape(batch, groups, n_points, q * width)).reshape(index.shape)
     return (h * valid * source).sum((2, 4))
 
