@@ -10,10 +10,18 @@ Sec. 3.3), exports it, loads the file in onnxruntime and compares the outputs wi
 on another batch size with ``--dynamic-batch``); the ``.onnx`` is written to a temporary sibling and renamed only
 after that check passes, so a failed export leaves no file behind. Needs the ``export`` extra
 (``pip install "smpconv-models[export]"``: onnx, onnxruntime, onnxscript).
+
+Multi-input models export with one graph input per ``forward`` argument (:func:`example_inputs`): the point-set
+models (``smpconv_points``) take ``features [B, N, C]``, ``positions [B, N, d]`` and ``mask [B, N]`` (bool), the
+irregular-series TCNs (``smpconv_irregular_tcn*``) ``values [B, C, L]``, ``timestamps [B, L]`` (real-valued) and
+``mask [B, L]`` (bool); the point count / length is fixed in the graph, the batch dynamic with ``--dynamic-batch``.
+The irregular TCNs export their pairwise path (kernels at the timestamp differences, any timestamps) and so keep
+their continuous kernels: they are never reparameterized.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -27,8 +35,13 @@ import torch.nn as nn
 
 from . import models as _models  # noqa: F401  (registers the smpconv models)
 from .layers.export_conv import EXPORT_FFT_METHODS, export_fft_method
+from .models.smpconv_irregular import SMPConvIrregularTCN
+from .models.smpconv_points import SMPPointNet
 
-__all__ = ['export_onnx', 'build_export_model', 'example_input', 'onnx_relative_error', 'ExportCheckError', 'main']
+__all__ = ['export_onnx', 'build_export_model', 'example_input', 'example_inputs', 'onnx_relative_error',
+           'ExportCheckError', 'main']
+
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 
 _logger = logging.getLogger(__name__)
 
@@ -51,7 +64,8 @@ def build_export_model(name: str, pretrained: bool = False, checkpoint: str | No
                        model_args: dict[str, Any] | None = None, reparameterize: bool = True) -> nn.Module:
     """The eval-mode model to export: ``name`` (a registered smpconv model, or with ``pretrained`` a pretrained tag
     such as ``smpconv_tcn_mnist.digits``) with ``model_args``, weights from ``checkpoint`` (a file or Hub-layout
-    folder, official or ours) if given, reparameterized into plain layers unless ``reparameterize=False``."""
+    folder, official or ours) if given, reparameterized into plain layers unless ``reparameterize=False`` (never
+    the irregular-series TCNs: their exported graph evaluates the continuous kernels at timestamp differences)."""
     from .train.modeling import build_model
 
     model_args = dict(model_args or {})
@@ -65,6 +79,10 @@ def build_export_model(name: str, pretrained: bool = False, checkpoint: str | No
     else:
         model = timm.create_model(name, pretrained=pretrained, **model_args)
     model.eval()
+    if reparameterize and isinstance(model, SMPConvIrregularTCN):
+        _logger.info('%s keeps its continuous kernels (it exports the pairwise path, which serves any timestamps)',
+                     base)
+        reparameterize = False
     return timm.utils.reparameterize_model(model, inplace=True) if reparameterize else model
 
 
@@ -80,11 +98,50 @@ def example_input(model: nn.Module, batch_size: int = 2, seq_len: int | None = N
     return torch.randn(batch_size, c, h, w, dtype=p.dtype, device=p.device)
 
 
-def onnx_relative_error(session, model: nn.Module, x: torch.Tensor) -> float:
-    """``||onnx(x) - model(x)|| / ||model(x)||`` for an onnxruntime ``session`` of ``model``."""
+def example_inputs(model: nn.Module, batch_size: int = 2, seq_len: int | None = None,
+                   n_points: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Random positional inputs of the model's configured size: ``(x,)`` (:func:`example_input`) for the image and
+    sequence models; for the point-set models ``(features [B, N, C], positions [B, N, d], mask [B, N])`` (``N``:
+    ``n_points`` or the configured count; positions uniform in ``[-1, 1]^d``, the last set's final quarter padded);
+    for the irregular-series models ``(values [B, C, L], timestamps [B, L], mask [B, L])`` (``L``: ``seq_len`` or the
+    kernel length; real timestamps with gaps uniform in ``[0.5, 1.5)``, the last series' final quarter unobserved)."""
+    p = next(model.parameters())
+    dd = dict(dtype=p.dtype, device=p.device)
+    if isinstance(model, SMPPointNet):
+        if seq_len is not None:
+            raise ValueError('--seq-len applies to sequence models, not to point-set models')
+        chans, count, dim = model.pretrained_cfg['input_size']
+        count = n_points or count
+        mask = torch.ones(batch_size, count, dtype=torch.bool, device=p.device)
+        mask[-1, count - count // 4:] = False
+        return (torch.randn(batch_size, count, chans, **dd), torch.rand(batch_size, count, dim, **dd) * 2 - 1, mask)
+    if n_points is not None:
+        raise ValueError(f'n_points applies to point-set models, not {type(model).__name__}')
+    if isinstance(model, SMPConvIrregularTCN):
+        length = seq_len or model.seq_len
+        timestamps = (torch.rand(batch_size, length, **dd) + 0.5).cumsum(1)
+        mask = torch.ones(batch_size, length, dtype=torch.bool, device=p.device)
+        mask[-1, length - length // 4:] = False
+        return torch.randn(batch_size, model.in_chans, length, **dd), timestamps, mask
+    return (example_input(model, batch_size, seq_len),)
+
+
+def _input_names(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[str]:
+    """``['input']`` for one input, else the names of ``model.forward``'s first arguments."""
+    if len(inputs) == 1:
+        return ['input']
+    return list(inspect.signature(model.forward).parameters)[:len(inputs)]
+
+
+def onnx_relative_error(session, model: nn.Module, x: Inputs) -> float:
+    """``||onnx(x) - model(x)|| / ||model(x)||`` for an onnxruntime ``session`` of ``model`` (``x``: one input or
+    a tuple of the model's positional inputs)."""
+    x = x if isinstance(x, tuple) else (x,)
     with torch.inference_mode():
-        ref = model(x).float()
-    out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.detach().cpu().float().numpy()})[0])
+        ref = model(*x).float()
+    feed = {i.name: (t.float() if t.is_floating_point() else t).detach().cpu().numpy()
+            for i, t in zip(session.get_inputs(), x)}
+    out = torch.from_numpy(session.run(None, feed)[0])
     if out.shape != ref.shape:
         raise ExportCheckError(f'onnxruntime output shape {tuple(out.shape)} differs from PyTorch {tuple(ref.shape)}')
     return float((out - ref.cpu()).norm() / ref.norm().clamp_min(1e-30))
@@ -93,40 +150,50 @@ def onnx_relative_error(session, model: nn.Module, x: torch.Tensor) -> float:
 def export_onnx(
         model: nn.Module,
         path: str | os.PathLike,
-        x: torch.Tensor,
+        x: Inputs,
         dynamic_batch: bool = False,
         opset: int | None = None,
         dynamo: bool = True,
         fft_method: str = 'auto',
         tolerance: float = 1e-4,
 ) -> dict[str, Any]:
-    """Export ``model`` (eval mode) on the example input ``x`` to ``path``, check the file with ONNX's checker and
-    in onnxruntime (relative error at most ``tolerance`` on ``x`` and, with ``dynamic_batch``, on a batch of another
-    size), then move it into place. Returns the checks; raises :class:`ExportCheckError` (and writes nothing) when
-    they fail."""
+    """Export ``model`` (eval mode) on the example input ``x`` (one tensor, or a tuple of the model's positional
+    inputs as :func:`example_inputs` makes them: one graph input each, named after ``forward``'s arguments) to
+    ``path``, check the file with ONNX's checker and in onnxruntime (relative error at most ``tolerance`` on ``x``
+    and, with ``dynamic_batch``, on a batch of another size), then move it into place. Returns the checks; raises
+    :class:`ExportCheckError` (and writes nothing) when they fail."""
     onnx, ort = _require_onnx()
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp')
     model.eval()
+    inputs = x if isinstance(x, tuple) else (x,)
+    names = _input_names(model, inputs)
     try:
         with export_fft_method(fft_method), torch.no_grad():
             if dynamo:
                 kwargs: dict[str, Any] = dict(dynamo=True, external_data=False)
                 if dynamic_batch:
-                    kwargs['dynamic_shapes'] = ({0: 'batch'},)
-                program = torch.onnx.export(model, (x,), input_names=['input'], output_names=['output'],
+                    kwargs['dynamic_shapes'] = tuple({0: 'batch'} for _ in inputs)
+                program = torch.onnx.export(model, inputs, input_names=names, output_names=['output'],
                                             opset_version=opset, **kwargs)
                 program.save(str(tmp))
             else:
-                axes = {'input': {0: 'batch'}, 'output': {0: 'batch'}} if dynamic_batch else None
-                torch.onnx.export(model, (x,), str(tmp), dynamo=False, input_names=['input'],
+                axes = {n: {0: 'batch'} for n in [*names, 'output']} if dynamic_batch else None
+                torch.onnx.export(model, inputs, str(tmp), dynamo=False, input_names=names,
                                   output_names=['output'], opset_version=opset, dynamic_axes=axes)
         onnx.checker.check_model(str(tmp), full_check=True)
         session = ort.InferenceSession(str(tmp), providers=['CPUExecutionProvider'])
-        checks = {f'batch_{x.shape[0]}': onnx_relative_error(session, model, x)}
+        batch = inputs[0].shape[0]
+        checks = {f'batch_{batch}': onnx_relative_error(session, model, inputs)}
         if dynamic_batch:
-            other = x.shape[0] + 1
-            x2 = torch.randn((other, *x.shape[1:]), dtype=x.dtype, device=x.device)
+            other = batch + 1
+            if len(inputs) == 1:
+                x2: Inputs = torch.randn((other, *inputs[0].shape[1:]), dtype=inputs[0].dtype,
+                                         device=inputs[0].device)
+            else:  # the same point count / length (fixed in the graph)
+                size = inputs[0].shape[1 if isinstance(model, SMPPointNet) else -1]
+                x2 = example_inputs(model, other, **({'n_points': size} if isinstance(model, SMPPointNet)
+                                                     else {'seq_len': size}))
             checks[f'batch_{other}'] = onnx_relative_error(session, model, x2)
         bad = {k: v for k, v in checks.items() if not v <= tolerance}
         if bad:
@@ -170,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                              'specializes size-1 dimensions)')
         model = build_export_model(args.model, args.pretrained, args.checkpoint, model_args,
                                    reparameterize=not args.no_reparam)
-        x = example_input(model, args.batch_size, args.seq_len)
+        x = example_inputs(model, args.batch_size, args.seq_len)
         report = export_onnx(model, args.out, x, dynamic_batch=args.dynamic_batch, opset=args.opset,
                              dynamo=args.exporter == 'dynamo', fft_method=args.fft_method, tolerance=args.tolerance)
     except (ValueError, FileNotFoundError, ImportError, ExportCheckError, json.JSONDecodeError) as e:

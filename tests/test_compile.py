@@ -15,6 +15,8 @@ import torch
 import smpconv_models  # noqa: F401
 from smpconv_models.experiments.compile_check import compare_compiled, deterministic_
 
+from .helpers import irregular_series, point_sets, randomize_bn_
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,12 +24,14 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-def _compare_compiled(model: torch.nn.Module, inputs: list[torch.Tensor], tol: float = 1e-9) -> None:
-    """Train-mode forward + backward of ``torch.compile(model)`` against eager on each input, then eval on the last
-    (float64; norm-based relative errors: :func:`compare_compiled`); the point parameters receive gradients."""
-    rows = compare_compiled(deterministic_(model), [(x,) for x in inputs])
-    assert [(r['mode'], r['batch']) for r in rows] == [('train', x.shape[0]) for x in inputs] + [
-        ('eval', inputs[-1].shape[0])]
+def _compare_compiled(model: torch.nn.Module, inputs: list, tol: float = 1e-9) -> None:
+    """Train-mode forward + backward of ``torch.compile(model)`` against eager on each input (a tensor, or a tuple of
+    the model's positional inputs), then eval on the last (float64; norm-based relative errors:
+    :func:`compare_compiled`); the point parameters receive gradients."""
+    inputs = [x if isinstance(x, tuple) else (x,) for x in inputs]
+    rows = compare_compiled(deterministic_(model), inputs)
+    assert [(r['mode'], r['batch']) for r in rows] == [('train', x[0].shape[0]) for x in inputs] + [
+        ('eval', inputs[-1][0].shape[0])]
     for row in rows:
         assert row['output_rel'] < tol, row
         assert row['grad_rel'] is None or row['grad_rel'] < tol, row
@@ -113,3 +117,29 @@ def test_train_cli_compile_matches_eager(tmp_path):
     for k in a:
         if a[k].is_floating_point():
             assert _rel(b[k].double(), a[k].double()) < 1e-3, k
+
+
+# --------------------------------------------------------------------------- multi-input families (host reads)
+
+# one stage / two blocks: every layer kind once (compiling is what takes the time)
+POINTS = dict(stem_width=4, widths=(6,), depths=(1,), stage_points=(6,), radii=(0.8,), k=6)
+IRREGULAR = dict(depth=1, width=4, n_points=4, seq_len=12, radius=0.15)
+
+
+@pytest.mark.parametrize('kernel', ['smp', 'mlp'])
+def test_compile_point_set_model_matches_eager(kernel):
+    """smpconv_points (farthest-point sampling, radius search; the input check's host read is a graph break)."""
+    torch.manual_seed(0)
+    model = timm.create_model('smpconv_points', kernel=kernel, **POINTS).double()
+    randomize_bn_(model)  # the blocks' last BatchNorm starts at zero: open the residual branches
+    _compare_compiled(model, [point_sets(2, n=12, seed=1), point_sets(3, n=12, seed=2)])
+
+
+def test_compile_irregular_tcn_matches_eager():
+    """smpconv_irregular_tcn on real timestamps with a mask (the pairwise path; host reads for the data checks and
+    gather widths), then at another batch size without a mask."""
+    torch.manual_seed(0)
+    model = timm.create_model('smpconv_irregular_tcn', **IRREGULAR).double()
+    randomize_bn_(model)
+    values, timestamps, _ = irregular_series(3, seed=2)
+    _compare_compiled(model, [irregular_series(2, seed=1), (values.nan_to_num(), timestamps, None)])

@@ -1,5 +1,6 @@
 """Deployment: the export forms of the FFT convolutions, ONNX export of every family (both exporters, timm's helper,
-our CLI) checked in onnxruntime, torch.export, and pretrained weights adapted to other input channels."""
+our CLI) checked in onnxruntime, torch.export, and pretrained weights adapted to other input channels; the point-set
+and irregular-series families (several inputs, data-dependent paths) included."""
 from __future__ import annotations
 
 import json
@@ -22,6 +23,8 @@ from smpconv_models.layers.export_conv import (
 )
 from smpconv_models.models._checkpoint import adapt_input_weight
 
+from .helpers import irregular_series, point_sets, randomize_bn_
+
 onnx = pytest.importorskip('onnx')
 ort = pytest.importorskip('onnxruntime')
 
@@ -36,6 +39,9 @@ FAMILIES = {
     'smpconv_tcn_chartraj': dict(depth=1, width=8, seq_len=50),
     'smpconv_tcn_speech': dict(depth=1, width=8, seq_len=49),
     'smpconv_tcn_speech_raw': dict(depth=1, width=8, seq_len=64),
+    'smpconv_points': dict(stem_width=8, widths=(8,), depths=(1,), stage_points=(10,), radii=(0.8,), k=8),
+    'smpconv_irregular_tcn': dict(depth=1, width=6, n_points=4, seq_len=16, radius=0.15),
+    'smpconv_irregular_tcn_chartraj': dict(depth=1, width=6, n_points=4, seq_len=20),
 }
 INPUTS = {'smpconv_t': (3, 32, 32), 'smpconv_b': (3, 32, 32), 'smpconv_cifar': (3, 16, 16)}
 
@@ -68,10 +74,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _ort_rel(path, model, x) -> float:
+    """Relative error of the ONNX file against ``model`` on ``x`` (a tensor or a tuple of positional inputs)."""
+    inputs = x if isinstance(x, tuple) else (x,)
     session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
-    out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
+    out = torch.from_numpy(session.run(None, feed)[0])
     with torch.no_grad():
-        return _rel(out, model(x))
+        return _rel(out, model(*inputs))
 
 
 # --------------------------------------------------------------------------------------- export forms (float64)
@@ -137,13 +146,77 @@ def test_sequence_model_exports_at_another_length(length, dynamo, tmp_path):
         assert _ort_rel(path, model, x) <= 1e-4, method
 
 
+# The multi-input families: point sets (features, positions, mask) and irregular series (values, timestamps, mask).
+POINTS = dict(stem_width=8, widths=(8, 16), depths=(1, 1), stage_points=(10, 5), radii=(0.6, 1.0), k=8)
+MULTI = {
+    'points_smp': ('smpconv_points', dict(POINTS, kernel='smp')),
+    'points_mlp': ('smpconv_points', dict(POINTS, kernel='mlp')),
+    'irregular': ('smpconv_irregular_tcn', dict(depth=2, width=5, n_points=4, seq_len=12, radius=0.15)),
+    'irregular_mlp': ('smpconv_irregular_tcn', dict(depth=1, width=5, seq_len=12, kernel='mlp', mlp_hidden=8)),
+}
+
+
+def _multi_model(key: str, dtype=torch.float32) -> torch.nn.Module:
+    name, kwargs = MULTI[key]
+    torch.manual_seed(0)
+    model = timm.create_model(name, **kwargs).to(dtype)
+    with torch.no_grad():
+        randomize_bn_(model)  # trained-like statistics; opens the point blocks' zero-initialised residual branches
+    return model.eval()
+
+
+def _multi_inputs(key: str, batch: int, dtype=torch.float32, integer: bool = False) -> tuple:
+    if key.startswith('points'):
+        return point_sets(batch, seed=batch, dtype=dtype)
+    return irregular_series(batch, integer=integer, seed=batch, dtype=dtype)
+
+
+def _multi_checks(key: str, model: torch.nn.Module, dtype=torch.float32) -> list[tuple[tuple, bool]]:
+    """``(inputs, eager_takes_grid_path)``: batches of 2 and 3 (padded sets / unobserved steps holding NaN); for the
+    irregular TCN also integer timestamps, where eager takes the grid path and the exported graph (always the
+    pairwise path) must still agree."""
+    checks = [(_multi_inputs(key, b, dtype), False) for b in (2, 3)]
+    if key.startswith('irregular'):
+        integer = [_multi_inputs(key, b, dtype, integer=True) for b in (2, 3)]
+        assert all(model._plan(*x)[0] for x in integer)  # eager: the grid path
+        checks += [(x, True) for x in integer]
+    return checks
+
+
+def _names(key: str) -> list[str]:
+    return ['features', 'positions', 'mask'] if key.startswith('points') else ['values', 'timestamps', 'mask']
+
+
+@pytest.mark.parametrize(('key', 'dynamo'), [('points_smp', False), ('points_smp', True), ('points_mlp', False),
+                                             ('irregular', False), ('irregular', True), ('irregular_mlp', False)])
+def test_multi_input_onnx_export_matches_pytorch(key, dynamo, tmp_path):
+    """torch.onnx.export (timm.utils.onnx.onnx_export takes one input tensor) with one graph input per forward
+    argument and a dynamic batch, checked in onnxruntime at batch 2 and 3 (and integer timestamps)."""
+    model = _multi_model(key)
+    x, names, path = _multi_inputs(key, 2), _names(key), tmp_path / 'model.onnx'
+    with torch.no_grad():
+        if dynamo:
+            program = torch.onnx.export(model, x, dynamo=True, input_names=names, output_names=['logits'],
+                                        dynamic_shapes=tuple({0: 'batch'} for _ in names))
+            program.save(str(path))
+        else:
+            torch.onnx.export(model, x, str(path), dynamo=False, input_names=names, output_names=['logits'],
+                              dynamic_axes={n: {0: 'batch'} for n in [*names, 'logits']})
+    onnx.checker.check_model(str(path), full_check=True)
+    assert [i.name for i in ort.InferenceSession(str(path)).get_inputs()] == names
+    for inputs, _ in _multi_checks(key, model):
+        assert _ort_rel(path, model, inputs) <= 1e-4, tuple(inputs[0].shape)
+
+
 @pytest.mark.parametrize('name', list(FAMILIES))
 def test_export_cli_round_trip(name, tmp_path, capsys):
     out = tmp_path / 'model.onnx'
     args = [name, str(out), '--model-args', json.dumps(FAMILIES[name])]
     if name == 'smpconv_tcn_mnist':
         args = ['smpconv_tcn_mnist.digits', str(out), '--pretrained', '--seq-len', '50']
-    if name != 'smpconv_t':  # the TorchScript exporter for the rest (faster; both are covered above)
+    # the dynamo exporter for one single-input and one multi-input model, TorchScript for the rest (faster; both
+    # exporters are covered above and below)
+    if name not in ('smpconv_t', 'smpconv_irregular_tcn_chartraj'):
         args += ['--exporter', 'torchscript']
     torch.manual_seed(0)  # the CLI builds the same (randomly initialised) model as build_export_model below
     assert export_cli.main([*args, '--dynamic-batch']) == 0
@@ -154,7 +227,7 @@ def test_export_cli_round_trip(name, tmp_path, capsys):
     torch.manual_seed(0)
     model = export_cli.build_export_model(args[0], pretrained='--pretrained' in args,
                                           model_args=json.loads(args[3]) if '--model-args' in args else {})
-    x = export_cli.example_input(model, 4, 50 if name == 'smpconv_tcn_mnist' else None)
+    x = export_cli.example_inputs(model, 4, 50 if name == 'smpconv_tcn_mnist' else None)
     assert _ort_rel(out, model, x) <= 1e-4
     assert [p.name for p in tmp_path.iterdir()] == ['model.onnx']
 
@@ -183,6 +256,51 @@ def test_torch_export_matches_eager(name, reparam):
     program = torch.export.export(model, (x,))
     with torch.no_grad():
         assert _rel(program.module()(x), model(x)) < 1e-10
+
+
+@pytest.mark.parametrize('key', list(MULTI))
+def test_torch_export_multi_input_matches_eager(key):
+    """torch.export.export of the point-set and irregular models in float64 with a dynamic batch: eager outputs at
+    batch 2 and 3 (the irregular TCN on real and integer timestamps, padded steps holding NaN)."""
+    model = _multi_model(key, torch.float64)
+    batch = torch.export.Dim('batch', min=1)
+    program = torch.export.export(model, _multi_inputs(key, 2, torch.float64), dynamic_shapes=({0: batch},) * 3)
+    for inputs, grid in _multi_checks(key, model, torch.float64):
+        with torch.no_grad():
+            got = program.module()(*inputs)
+            if grid:  # eager's grid path equals the pairwise path up to rounding (tests/models/test_irregular.py),
+                # which the logits' cancellation amplifies about 100-fold; the pairwise path is what was exported
+                assert _rel(got, model(*inputs)) < 1e-8
+                pairwise = model.forward_features(*inputs, path='pairwise')
+                assert _rel(got, model.forward_head(pairwise, mask=inputs[2])) < 1e-10
+            else:
+                assert _rel(got, model(*inputs)) < 1e-10, tuple(inputs[0].shape)
+
+
+def test_irregular_compact_order_is_a_stable_sort():
+    """The pairwise path's compact order (observed steps first, written with cumulative sums so that it exports) is
+    the stable sort of ``~mask``."""
+    from smpconv_models.models.smpconv_irregular import _observed_first
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(4, 11, generator=g) > 0.4
+    assert torch.equal(_observed_first(mask), torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices)
+
+
+def test_irregular_export_refuses_what_needs_a_host_read():
+    """The grid path (its length is the data's span) and the folded integer-lag kernels cannot be exported."""
+    model = _multi_model('irregular')
+    x = _multi_inputs('irregular', 2, integer=True)
+
+    class GridPath(torch.nn.Module):
+        def forward(self, values, timestamps, mask):
+            return model.forward_features(values, timestamps, mask, path='grid')
+
+    with pytest.raises(ValueError, match="path='grid' cannot be exported"):
+        torch.export.export(GridPath(), x)
+    model.reparameterize()
+    with pytest.raises(ValueError, match='reparameterized SMPConvIrregularTCN cannot be exported'):
+        torch.export.export(model, x)
 
 
 # --------------------------------------------------------------------------------------- input channel adaptation
@@ -238,3 +356,32 @@ def test_shipped_digits_weights_load_with_three_channels():
         assert _rel(three(x.repeat(1, 3, 1)), one(x)) < 1e-5
     w1, w3 = one.blocks[0].conv1.smp.conv.weights, three.blocks[0].conv1.smp.conv.weights
     torch.testing.assert_close(w3, adapt_input_conv(3, w1[..., None], base_chans=1)[..., 0])
+
+
+@pytest.mark.parametrize('key', list(MULTI))
+def test_pretrained_in_chans_adapts_multi_input_models(key, tmp_path):
+    """The same for the point-set stem (SMP or MLP kernel weights ``[F_out, F_in, P | H]``) and the irregular TCN's
+    first block (SMP or MLP kernel): a 2-channel checkpoint loaded with 1 channel (the sum) and 4 (repeats)."""
+    from safetensors.torch import save_file
+
+    name, kwargs = MULTI[key]
+    torch.manual_seed(0)
+    source = timm.create_model(name, **dict(kwargs, in_chans=2))
+    with torch.no_grad():
+        randomize_bn_(source)
+    source.eval()
+    path = tmp_path / 'w.safetensors'
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    chan = -1 if name == 'smpconv_points' else 1  # features [B, N, C], values [B, C, L]
+    x = list(_multi_inputs(key, 2))
+    x[0] = torch.cat([x[0], torch.randn_like(x[0])], chan)  # two channels
+    for in_chans in (1, 4):
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                                  **dict(kwargs, in_chans=in_chans)).eval()
+        with torch.no_grad():
+            if in_chans == 1:
+                first = x[0].narrow(chan, 0, 1)
+                expected, got = source(first.expand_as(x[0]), *x[1:]), model(first, *x[1:])
+            else:
+                expected, got = source(*x), model(torch.cat([x[0], x[0]], chan), *x[1:])
+        assert _rel(got, expected) < 1e-5, in_chans

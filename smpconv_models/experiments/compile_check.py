@@ -93,11 +93,11 @@ def compare_compiled(model: nn.Module, inputs: Sequence[tuple[Tensor, ...]]) -> 
 
 
 def full_size_inputs(model: nn.Module, batch_size: int) -> tuple[Tensor, ...]:
-    """A random input of the model's registered size (``[B, C, H, W]`` images, ``[B, C, L]`` sequences)."""
-    from ..export import example_input
+    """Random inputs of the model's registered size (``[B, C, H, W]`` images, ``[B, C, L]`` sequences; the point-set
+    and irregular-series models' input tuples: :func:`~smpconv_models.export.example_inputs`)."""
+    from ..export import example_inputs
 
-    x = example_input(model, batch_size)
-    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    return example_inputs(model, batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:

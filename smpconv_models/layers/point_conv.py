@@ -23,6 +23,7 @@ from timm.layers import register_notrace_module
 from torch import Tensor
 
 from .conv import check_float_3d
+from .export_conv import is_exporting
 from .smp_kernel import COUNT_EPS, smp_basis, smp_kernel
 
 __all__ = ['MLPKernel', 'SMPPointKernel', 'PointConv', 'point_conv', 'find_neighbors', 'farthest_point_sample',
@@ -233,11 +234,15 @@ def _check_mask(mask: Tensor | None, batch: int, n: int, name: str = 'mask') -> 
 def check_point_set(features: Tensor, positions: Tensor, mask: Tensor | None = None, query: Tensor | None = None,
                     in_channels: int | None = None, dim: int | None = None, k: int | None = None) -> None:
     """Raise a clear error for a malformed point set: shapes, dtypes, batch and point counts, a bad mask, and (one
-    host sync) non-finite positions of real points or fewer real points than ``k`` (k-nearest-neighbour search)."""
+    host sync) non-finite positions of real points or fewer real points than ``k`` (k-nearest-neighbour search).
+    While a graph is captured for export (:func:`~smpconv_models.layers.export_conv.is_exporting`) only the shape
+    and dtype checks run: an exported graph cannot read values on the host."""
     check_point_set_shapes(features, positions, mask, query, in_channels, dim)
     n = features.shape[1]
     if k is not None and k > n:
         raise ValueError(f'k={k} neighbours requested but the sets hold only N={n} points')
+    if is_exporting():
+        return
     finite = torch.isfinite(positions).all(-1)
     flags = [(finite if mask is None else finite | ~mask).all()]
     if query is not None:
@@ -254,16 +259,25 @@ def check_point_set(features: Tensor, positions: Tensor, mask: Tensor | None = N
                          'points (mask); lower k or use radius search')
 
 
+def _distances(query: Tensor, support: Tensor) -> Tensor:
+    """Euclidean distances ``[B, M, N]`` from exact coordinate differences; while exporting as plain tensor ops
+    (ONNX has no ``cdist``)."""
+    if is_exporting():
+        return (query[:, :, None] - support[:, None]).square().sum(-1).sqrt()
+    return torch.cdist(query, support, compute_mode='donot_use_mm_for_euclid_dist')
+
+
 def _neighbors_torch(support: Tensor, query: Tensor, k: int, radius: float | None, support_mask: Tensor | None,
                      chunk_size: int | None) -> tuple[Tensor, Tensor]:
     batch, n, _ = support.shape
     m = query.shape[1]
     kk = min(k, n)
-    chunk = chunk_size or max(1, DIST_BLOCK // max(1, batch * n))
+    # while exporting the batch dimension may be dynamic: chunks sized per set (memory then grows with the batch)
+    chunk = chunk_size or max(1, DIST_BLOCK // max(1, (1 if is_exporting() else batch) * n))
     dists, idxs = [], []
     for start in range(0, m, chunk):
         # exact differences (not the matmul expansion), so ties on grids are resolved the same everywhere
-        d = torch.cdist(query[:, start:start + chunk], support, compute_mode='donot_use_mm_for_euclid_dist')
+        d = _distances(query[:, start:start + chunk], support)
         if support_mask is not None:
             d = d.masked_fill(~support_mask[:, None], math.inf)
         d, i = d.topk(kk, dim=-1, largest=False)
@@ -272,7 +286,7 @@ def _neighbors_torch(support: Tensor, query: Tensor, k: int, radius: float | Non
     dist, idx = torch.cat(dists, 1), torch.cat(idxs, 1)
     valid = torch.isfinite(dist)
     if radius is not None:
-        valid &= dist <= radius
+        valid = valid & (dist <= radius)
     if kk < k:  # radius search with a maximum count above the set size: pad with invalid slots
         pad = k - kk
         idx = torch.cat([idx, idx.new_zeros(batch, m, pad)], -1)
@@ -316,6 +330,7 @@ def _neighbors_torch_cluster(support: Tensor, query: Tensor, k: int, radius: flo
     return idx, valid
 
 
+@torch.compiler.assume_constant_result  # torch.compile evaluates it once while tracing (no graph break)
 def _has_torch_cluster() -> bool:
     try:
         import torch_cluster  # noqa: F401
@@ -341,7 +356,8 @@ def find_neighbors(
     ``backend='torch'`` (plain torch, CPU or CUDA) processes queries in chunks so one ``[B, chunk, N]`` distance
     block holds at most ``DIST_BLOCK`` elements (``chunk_size`` overrides the chunk); ``'torch_cluster'`` uses the
     optional ``torch_cluster`` package (``radius`` then keeps *some* ``k`` points of the ball, not the nearest);
-    ``'auto'`` picks ``torch_cluster`` when it is installed.
+    ``'auto'`` picks ``torch_cluster`` when it is installed (and ``'torch'`` while exporting: see
+    :func:`~smpconv_models.layers.export_conv.is_exporting`).
     """
     if backend not in ('auto', 'torch', 'torch_cluster'):
         raise ValueError(f"backend must be 'auto', 'torch' or 'torch_cluster', got {backend!r}")
@@ -352,7 +368,7 @@ def find_neighbors(
     _check_positions('support positions', support)
     _check_positions('query', query, support.shape[0], support.shape[-1])
     _check_mask(support_mask, support.shape[0], support.shape[1], 'support_mask')
-    if backend == 'torch_cluster' or (backend == 'auto' and _has_torch_cluster()):
+    if backend == 'torch_cluster' or (backend == 'auto' and not is_exporting() and _has_torch_cluster()):
         if backend == 'torch_cluster' and not _has_torch_cluster():
             raise ImportError("backend='torch_cluster' needs the optional torch_cluster package (pip install "
                               "torch-cluster, built for your torch version); backend='torch' needs nothing")
@@ -373,16 +389,15 @@ def farthest_point_sample(positions: Tensor, n_samples: int, mask: Tensor | None
     real = torch.ones(batch, n, dtype=torch.bool, device=positions.device) if mask is None else mask
     # score: distance to the picked set for unpicked real points (>= 0), -0.25 unpicked padded, -0.5 picked
     score = torch.where(real, math.inf, -0.25).to(positions.dtype)
-    picks = torch.empty(batch, n_samples, dtype=torch.long, device=positions.device)
-    current = score.argmax(-1)
-    for step in range(n_samples):
-        picks[:, step] = current
-        score.scatter_(1, current[:, None], -0.5)
+    picks = [score.argmax(-1)]
+    for _ in range(n_samples - 1):  # out-of-place steps: exporters trace the unrolled loop
+        current = picks[-1]
+        score = score.scatter(1, current[:, None], -0.5)
         centre = positions.gather(1, current[:, None, None].expand(-1, 1, positions.shape[-1]))
         dist = (positions - centre).square().sum(-1)
         score = torch.where(score >= 0, torch.minimum(score, dist), score)
-        current = score.argmax(-1)
-    return picks
+        picks.append(score.argmax(-1))
+    return torch.stack(picks, 1)
 
 
 @torch.no_grad()

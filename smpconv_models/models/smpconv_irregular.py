@@ -36,7 +36,8 @@ or from a mean / max over observed steps (``'avg'`` / ``'max'``). With ``kernel=
 MLP kernel of :class:`~smpconv_models.layers.point_conv.MLPKernel` on the same lags (for the side-by-side
 comparison). On a regular grid with no gaps (``timestamps=None, mask=None``) the model equals the grid TCN with the
 same parameters (its state dict loads unchanged). One host read per forward checks the inputs and picks the path
-(the pairwise path reads one gather width per SMP layer). The masked BatchNorm statistics are per process (no
+(the pairwise path reads one gather width per SMP layer); none while exporting, where the pairwise path serves every
+input (:meth:`SMPConvIrregularTCN.forward_features`). The masked BatchNorm statistics are per process (no
 SyncBatchNorm across processes).
 """
 from __future__ import annotations
@@ -52,10 +53,12 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import SMPParallelCausalConv1d, causal_conv1d, check_conv_input, kernel_coords, smp_basis
 from ..layers.conv import check_float_3d
+from ..layers.export_conv import is_exporting
 from ..layers.smp_kernel import COUNT_EPS, smp_basis_local
-from ._checkpoint import validate_for_model
+from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import SMPModelMixin
 from .smpconv_tcn import _POOLS, TCNBlock, TCNClassifierMixin
+from .smpconv_tcn import INPUT_LAYERS as _GRID_INPUT_LAYERS
 
 __all__ = ['SMPConvIrregularTCN', 'MLPCausalConv1d', 'masked_batch_norm', 'check_irregular_inputs']
 
@@ -161,7 +164,7 @@ def _smp_pairwise(conv: nn.Module, x: Tensor, timestamps: Tensor, mask: Tensor, 
     k = conv.kernel_size[0]
     scale = (k - 1) / 2.0  # lag units per kernel-coordinate unit
     # compact order: observed steps first (time order), unobserved ones after them with time +inf (never a source)
-    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
+    order = _observed_first(mask)
     observed = mask.gather(1, order)
     t_query = torch.where(observed, timestamps.gather(1, order), torch.zeros((), dtype=timestamps.dtype,
                                                                                device=timestamps.device))
@@ -174,18 +177,23 @@ def _smp_pairwise(conv: nn.Module, x: Tensor, timestamps: Tensor, mask: Tensor, 
         lag_hi = ((1.0 - pos + rad) * scale + margin).to(t_query.dtype)
         window_lo = (t_query[:, None, None, :] - lag_hi[None, :, :, None]).reshape(batch, -1)
         window_hi = (t_query[:, None, None, :] - lag_lo[None, :, :, None]).reshape(batch, -1)
-        start = torch.searchsorted(t_source, window_lo).reshape(batch, groups, n_points, length)
-        end = torch.searchsorted(t_source, window_hi, right=True).reshape(batch, groups, n_points, length)
-        width = int((end - start).amax())  # one host read: the gather width
+        if is_exporting():  # a graph cannot read the gather width from the data: every source (the hats are exactly
+            # zero outside their windows, so the sums are the same)
+            start = torch.zeros_like(window_lo, dtype=torch.long).reshape(batch, groups, n_points, length)
+            end, width = start + length, length
+        else:
+            start = torch.searchsorted(t_source, window_lo).reshape(batch, groups, n_points, length)
+            end = torch.searchsorted(t_source, window_hi, right=True).reshape(batch, groups, n_points, length)
+            width = int((end - start).amax())  # one host read: the gather width
         edges = ((pos - rad).sort(1).values, (pos + rad).sort(1).values)  # hat supports, per filter
     out = x.new_zeros(batch, groups, length)
     if width > 0:
-        q = max(1, min(length, chunk_budget // max(1, batch * groups * n_points * width)))
+        q = max(1, min(length, chunk_budget // max(1, _chunk_batch(batch) * groups * n_points * width)))
         outs = []
         for s in range(0, length, q):
             args = (start[..., s:s + q], end[..., s:s + q], t_query[:, s:s + q], x_mixed)
             fn = functools.partial(_smp_local_chunk, conv, t_source, width, edges)
-            outs.append(checkpoint(fn, *args, use_reentrant=False) if torch.is_grad_enabled() else fn(*args))
+            outs.append(checkpoint(fn, *args, use_reentrant=False) if _records() else fn(*args))
         out_compact = torch.cat(outs, -1)
         out = out.scatter(2, order[:, None].expand(-1, groups, -1), out_compact)  # back to the input's order
     return out + _bias(conv, x)
@@ -208,11 +216,37 @@ def _smp_local_chunk(conv: nn.Module, t_source: Tensor, width: int, edges: tuple
     h = smp_basis_local(coords.reshape(batch, groups, n_points, q * width, 1), conv.weight_coord, conv.radius)
     h = h.reshape(index.shape)
     if conv.normalize:  # |N(x)| = #{p: p - r < x < p + r} (Eq. 1), from the sorted hat edges of each filter
-        flat = coords.transpose(0, 1).reshape(groups, -1)
-        count = torch.searchsorted(edges[0], flat) - torch.searchsorted(edges[1], flat, right=True)
-        h = h / (count.reshape(groups, batch, n_points, q, width).transpose(0, 1).to(h.dtype) + COUNT_EPS)
+        if is_exporting():  # no search operator in ONNX; every point sees the same sources (all) here: compare once
+            flat = coords[:, :, :1].transpose(0, 1).reshape(groups, -1, 1)
+            count = (edges[0][:, None] < flat).sum(-1) - (edges[1][:, None] <= flat).sum(-1)  # searchsorted's counts
+            count = count.reshape(groups, batch, 1, q, width)
+        else:
+            flat = coords.transpose(0, 1).reshape(groups, -1)
+            count = torch.searchsorted(edges[0], flat) - torch.searchsorted(edges[1], flat, right=True)
+            count = count.reshape(groups, batch, n_points, q, width)
+        h = h / (count.transpose(0, 1).to(h.dtype) + COUNT_EPS)
     source = x_mixed.gather(3, index.reshape(batch, groups, n_points, q * width)).reshape(index.shape)
     return (h * valid * source).sum((2, 4))
+
+
+def _observed_first(mask: Tensor) -> Tensor:
+    """The stable permutation ``[B, L]`` that puts the observed steps first (in time order), then the unobserved
+    ones: a stable sort of ``~mask``, written as cumulative-sum ranks so that exporters trace it."""
+    observed = mask.long()
+    rank = torch.where(mask, observed.cumsum(1), observed.sum(1, keepdim=True) + (1 - observed).cumsum(1)) - 1
+    steps = torch.arange(mask.shape[1], device=mask.device).expand_as(rank)
+    return torch.zeros_like(rank).scatter(1, rank, steps)
+
+
+def _chunk_batch(batch: int) -> int:
+    """The batch size the query chunks are sized for: while exporting 1 (the batch dimension may be dynamic, so the
+    chunks are per series and the graph's memory grows with the batch as every other activation's)."""
+    return 1 if is_exporting() else batch
+
+
+def _records() -> bool:
+    """Whether autograd records (then each chunk is recomputed in backward); never while exporting."""
+    return torch.is_grad_enabled() and not is_exporting()
 
 
 def _bias(conv: nn.Module, x: Tensor) -> Tensor | float:
@@ -224,7 +258,7 @@ def _chunked(fn, inputs: Tensor, timestamps: Tensor, mask: Tensor, max_lag: floa
     """``fn(lag, valid, inputs)`` over query chunks of ``q`` steps, concatenated along the last axis."""
     length = timestamps.shape[1]
     outs = []
-    records = torch.is_grad_enabled()  # the kernels' parameters take part: recompute each chunk in backward
+    records = _records()  # the kernels' parameters take part: recompute each chunk in backward
     for start in range(0, length, q):
         lag = timestamps[:, start:start + q, None] - timestamps[:, None, :]  # [B, q, L]
         valid = (lag >= 0) & (lag <= max_lag) & mask[:, None, :]
@@ -272,7 +306,7 @@ class MLPCausalConv1d(nn.Module):
         """``sum_j g(t_i - t_j) x_j`` over observed ``j`` with ``0 <= t_i - t_j <= K - 1``: ``[B, C_out, L]``."""
         batch, chans, length = x.shape
         hidden = self.mlp_kernel.basis_size
-        q = max(1, min(length, chunk_budget // max(1, batch * length * max(hidden, chans))))
+        q = max(1, min(length, chunk_budget // max(1, _chunk_batch(batch) * length * max(hidden, chans))))
 
         def chunk(lag: Tensor, valid: Tensor, xx: Tensor) -> Tensor:
             basis = self.mlp_kernel.basis(_lag_coords(lag, self.kernel_size[0])[..., None])  # [B, q, L, H]
@@ -435,8 +469,8 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
             smp_out = smp_conv.pairwise(x, timestamps, mask, self.pairwise_chunk)
         else:
             smp_out = _smp_pairwise(smp_conv, x, timestamps, mask, self.pairwise_chunk)
-        q = max(1, min(x.shape[-1], self.pairwise_chunk // max(1, x.shape[0] * x.shape[1] * x.shape[-1] *
-                                                                  small.weight.shape[-1])))
+        q = max(1, min(x.shape[-1], self.pairwise_chunk // max(1, _chunk_batch(x.shape[0]) * x.shape[1] *
+                                                                  x.shape[-1] * small.weight.shape[-1])))
         small_out = _chunked(lambda lag, valid, xx: _small_chunk(small.weight, xx, lag, valid), x,
                              timestamps, mask, small.weight.shape[-1], q)
         if small.bias is not None:
@@ -447,14 +481,30 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
                          path: str = 'auto') -> Tensor:
         """Features ``[B, C, L]`` on the input's steps (zero at unobserved ones). ``path``: ``'auto'`` (the grid
         path when the observed timestamps are integers spanning at most ``GRID_SPAN_FACTOR`` x ``L`` steps),
-        ``'grid'`` or ``'pairwise'`` (both exact)."""
+        ``'grid'`` or ``'pairwise'`` (both exact).
+
+        While a graph is captured for export (``torch.export.export``, ``torch.onnx.export``: see
+        :func:`~smpconv_models.layers.export_conv.is_exporting`) the path is chosen from static information only:
+        ``'auto'`` is the pairwise path, which serves any timestamps (real or integer; the grid path's length is the
+        data's span, a host read), ``'grid'`` is an error, the data checks that read values are skipped (shapes and
+        dtypes are still checked) and the pairwise path gathers every source instead of reading the gather width.
+        The exported graph therefore needs the continuous kernels (no :meth:`reparameterize`)."""
         if path not in ('auto', 'grid', 'pairwise'):
             raise ValueError(f"path must be 'auto', 'grid' or 'pairwise', got {path!r}")
         timestamps, mask = check_irregular_inputs(values, timestamps, mask, self.in_chans)
+        x = torch.where(mask[:, None], values, torch.zeros((), dtype=values.dtype, device=values.device))
+        if is_exporting():
+            if path == 'grid':
+                raise ValueError("path='grid' cannot be exported (its length is the data's span, a host read); "
+                                 "export path='auto' or 'pairwise', which serve any timestamps")
+            if any(m.reparam_conv is not None for m in self.modules() if isinstance(m, SMPParallelCausalConv1d)):
+                raise ValueError('a reparameterized SMPConvIrregularTCN cannot be exported: the exported graph '
+                                 'evaluates the continuous kernels at timestamp differences (export the model without '
+                                 'reparameterize / --no-reparam)')
+            return self._pairwise_forward(x, timestamps, mask)
         integer, span = self._plan(values, timestamps, mask)
         if path == 'grid' and not integer:
             raise ValueError("path='grid' needs integer observed timestamps")
-        x = torch.where(mask[:, None], values, torch.zeros((), dtype=values.dtype, device=values.device))
         # the zero-filled grid is as long as the longest span: taken when that is at most GRID_SPAN_FACTOR x L
         if integer and (path == 'grid' or (path == 'auto' and span <= GRID_SPAN_FACTOR * max(values.shape[-1], 8))):
             return self._grid_forward(x, timestamps, mask, span)
@@ -490,12 +540,19 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module, validate: bool = True
                          ) -> dict[str, Tensor]:
     """Our checkpoints and the grid TCN's (same module names) load as they are; official ``SeqData_TCN`` keys are
-    converted as for the grid TCN."""
+    converted as for the grid TCN. The input layers (:data:`INPUT_LAYERS`) are adapted to the model's ``in_chans``
+    as timm adapts a first conv."""
     from .smpconv_tcn import checkpoint_filter_fn as grid_filter
 
     if any(k.startswith(('backbone.', 'finallyr.')) for k in state_dict):
-        return grid_filter(state_dict, model, validate)
-    return validate_for_model(dict(state_dict), model) if validate else dict(state_dict)
+        state_dict = grid_filter(state_dict, model, validate=False)
+    state_dict = adapt_input_layers(dict(state_dict), model, INPUT_LAYERS)
+    return validate_for_model(state_dict, model) if validate else state_dict
+
+
+# Tensors whose dim 1 is the input channels: the grid TCN's (the first block's SMP weights, small branch, deploy conv
+# and shortcut) and, with ``kernel='mlp'``, the first MLP kernel's output weights ``[C_out, C_in, H]``.
+INPUT_LAYERS = (*_GRID_INPUT_LAYERS, 'blocks.0.conv1.smp.conv.mlp_kernel.weights')
 
 
 def _cfg(in_chans: int, seq_len: int, num_classes: int = 10, **kwargs) -> dict:

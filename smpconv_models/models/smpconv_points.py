@@ -9,7 +9,8 @@ MLP kernels; the rest of the network is identical, so the two are compared like 
 Input (``forward``, ``forward_features``): ``features [B, N, in_chans]``, ``positions [B, N, dim]`` and an optional
 ``mask [B, N]`` (bool, True = real point) as arguments, as a dict with those keys, or as a tuple
 ``(features, positions[, mask])`` in the first argument. Positions are expected at unit scale (about ``[-1, 1]^d``):
-the neighbourhood radii are in those units.
+the neighbourhood radii are in those units. The input's value checks are one host read per forward (skipped while
+exporting: :func:`~smpconv_models.layers.point_conv.check_point_set`).
 """
 # No ``from __future__ import annotations`` (as the other families: fx copies annotations into generated code).
 import math
@@ -22,7 +23,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import Tensor
 
 from ..layers import PointConv, check_point_set, farthest_point_sample, random_point_sample
-from ._checkpoint import validate_for_model
+from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import SMPModelMixin
 
 __all__ = ['SMPPointNet', 'PointSet', 'MaskedBatchNorm1d']
@@ -257,8 +258,15 @@ class SMPPointNet(SMPModelMixin, nn.Module):
 
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module, validate: bool = True) -> dict:
-    """Our own checkpoints only (there is no official point-set model); keys are checked against the model."""
-    return validate_for_model(dict(state_dict), model) if validate else dict(state_dict)
+    """Our own checkpoints only (there is no official point-set model); the stem's kernel weights (:data:`INPUT_LAYERS`)
+    are adapted to the model's ``in_chans`` as timm adapts a first conv; keys are checked against the model."""
+    state_dict = adapt_input_layers(dict(state_dict), model, INPUT_LAYERS)
+    return validate_for_model(state_dict, model) if validate else state_dict
+
+
+# Tensors whose dim 1 is the input channels (adapted to ``in_chans`` by checkpoint_filter_fn): the stem's kernel
+# weights ``[F_out, F_in, P]`` (SMP) or ``[F_out, F_in, H]`` (MLP); the stem has no bias.
+INPUT_LAYERS = ('stem.kernel.weights',)
 
 
 def _cfg(**kwargs) -> dict:
