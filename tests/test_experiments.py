@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import timm
@@ -183,3 +184,21 @@ def test_kernel_comparisons_quick_write_consistent_rows(tmp_path, module, rate_k
         assert r['params'] > 0 and all(b >= t - 1e-9 for b, t in zip(r['best_top1'], r['top1']))
         if rate_key is not None:
             assert r[rate_key] == 0.5
+
+
+def test_small_data_quiet_block_restores_the_process_state(monkeypatch):
+    """The small-data runner silences progress bars and loggers only while it trains (it may run in-process)."""
+    import logging
+
+    from smpconv_models.experiments import small_data
+
+    monkeypatch.delenv('TQDM_DISABLE', raising=False)
+    logger = logging.getLogger('timm')
+    monkeypatch.setattr(logger, 'level', logging.INFO)
+    with small_data._quiet():
+        assert os.environ['TQDM_DISABLE'] == '1' and logger.level == logging.ERROR
+    assert 'TQDM_DISABLE' not in os.environ and logger.level == logging.INFO
+    monkeypatch.setenv('TQDM_DISABLE', '0')
+    with small_data._quiet():
+        pass
+    assert os.environ['TQDM_DISABLE'] == '0'

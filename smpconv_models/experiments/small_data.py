@@ -11,6 +11,7 @@ regularisation), written here in torch. ``--quick`` shrinks everything for a tes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ._common import torch_threads
 
 __all__ = ['DATASETS', 'make_dataset', 'save_npz', 'rocket_features', 'rocket_accuracy', 'train_accuracy', 'main']
 
@@ -242,11 +246,7 @@ def _run_set(spec: SetSpec, variants: dict[str, dict[str, Any]], seed: int, kern
     """One table row: generate ``spec``, fit ROCKET, train every variant (one process per set with ``--jobs``)."""
     from ..train.data import build_data
 
-    torch.set_num_threads(threads)
-    os.environ.setdefault('TQDM_DISABLE', '1')
-    for name in ('smpconv_models', 'accelerate', 'timm'):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory() as tmp:
+    with torch_threads(threads), _quiet(), tempfile.TemporaryDirectory() as tmp:
         path = save_npz(make_dataset(spec, seed), Path(tmp) / f'{spec.name}.npz')
         data = build_data(f'npz:{path}', 'sequence')
         row: dict[str, Any] = dict(set=spec.name, channels=spec.channels, length=spec.length, classes=spec.classes,
@@ -265,6 +265,26 @@ def _run_set(spec: SetSpec, variants: dict[str, dict[str, Any]], seed: int, kern
             row[name], row[f'{name}_s'] = res['top1'], res['seconds']
     _say(json.dumps(row))
     return row
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No progress bars (``TQDM_DISABLE``) and only errors from the training loggers in the block, then as before."""
+    names = ('smpconv_models', 'accelerate', 'timm')
+    levels = {name: logging.getLogger(name).level for name in names}
+    previous = os.environ.get('TQDM_DISABLE')
+    os.environ['TQDM_DISABLE'] = '1'
+    for name in names:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        if previous is None:
+            os.environ.pop('TQDM_DISABLE', None)
+        else:
+            os.environ['TQDM_DISABLE'] = previous
 
 
 def _say(line: str) -> None:
