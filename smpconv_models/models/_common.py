@@ -4,11 +4,34 @@ from __future__ import annotations
 import sys
 
 import torch
+import torch.nn as nn
+from timm.models import checkpoint_seq
 
 from ..layers import rescale_smp_kernels_
+from ..layers.mode import execution_mode, python_only
 from ._checkpoint import load_pretrained_file
 
-__all__ = ['SMPModelMixin']
+__all__ = ['SMPModelMixin', 'CheckpointSequential']
+
+
+class CheckpointSequential(nn.Sequential):
+    """``nn.Sequential`` that recomputes its modules' activations in backward (timm's ``checkpoint_seq``) while
+    ``grad_checkpointing`` is set (``set_grad_checkpointing``), except under TorchScript."""
+
+    def __init__(self, *args: nn.Module):
+        super().__init__(*args)
+        self.grad_checkpointing = False
+
+    def forward(self, x):
+        if self.grad_checkpointing and execution_mode() != 'script':
+            return self._checkpointed(x)
+        for module in self:
+            x = module(x)
+        return x
+
+    @python_only
+    def _checkpointed(self, x):
+        return checkpoint_seq(self, x)
 
 
 class SMPModelMixin:

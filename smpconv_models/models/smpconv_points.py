@@ -13,7 +13,6 @@ the neighbourhood radii are in those units. The input's value checks are one hos
 exporting: :func:`~smpconv_models.layers.point_conv.check_point_set`).
 """
 # No ``from __future__ import annotations`` (as the other families: fx copies annotations into generated code).
-import math
 from typing import NamedTuple
 
 import torch
@@ -23,10 +22,11 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import Tensor
 
 from ..layers import PointConv, check_point_set, farthest_point_sample, random_point_sample
+from ..layers.masked import MaskedBatchNorm1d, masked_pool
 from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import SMPModelMixin
 
-__all__ = ['SMPPointNet', 'PointSet', 'MaskedBatchNorm1d']
+__all__ = ['SMPPointNet', 'PointSet']
 
 
 class PointSet(NamedTuple):
@@ -35,29 +35,6 @@ class PointSet(NamedTuple):
     features: Tensor
     positions: Tensor
     mask: Tensor | None
-
-
-class MaskedBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm over the channels of ``[B, M, C]`` point features whose training statistics count real points
-    only (``mask`` True); eval uses the running statistics as usual."""
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        if mask is None or not self.training:
-            return super().forward(x.reshape(-1, x.shape[-1])).view_as(x)
-        w = mask.unsqueeze(-1).to(x.dtype)
-        n = w.sum().clamp_min(1.0)
-        mean = (x * w).sum((0, 1)) / n
-        var = ((x - mean).square() * w).sum((0, 1)) / n
-        if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                m = self.momentum if self.momentum is not None else 0.1
-                self.running_mean.lerp_(mean.detach(), m)
-                self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1.0), m)
-                self.num_batches_tracked.add_(1)
-        y = (x - mean) * torch.rsqrt(var + self.eps)
-        if self.affine:
-            y = y * self.weight + self.bias
-        return y
 
 
 class PointHead(nn.Module):
@@ -85,21 +62,8 @@ class PointHead(nn.Module):
             self.pool_type = self._check_pool(pool_type)
         self.fc = self._fc(num_classes)
 
-    def pool(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        if mask is None:
-            avg, mx = x.mean(1), x.amax(1)
-        else:
-            w = mask.unsqueeze(-1)
-            avg = (x * w).sum(1) / w.sum(1).clamp_min(1)
-            mx = x.masked_fill(~w, -math.inf).amax(1)
-        if self.pool_type == 'avg':
-            return avg
-        if self.pool_type == 'max':
-            return mx
-        return torch.cat([avg, mx], -1)
-
     def forward(self, x: Tensor, mask: Tensor | None = None, pre_logits: bool = False) -> Tensor:
-        x = self.drop(self.pool(x, mask))
+        x = self.drop(masked_pool(x, mask, self.pool_type, 1))
         return x if pre_logits else self.fc(x)
 
 

@@ -18,11 +18,14 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 from timm.layers import register_notrace_function
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor
 
 from ..layers import SMPParallelCausalConv1d
+from ..layers.irregular_conv import PAIRWISE_CHUNK
+from ..layers.masked import masked_pool
+from ..layers.mode import execution_mode, python_only
 from ._checkpoint import adapt_input_layers, shipped_weights, validate_for_model
 from ._common import SMPModelMixin
 from ._official import convert_ckconv_keys, pop_train_lengths
@@ -53,38 +56,37 @@ def apply_mask(x: Tensor, mask: Tensor | None) -> Tensor:
     return x * mask.unsqueeze(1).to(x.dtype)
 
 
-@register_notrace_function
-def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
-    """Mean of ``x`` ``[B, C, L]`` (or ``[B, C, 1, L]``) over time, over the real steps only when ``mask`` ``[B, L]``
-    is given."""
-    x = x.flatten(2)
-    if mask is None:
-        return x.mean(-1)
-    weights = mask.to(x.dtype).unsqueeze(1)
-    return (x * weights).sum(-1) / weights.sum(-1).clamp(min=1.0)
-
-
 class TCNBlock(nn.Module):
-    """``relu(drop(relu(pair2(drop(relu(pair1(x)))))) + shortcut(x))``, pairs = BN(causal SMP) + BN(causal small)."""
+    """``relu(drop(relu(pair2(drop(relu(pair1(x)))))) + shortcut(x))``, pairs = BN(causal SMP) + BN(causal small).
+
+    ``forward(x, mask, timestamps)``: ``mask [B, L]`` zeroes the padded / unobserved steps of every pair's output and
+    of the block's; with ``observed_norm`` the pairs' training BatchNorm statistics count the observed steps only,
+    and ``timestamps [B, L]`` evaluates the kernels at their differences (the irregular-series TCN,
+    :class:`~smpconv_models.layers.reparam.SMPParallelCausalConv1d`). ``kernel_layer`` builds the long branch
+    instead of the SMP kernel (e.g. an MLP kernel)."""
 
     def __init__(self, in_chs: int, out_chs: int, seq_len: int, n_points: int, radius: float, coord_std: float,
                  small_kernel_size: int, conv_bias: bool, use_fft: bool | None, drop_rate: float,
-                 deploy: bool = False, learn_positions: bool = True, learn_radius: bool = True, device=None,
-                 dtype=None):
+                 deploy: bool = False, learn_positions: bool = True, learn_radius: bool = True,
+                 observed_norm: bool = False, kernel_layer: Callable[..., nn.Module] | None = None,
+                 pairwise_chunk: int = PAIRWISE_CHUNK, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         args = dict(kernel_size=seq_len, n_points=n_points, radius=radius, coord_std=coord_std,
                     small_kernel_size=small_kernel_size, bias=conv_bias, fft=use_fft, deploy=deploy,
-                    learn_positions=learn_positions, learn_radius=learn_radius, **dd)
+                    learn_positions=learn_positions, learn_radius=learn_radius, kernel_layer=kernel_layer,
+                    pairwise_chunk=pairwise_chunk, **dd)
         self.conv1 = SMPParallelCausalConv1d(in_chs, out_chs, **args)
         self.conv2 = SMPParallelCausalConv1d(out_chs, out_chs, **args)
         self.act = nn.ReLU()
         self.drop = nn.Dropout(drop_rate)
         self.shortcut = nn.Conv1d(in_chs, out_chs, 1, **dd) if in_chs != out_chs else nn.Identity()
+        self.observed_norm = observed_norm
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        out = apply_mask(self.drop(self.act(self.conv1(x))), mask)
-        out = self.drop(self.act(self.conv2(out)))
+    def forward(self, x: Tensor, mask: Tensor | None = None, timestamps: Tensor | None = None) -> Tensor:
+        norm_mask = mask if self.observed_norm else None
+        out = apply_mask(self.drop(self.act(self.conv1(x, norm_mask, timestamps))), mask)
+        out = apply_mask(self.drop(self.act(self.conv2(out, norm_mask, timestamps))), mask)
         return apply_mask(self.act(out + self.shortcut(x)), mask)
 
 
@@ -208,11 +210,11 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         inp, x = x, as_sequence(x)
-        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
-        for i, block in enumerate(blocks):
-            x = block(x)
-            if i in take_indices:
-                intermediates.append(x.unsqueeze(2) if as_2d else x)
+        for i, block in enumerate(self.blocks):
+            if not stop_early or i <= max_index:
+                x = block(x)
+                if i in take_indices:
+                    intermediates.append(x.unsqueeze(2) if as_2d else x)
         if intermediates_only:
             return intermediates
         return to_layout_of(x, inp), intermediates
@@ -232,18 +234,18 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
         input: with left padding a causal model's outputs on the real steps then equal its outputs on the unpadded
         series (in eval mode), whatever the padding length."""
         seq = apply_mask(as_sequence(x), mask)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            if mask is None:
-                seq = checkpoint_seq(self.blocks, seq)
-            else:
-                for block in self.blocks:
-                    seq = torch.utils.checkpoint.checkpoint(block, seq, mask, use_reentrant=False)
-        elif mask is None:
-            seq = self.blocks(seq)
+        if self.grad_checkpointing and execution_mode() != 'script':
+            seq = self._checkpointed_blocks(seq, mask)
         else:
             for block in self.blocks:
                 seq = block(seq, mask)
         return to_layout_of(seq, x)
+
+    @python_only
+    def _checkpointed_blocks(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        for block in self.blocks:
+            x = torch.utils.checkpoint.checkpoint(block, x, mask, use_reentrant=False)
+        return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Pool the features over time (``global_pool``) and classify. Without pooling (``''``) the features
@@ -264,7 +266,7 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
         :meth:`forward_features`; ``global_pool='avg'`` then averages over the real steps only)."""
         features = self.forward_features(x, mask)
         if self.global_pool == 'avg':
-            return self.head(masked_mean(features, mask))
+            return self.head(masked_pool(features.flatten(2), mask, 'avg', -1))
         return self.forward_head(features)
 
 
