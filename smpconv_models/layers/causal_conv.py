@@ -1,6 +1,4 @@
 """Exact causal 1-d convolution, direct or through the FFT, for sequence SMP kernels as long as the sequence."""
-from __future__ import annotations
-
 import functools
 
 import torch
@@ -80,8 +78,8 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, fft: bo
         return F.conv1d(F.pad(x, (taps - 1, 0)), weight, bias)
     if mode == 'export':  # ONNX / torch.export: real arithmetic (export_conv.py)
         return _export_causal_conv1d(x, weight, bias)
-    # the lru_cache wrapper in eager only (Dynamo would trace through it and warn; TorchScript cannot compile it)
-    n = next_fast_len(length + taps - 1) if mode == 'eager' else _next_fast_len(length + taps - 1)
+    # the lru_cache in eager only (Dynamo would trace through it and warn; TorchScript cannot compile it)
+    n = _cached_fast_len(length + taps - 1) if mode == 'eager' else _next_fast_len(length + taps - 1)
     return _fft_causal_conv1d(x, weight, bias, n)
 
 
@@ -101,7 +99,12 @@ def _check_inputs(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
 
 
 @python_only
-def _export_causal_conv1d(x, weight, bias):
+def _cached_fast_len(n: int) -> int:
+    return next_fast_len(n)
+
+
+@python_only
+def _export_causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return export_causal_conv1d(x, weight, bias)
 
 

@@ -1,6 +1,4 @@
 """Convolution helpers shared by the SMP layers: input checks and memory-format choice for large kernels."""
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch
@@ -119,7 +117,7 @@ class _ContiguousGrad(torch.autograd.Function):
 
 
 @python_only  # eager and torch.compile (Dynamo traces the Function); TorchScript cannot compile it
-def _contiguous_grad(x):
+def _contiguous_grad(x: Tensor) -> Tensor:
     return _ContiguousGrad.apply(x)
 
 
@@ -224,12 +222,12 @@ class _DepthwiseSameConv(torch.autograd.Function):
 
 
 @python_only
-def _export_same_conv(x, weight, bias, groups):
+def _export_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
     return export_same_conv(x, weight, bias, groups, _direct_same_conv)
 
 
 @python_only  # eager and torch.compile; TorchScript cannot compile autograd Functions (it runs the direct conv)
-def _hybrid_depthwise(x, weight, bias):
+def _hybrid_depthwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     y = _DepthwiseSameConv.apply(x, weight)
     return y if bias is None else y + bias.reshape([-1] + [1] * (weight.dim() - 2))
 

@@ -66,8 +66,6 @@ def masked_pool(x: Tensor, mask: Tensor | None, pool_type: str, dim: int) -> Ten
     along the channels) or ``'last'`` (the last real entry). A row without real entries gives 0 (avg), -inf (max)
     or the entry at index 0 (last)."""
     d = dim % 3
-    if pool_type == 'avgmax':
-        return torch.cat([masked_pool(x, mask, 'avg', dim), masked_pool(x, mask, 'max', dim)], -1)
     if pool_type == 'last':
         seq = x if d == 2 else x.transpose(1, 2)  # [B, C, L]
         if mask is None:
@@ -75,16 +73,17 @@ def masked_pool(x: Tensor, mask: Tensor | None, pool_type: str, dim: int) -> Ten
         steps = torch.arange(mask.shape[1], device=mask.device)
         last = torch.where(mask, steps, -1).amax(1).clamp_min(0)
         return seq.gather(2, last.view(-1, 1, 1).expand(-1, seq.shape[1], 1)).squeeze(2)
+    if pool_type not in ('avg', 'max', 'avgmax'):
+        raise ValueError("pool_type must be 'avg', 'max', 'avgmax' or 'last', got '" + pool_type + "'")
     if mask is None:
-        if pool_type == 'avg':
-            return x.mean(d)
-        if pool_type == 'max':
-            return x.amax(d)
+        avg, mx = x.mean(d), x.amax(d)
     else:
         w = mask.unsqueeze(3 - d)
-        if pool_type == 'avg':
-            wf = w.to(x.dtype)
-            return (x * wf).sum(d) / wf.sum(d).clamp_min(1)
-        if pool_type == 'max':
-            return x.masked_fill(~w, float('-inf')).amax(d)
-    raise ValueError(f'pool_type must be one of {MASKED_POOLS}, got {pool_type!r}')
+        wf = w.to(x.dtype)
+        avg = (x * wf).sum(d) / wf.sum(d).clamp_min(1)
+        mx = x.masked_fill(~w, float('-inf')).amax(d)
+    if pool_type == 'avg':
+        return avg
+    if pool_type == 'max':
+        return mx
+    return torch.cat([avg, mx], -1)

@@ -318,6 +318,12 @@ def _neighbors_torch_cluster(support: Tensor, query: Tensor, k: int, radius: flo
     return idx, valid
 
 
+def _full_precision(positions: Tensor) -> Tensor:
+    """Positions for distances: half-precision ones (bf16 / fp16 models, autocast) in float32, so that rounding never
+    reorders neighbours (``cdist`` has no bf16 form either)."""
+    return positions if positions.dtype in (torch.float32, torch.float64) else positions.float()
+
+
 @torch.compiler.assume_constant_result  # torch.compile evaluates it once while tracing (no graph break)
 def _has_torch_cluster() -> bool:
     try:
@@ -345,7 +351,7 @@ def find_neighbors(
     block holds at most ``DIST_BLOCK`` elements (``chunk_size`` overrides the chunk); ``'torch_cluster'`` uses the
     optional ``torch_cluster`` package (``radius`` then keeps *some* ``k`` points of the ball, not the nearest);
     ``'auto'`` picks ``torch_cluster`` when it is installed (and ``'torch'`` while exporting: see
-    :func:`~smpconv_models.layers.mode.execution_mode`).
+    :func:`~smpconv_models.layers.mode.execution_mode`). Half-precision positions are compared in float32.
     """
     if backend not in ('auto', 'torch', 'torch_cluster'):
         raise ValueError(f"backend must be 'auto', 'torch' or 'torch_cluster', got {backend!r}")
@@ -356,6 +362,7 @@ def find_neighbors(
     _check_positions('support positions', support)
     _check_positions('query', query, support.shape[0], support.shape[-1])
     _check_mask(support_mask, support.shape[0], support.shape[1], 'support_mask')
+    support, query = _full_precision(support), _full_precision(query)
     if backend == 'torch_cluster' or (backend == 'auto' and execution_mode() != 'export' and _has_torch_cluster()):
         if backend == 'torch_cluster' and not _has_torch_cluster():
             raise ImportError("backend='torch_cluster' needs the optional torch_cluster package (pip install "
@@ -374,6 +381,7 @@ def farthest_point_sample(positions: Tensor, n_samples: int, mask: Tensor | None
     _check_mask(mask, batch, n)
     if not 1 <= n_samples <= n:
         raise ValueError(f'n_samples must be in [1, N={n}], got {n_samples}')
+    positions = _full_precision(positions)
     real = torch.ones(batch, n, dtype=torch.bool, device=positions.device) if mask is None else mask
     # score: distance to the picked set for unpicked real points (>= 0), -0.25 unpicked padded, -0.5 picked
     score = torch.where(real, math.inf, -0.25).to(positions.dtype)
