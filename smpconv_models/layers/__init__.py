@@ -3,6 +3,7 @@ from .causal_conv import causal_conv1d, next_fast_len, use_fft_for
 from .conv import check_conv_input, prefers_channels_last, same_conv
 from .conv_bn import ConvBN
 from .fused import conv2d_act
+from .magnet import MAGNetKernel
 from .params import clamp_radii_, rescale_smp_kernels_, scaled_kernel_size, smp_param_groups
 from .point_conv import (
     MLPKernel,
@@ -34,5 +35,5 @@ __all__ = [
     'SMPReparamConv', 'fold_bn_into_next_conv', 'fuse_bn', 'fuse_pre_bn', 'SMPCausalConv1d', 'SMPConv', 'SMPConvBase',
     'SMPDepthwiseConv2d', 'share_kernels', 'kernel_coords', 'smp_basis', 'smp_kernel',
     'MLPKernel', 'SMPPointKernel', 'PointConv', 'point_conv', 'find_neighbors', 'farthest_point_sample',
-    'random_point_sample', 'check_point_set',
+    'random_point_sample', 'check_point_set', 'MAGNetKernel',
 ]

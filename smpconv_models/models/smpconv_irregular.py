@@ -57,8 +57,18 @@ from ..layers.export_conv import is_exporting
 from ..layers.smp_kernel import COUNT_EPS, smp_basis_local
 from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import SMPModelMixin
-from .smpconv_tcn import _POOLS, TCNBlock, TCNClassifierMixin
+from ._family import ModelFamily, TrainingDefaults
+from .smpconv_tcn import (
+    _NO_DROP_PATH,
+    _POOLS,
+    DIGITS_MODEL_ARGS,
+    SEQUENCE_RECIPE,
+    TCNBlock,
+    TCNClassifierMixin,
+    small_data_model_args,
+)
 from .smpconv_tcn import INPUT_LAYERS as _GRID_INPUT_LAYERS
+from .smpconv_tcn import checkpoint_filter_fn as grid_checkpoint_filter
 
 __all__ = ['SMPConvIrregularTCN', 'MLPCausalConv1d', 'masked_batch_norm', 'check_irregular_inputs']
 
@@ -276,6 +286,8 @@ class MLPCausalConv1d(nn.Module):
     ``kernel='mlp'`` models: dense on the grid (``generate_kernel`` at the :func:`kernel_coords` taps, the same
     coordinate convention as :class:`SMPCausalConv1d`), pairwise at timestamp differences (:meth:`pairwise`)."""
 
+    requires_odd_kernel = False  # causal: any kernel length re-samples (``rescale_kernels``), no centre tap needed
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, hidden: int = 32, depth: int = 2,
                  activation: str = 'relu', bias: bool = False, fft: bool | None = None, device=None, dtype=None):
         super().__init__()
@@ -346,11 +358,16 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
             use_fft: bool | None = None,
             kernel_scale: float = 1.0,
             deploy: bool = False,
+            learn_positions: bool = True,
+            learn_radius: bool = True,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        if kernel == 'mlp' and not (learn_positions and learn_radius):
+            raise ValueError("learn_positions / learn_radius freeze SMP points; kernel='mlp' has none (its MLP "
+                             'kernels learn every weight)')
         if global_pool not in _POOLS:
             raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
         if kernel not in _KERNELS:
@@ -366,7 +383,7 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
 
         def make_block(prev: int) -> TCNBlock:
             block = TCNBlock(prev, width, seq_len, n_points, radius, coord_std, small_kernel_size, conv_bias, use_fft,
-                             drop_rate, deploy, **dd)
+                             drop_rate, deploy, learn_positions, learn_radius, **dd)
             if kernel == 'mlp' and not deploy:
                 for conv in (block.conv1, block.conv2):
                     conv.smp.conv = MLPCausalConv1d(conv.in_channels, conv.out_channels, seq_len, hidden=mlp_hidden,
@@ -542,10 +559,8 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module, valida
     """Our checkpoints and the grid TCN's (same module names) load as they are; official ``SeqData_TCN`` keys are
     converted as for the grid TCN. The input layers (:data:`INPUT_LAYERS`) are adapted to the model's ``in_chans``
     as timm adapts a first conv."""
-    from .smpconv_tcn import checkpoint_filter_fn as grid_filter
-
     if any(k.startswith(('backbone.', 'finallyr.')) for k in state_dict):
-        state_dict = grid_filter(state_dict, model, validate=False)
+        state_dict = grid_checkpoint_filter(state_dict, model, validate=False)
     state_dict = adapt_input_layers(dict(state_dict), model, INPUT_LAYERS)
     return validate_for_model(state_dict, model) if validate else state_dict
 
@@ -572,6 +587,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool, defaults: dict, **kwargs) -> SMPConvIrregularTCN:
+    kwargs = FAMILY.check_kwargs(variant, kwargs)  # (FAMILY, below)
     args = dict(defaults, **kwargs)
     overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
     overlay.setdefault('input_size', (args.get('in_chans', 1), 1, args['seq_len']))
@@ -593,3 +609,17 @@ def smpconv_irregular_tcn_chartraj(pretrained: bool = False, **kwargs) -> SMPCon
     3 channels, 20 classes, radius 0.012, conv bias) for the dropped-observations protocol."""
     defaults = dict(in_chans=3, num_classes=20, seq_len=182, radius=0.012, conv_bias=True)
     return _create('smpconv_irregular_tcn_chartraj', pretrained, defaults, **kwargs)
+
+
+FAMILY = ModelFamily(
+    name='smpconv_irregular_tcn', model_cls=SMPConvIrregularTCN, input_kind='irregular',
+    variants=('smpconv_irregular_tcn', 'smpconv_irregular_tcn_chartraj'),
+    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn,
+    refused_kwargs={'drop_path_rate': _NO_DROP_PATH},
+    data_kwargs={'seq_len': 'length'},  # the kernels span the training length in time units
+    reparameterize_on_export=False,  # the exported graph evaluates the continuous kernels at timestamp differences
+    training=TrainingDefaults(  # the sequence TCNs' (no per-task values of their own)
+        recipe=SEQUENCE_RECIPE, digits_model_args=DIGITS_MODEL_ARGS, small_data_model_args=small_data_model_args,
+        official_data={'smpconv_irregular_tcn_chartraj': 'CharacterTrajectories'}),
+)
+SMPConvIrregularTCN.family = FAMILY  # the class knows its description (load_pretrained, family_of)
