@@ -188,10 +188,10 @@ class ModelFamily:
 
     def check_kwargs(self, variant: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """The kwargs of a factory call, checked: a refused kwarg with any value but its no-op one (``0.0``,
-        ``False``, ``1.0``, ``True``) is a ``ValueError`` naming it, saying why and what the family takes; at its no-op
-        value it is dropped."""
+        ``False``, ``1.0``, ``True``) or None (unset, as timm passes it) is a ``ValueError`` naming it, saying why and
+        what the family takes; at those values it is dropped."""
         for name, reason in self.refused_kwargs.items():
-            if name in kwargs and kwargs[name] != _NO_OP[name]:
+            if kwargs.get(name) is not None and kwargs[name] != _NO_OP[name]:
                 raise ValueError(f'{variant} does not take {name}={kwargs[name]!r}: {reason}. It takes '
                                  f'{", ".join(self.common_kwargs)} and its architecture kwargs '
                                  f'{", ".join(self.arch_kwargs)}')

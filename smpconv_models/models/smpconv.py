@@ -423,4 +423,4 @@ FAMILY = ModelFamily(
         label_smoothing=0.1, mixup=0.8, cutmix=1.0, randaugment='rand-m9-mstd0.5-inc1', random_erasing=0.25, ema=True,
         grad_clip=None)),
 )
-SMPConvNet.family = FAMILY  # the class knows its description (load_pretrained, family_of)
+SMPConvNet.family = FAMILY  # the class knows its description (load_pretrained)

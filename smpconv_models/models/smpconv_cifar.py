@@ -217,4 +217,4 @@ FAMILY = ModelFamily(
         optimizer='adam', lr=5e-3, batch_size=64, epochs=210, weight_decay=1e-5, warmup_epochs=10,
         label_smoothing=0.0, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False)),
 )
-SMPConvCifar.family = FAMILY  # the class knows its description (load_pretrained, family_of)
+SMPConvCifar.family = FAMILY  # the class knows its description (load_pretrained)

@@ -622,4 +622,4 @@ FAMILY = ModelFamily(
         recipe=SEQUENCE_RECIPE, digits_model_args=DIGITS_MODEL_ARGS, small_data_model_args=small_data_model_args,
         official_data={'smpconv_irregular_tcn_chartraj': 'CharacterTrajectories'}),
 )
-SMPConvIrregularTCN.family = FAMILY  # the class knows its description (load_pretrained, family_of)
+SMPConvIrregularTCN.family = FAMILY  # the class knows its description (load_pretrained)

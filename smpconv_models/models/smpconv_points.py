@@ -317,4 +317,4 @@ FAMILY = ModelFamily(
         optimizer='adamw', lr=2e-3, batch_size=32, epochs=20, weight_decay=0.01, warmup_epochs=1, label_smoothing=0.0,
         mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False)),
 )
-SMPPointNet.family = FAMILY  # the class knows its description (load_pretrained, family_of)
+SMPPointNet.family = FAMILY  # the class knows its description (load_pretrained)

@@ -422,4 +422,4 @@ FAMILY = ModelFamily(
         data_options={'smpconv_tcn_speech_raw': dict(speech='waveform')},
     ),
 )
-SMPConvTCN.family = FAMILY  # the class knows its description (load_pretrained, family_of)
+SMPConvTCN.family = FAMILY  # the class knows its description (load_pretrained)

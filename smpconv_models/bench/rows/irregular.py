@@ -7,6 +7,7 @@ import timm
 import torch
 
 from ...layers import smp_param_groups
+from ...models import family_of
 from ...train.data import build_data
 from ..steps import train_step
 from ..timing import reps, time_pair
@@ -17,7 +18,7 @@ __all__ = ['train_smp_vs_mlp']
 def train_smp_vs_mlp(quick: bool) -> dict[str, Any]:
     """``smpconv_irregular_tcn`` training step on a batch of digits-irregular (50% of each series dropped), SMP
     kernels vs MLP kernels (Wang et al.'s kernel MLP, 2 hidden layers of 32) in the same network."""
-    data = build_data('digits-irregular', 'irregular', missing_rate=0.5)
+    data = build_data('digits-irregular', family_of('smpconv_irregular_tcn').input_kind, missing_rate=0.5)
     batch = [data.train[i] for i in range(64)]
     inputs = {k: torch.stack([b[0][k] for b in batch]) for k in batch[0][0]}
     y = torch.stack([b[1] for b in batch])
