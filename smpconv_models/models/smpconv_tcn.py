@@ -14,6 +14,7 @@ keep the input's layout: unpooled features (``forward_features``, ``global_pool=
 
 
 from collections.abc import Callable
+from types import MappingProxyType
 
 import torch
 import torch.nn as nn
@@ -378,11 +379,12 @@ def smpconv_tcn_speech_raw(pretrained: bool = False, **kwargs) -> SMPConvTCN:
 
 # The official sequence training (smp/README.md of the official repository): Adam with coupled weight decay 1e-5,
 # cosine with warmup, no mixing, and the per-task learning rates, batch sizes, epochs and dropout.
-SEQUENCE_RECIPE = dict(optimizer='adam', lr=1e-4, batch_size=64, epochs=200, weight_decay=1e-5, warmup_epochs=5,
-                       label_smoothing=0.0, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False)
+SEQUENCE_RECIPE = MappingProxyType(dict(
+    optimizer='adam', lr=1e-4, batch_size=64, epochs=200, weight_decay=1e-5, warmup_epochs=5, label_smoothing=0.0,
+    mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False))
 # The embedded 64-step digits: the official 784-step point radius (0.002, under one grid spacing of 2/783) would
 # leave most points between taps, so it scales with the spacing.
-DIGITS_MODEL_ARGS = dict(radius=0.03)
+DIGITS_MODEL_ARGS = MappingProxyType(dict(radius=0.03))
 
 
 def small_data_model_args(length: int) -> dict:

@@ -5,8 +5,10 @@ import argparse
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ..models import architecture_of, family_of
@@ -73,10 +75,10 @@ class TrainConfig:
 # asks for it (TrainingDefaults.small_data_model_args): chosen on generated data sets, see BENCHMARKS.md "Small-data
 # sequence recipe" (python -m smpconv_models.experiments.small_data). Batch size, epochs and warmup follow the
 # training-set size (small_data_schedule); the model kwargs follow the length (recipe_model_args).
-SMALL_DATA_RECIPE: dict[str, Any] = dict(
+SMALL_DATA_RECIPE: Mapping[str, Any] = MappingProxyType(dict(
     optimizer='adamw', lr=2e-3, batch_size=None, epochs=None, weight_decay=0.05, warmup_epochs=None,
     label_smoothing=0.1, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False, drop_rate=0.1,
-    seq_augment='shift=0.1,scale=0.1,jitter=0.05', grad_clip=1.0, lr_ref_batch=None)
+    seq_augment='shift=0.1,scale=0.1,jitter=0.05', grad_clip=1.0, lr_ref_batch=None))
 SMALL_DATA_SPECS = ('ts', 'npz', 'hf')
 # optimizer steps the schedule aims for, and the bounds on batch size and epochs
 SMALL_DATA_STEPS = 500
@@ -85,8 +87,9 @@ SMALL_DATA_EPOCHS = (20, 400)
 
 # The embedded default (digits, no download), whatever the family: small enough for a CPU run of a few minutes.
 DIGITS_SPECS = ('digits', 'digits-irregular')
-_DIGITS_OVERRIDES: dict[str, Any] = dict(lr=3e-3, epochs=12, batch_size=64, warmup_epochs=1, mixup=0.0, cutmix=0.0,
-                                         randaugment=None, random_erasing=0.0, label_smoothing=0.0, lr_ref_batch=None)
+_DIGITS_OVERRIDES: Mapping[str, Any] = MappingProxyType(dict(
+    lr=3e-3, epochs=12, batch_size=64, warmup_epochs=1, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0,
+    label_smoothing=0.0, lr_ref_batch=None))
 
 
 def uses_small_data_recipe(model: str, data: str) -> bool:
