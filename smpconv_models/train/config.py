@@ -184,7 +184,8 @@ _HELP = {
                     'at another resolution or sequence length)',
     'model_args': 'JSON object of extra model kwargs, e.g. \'{"width": 64}\'',
     'pretrained': "initial weights: a registered tag ('smpconv_tcn_mnist.digits'), 'local-dir:PATH', 'hf-hub:REPO', "
-                  'a Hub-layout folder, or an official checkpoint file (.pth / .safetensors)',
+                  'a Hub-layout folder, a train.py run folder (its best/, else last/), or an official checkpoint file '
+                  '(.pth / .safetensors)',
     'resume': 'continue a run: bare --resume uses OUTPUT_DIR/state, --resume PATH another state folder',
     'eval_only': 'evaluate --pretrained (or the model) on the test split, print top-1 / top-5 and exit',
     'push_to_hub': 'Hub repo id to push best/ to at the end (errors are reported, local files are kept)',
