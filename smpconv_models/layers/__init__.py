@@ -4,6 +4,7 @@ from .causal_conv import causal_conv1d, next_fast_len, use_fft_for
 from .conv import check_conv_input, prefers_channels_last, same_conv
 from .conv_bn import ConvBN
 from .fused import conv2d_act
+from .magnet import MAGNetKernel
 from .mode import execution_mode, is_eager, python_only
 from .params import clamp_radii_, rescale_smp_kernels_, scaled_kernel_size, smp_param_groups
 from .point_conv import (
@@ -38,5 +39,5 @@ __all__ = [
     'SMPDepthwiseConv2d', 'share_kernels', 'kernel_coords', 'smp_basis', 'smp_kernel', 'SMPPoints', 'hat_count',
     'divide_by_count', 'execution_mode', 'is_eager', 'python_only',
     'MLPKernel', 'SMPPointKernel', 'PointConv', 'point_conv', 'find_neighbors', 'farthest_point_sample',
-    'random_point_sample', 'check_point_set',
+    'random_point_sample', 'check_point_set', 'MAGNetKernel',
 ]

@@ -34,6 +34,7 @@ from ..layers.fused import (
 from ..layers.mode import execution_mode, is_eager, python_only
 from ._checkpoint import adapt_input_layers, unwrap_state_dict, validate_for_model
 from ._common import CheckpointSequential, SMPModelMixin
+from ._family import ModelFamily, TrainingDefaults
 
 __all__ = ['SMPConvNet', 'SMPBlock', 'ConvFFN', 'SMPStage']
 
@@ -403,7 +404,7 @@ def _create_smpconv(variant: str, pretrained: bool = False, **kwargs) -> SMPConv
         SMPConvNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
-        **kwargs)
+        **FAMILY.check_kwargs(variant, kwargs))  # (FAMILY, below)
 
 
 def _cfg(**kwargs) -> dict:
@@ -437,3 +438,15 @@ def smpconv_b(pretrained: bool = False, **kwargs) -> SMPConvNet:
                       n_points_divide=4, small_kernel_size=5, ffn_ratio=4.0, drop_path_rate=0.5)
     return _create_smpconv('smpconv_b', pretrained=pretrained, **dict(model_args, **kwargs))
 
+
+# The official ImageNet training: AdamW, lr 4e-3 at batch 2048 scaled linearly, cosine with warmup, weight decay
+# 0.05, label smoothing 0.1, mixup 0.8 / cutmix 1.0, RandAugment, random erasing 0.25, EMA.
+FAMILY = ModelFamily(
+    name='smpconv', model_cls=SMPConvNet, variants=('smpconv_t', 'smpconv_b'), input_kind='image',
+    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn,
+    training=TrainingDefaults(recipe=dict(
+        optimizer='adamw', lr=4e-3, lr_ref_batch=2048, batch_size=64, epochs=300, weight_decay=0.05, warmup_epochs=10,
+        label_smoothing=0.1, mixup=0.8, cutmix=1.0, randaugment='rand-m9-mstd0.5-inc1', random_erasing=0.25, ema=True,
+        grad_clip=None)),
+)
+SMPConvNet.family = FAMILY  # the class knows its description (load_pretrained)

@@ -17,6 +17,7 @@ from torch import Tensor
 from ..layers import SMPParallelConv
 from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import CheckpointSequential, SMPModelMixin
+from ._family import ModelFamily, TrainingDefaults
 from ._official import convert_ckconv_keys, linear_from_pointwise, pop_train_lengths
 
 __all__ = ['SMPConvCifar', 'SMPResBlock']
@@ -200,4 +201,17 @@ def smpconv_cifar(pretrained: bool = False, **kwargs) -> SMPConvCifar:
     """SMPConv CIFAR-10 ResNet (489,646 params): 33x33 SMP kernels with 16 points per filter."""
     return build_model_with_cfg(
         SMPConvCifar, 'smpconv_cifar', pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3, 4, 5, 6), flatten_sequential=True), **kwargs)
+        feature_cfg=dict(out_indices=(0, 1, 2, 3, 4, 5, 6), flatten_sequential=True),
+        **FAMILY.check_kwargs('smpconv_cifar', kwargs))
+
+
+# The official CIFAR-10 training: Adam with coupled weight decay 1e-5, lr 5e-3, cosine with warmup, no mixing.
+FAMILY = ModelFamily(
+    name='smpconv_cifar', model_cls=SMPConvCifar, variants=('smpconv_cifar',), input_kind='image',
+    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn,
+    refused_kwargs={'drop_path_rate': 'it has no residual drop path (the official model uses dropout: drop_rate)'},
+    training=TrainingDefaults(recipe=dict(
+        optimizer='adam', lr=5e-3, batch_size=64, epochs=210, weight_decay=1e-5, warmup_epochs=10,
+        label_smoothing=0.0, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False)),
+)
+SMPConvCifar.family = FAMILY  # the class knows its description (load_pretrained)

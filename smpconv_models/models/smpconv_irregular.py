@@ -44,8 +44,18 @@ from ..layers.masked import masked_pool
 from ..layers.mode import execution_mode
 from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import SMPModelMixin
-from .smpconv_tcn import _POOLS, TCNBlock, TCNClassifierMixin
+from ._family import ModelFamily, TrainingDefaults
+from .smpconv_tcn import (
+    _NO_DROP_PATH,
+    _POOLS,
+    DIGITS_MODEL_ARGS,
+    SEQUENCE_RECIPE,
+    TCNBlock,
+    TCNClassifierMixin,
+    small_data_model_args,
+)
 from .smpconv_tcn import INPUT_LAYERS as _GRID_INPUT_LAYERS
+from .smpconv_tcn import checkpoint_filter_fn as grid_checkpoint_filter
 
 __all__ = ['SMPConvIrregularTCN']
 
@@ -89,6 +99,9 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        if kernel == 'mlp' and not (learn_positions and learn_radius):
+            raise ValueError("learn_positions / learn_radius freeze SMP points; kernel='mlp' has none (its MLP "
+                             'kernels learn every weight)')
         if global_pool not in _POOLS:
             raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
         if kernel not in _KERNELS:
@@ -232,10 +245,8 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module, valida
     """Our checkpoints and the grid TCN's (same module names) load as they are; official ``SeqData_TCN`` keys are
     converted as for the grid TCN. The input layers (:data:`INPUT_LAYERS`) are adapted to the model's ``in_chans``
     as timm adapts a first conv."""
-    from .smpconv_tcn import checkpoint_filter_fn as grid_filter
-
     if any(k.startswith(('backbone.', 'finallyr.')) for k in state_dict):
-        state_dict = grid_filter(state_dict, model, validate=False)
+        state_dict = grid_checkpoint_filter(state_dict, model, validate=False)
     state_dict = adapt_input_layers(dict(state_dict), model, INPUT_LAYERS)
     return validate_for_model(state_dict, model) if validate else state_dict
 
@@ -262,6 +273,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool, defaults: dict, **kwargs) -> SMPConvIrregularTCN:
+    kwargs = FAMILY.check_kwargs(variant, kwargs)  # (FAMILY, below)
     args = dict(defaults, **kwargs)
     overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
     overlay.setdefault('input_size', (args.get('in_chans', 1), 1, args['seq_len']))
@@ -283,3 +295,17 @@ def smpconv_irregular_tcn_chartraj(pretrained: bool = False, **kwargs) -> SMPCon
     3 channels, 20 classes, radius 0.012, conv bias) for the dropped-observations protocol."""
     defaults = dict(in_chans=3, num_classes=20, seq_len=182, radius=0.012, conv_bias=True)
     return _create('smpconv_irregular_tcn_chartraj', pretrained, defaults, **kwargs)
+
+
+FAMILY = ModelFamily(
+    name='smpconv_irregular_tcn', model_cls=SMPConvIrregularTCN, input_kind='irregular',
+    variants=('smpconv_irregular_tcn', 'smpconv_irregular_tcn_chartraj'),
+    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn,
+    refused_kwargs={'drop_path_rate': _NO_DROP_PATH},
+    data_kwargs={'seq_len': 'length'},  # the kernels span the training length in time units
+    reparameterize_on_export=False,  # the exported graph evaluates the continuous kernels at timestamp differences
+    training=TrainingDefaults(  # the sequence TCNs' (no per-task values of their own)
+        recipe=SEQUENCE_RECIPE, digits_model_args=DIGITS_MODEL_ARGS, small_data_model_args=small_data_model_args,
+        official_data={'smpconv_irregular_tcn_chartraj': 'CharacterTrajectories'}),
+)
+SMPConvIrregularTCN.family = FAMILY  # the class knows its description (load_pretrained)

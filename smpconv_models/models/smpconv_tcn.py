@@ -14,6 +14,7 @@ keep the input's layout: unpooled features (``forward_features``, ``global_pool=
 
 
 from collections.abc import Callable
+from types import MappingProxyType
 
 import torch
 import torch.nn as nn
@@ -28,6 +29,7 @@ from ..layers.masked import masked_pool
 from ..layers.mode import execution_mode, python_only
 from ._checkpoint import adapt_input_layers, shipped_weights, validate_for_model
 from ._common import SMPModelMixin
+from ._family import ModelFamily, TrainingDefaults
 from ._official import convert_ckconv_keys, pop_train_lengths
 
 __all__ = ['SMPConvTCN', 'TCNBlock']
@@ -323,14 +325,11 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-# Architecture kwargs that go with a pretrained tag (timm cfgs carry no model kwargs).
-_TAG_ARGS = {'smpconv_tcn_mnist.digits': dict(seq_len=64, radius=0.03)}
-
-
 def _create_tcn(variant: str, pretrained: bool, defaults: dict, **kwargs) -> SMPConvTCN:
+    kwargs = FAMILY.check_kwargs(variant, kwargs)  # (FAMILY, below)
     tag = kwargs.get('pretrained_cfg')
-    if isinstance(tag, str):
-        defaults = dict(defaults, **_TAG_ARGS.get(f'{variant}.{tag}', {}))
+    if isinstance(tag, str):  # the architecture kwargs of those weights
+        defaults = dict(defaults, **FAMILY.tag_args.get(f'{variant}.{tag}', {}))
     args = dict(defaults, **kwargs)
     # the cfg's input size follows the sequence length this model is built for
     overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
@@ -378,3 +377,53 @@ def smpconv_tcn_speech_raw(pretrained: bool = False, **kwargs) -> SMPConvTCN:
     """Speech Commands raw-waveform TCN (370,960 params): 16000-step kernels, radius 0.0002, no conv bias."""
     defaults = dict(in_chans=1, num_classes=10, seq_len=16000, radius=0.0002, conv_bias=False)
     return _create_tcn('smpconv_tcn_speech_raw', pretrained, defaults, **kwargs)
+
+
+# The official sequence training (smp/README.md of the official repository): Adam with coupled weight decay 1e-5,
+# cosine with warmup, no mixing, and the per-task learning rates, batch sizes, epochs and dropout.
+SEQUENCE_RECIPE = MappingProxyType(dict(
+    optimizer='adam', lr=1e-4, batch_size=64, epochs=200, weight_decay=1e-5, warmup_epochs=5, label_smoothing=0.0,
+    mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False))
+# The embedded 64-step digits: the official 784-step point radius (0.002, under one grid spacing of 2/783) would
+# leave most points between taps, so it scales with the spacing.
+DIGITS_MODEL_ARGS = MappingProxyType(dict(radius=0.03))
+
+
+def small_data_model_args(length: int) -> dict:
+    """The small-data recipe's kwargs for a user's series of ``length`` steps (BENCHMARKS.md "Small-data sequence
+    recipe"): the point radius one grid spacing ``2 / (length - 1)``, and each feature's maximum over time
+    (``global_pool='max'``: a pattern counts wherever it occurs, instead of only through the last step's view of it,
+    which a few dozen series cannot teach for every position; the maximum keeps a short motif that an average over
+    hundreds of steps dilutes); the small causal kernel (5 taps) no longer than the series."""
+    args = {'radius': 2.0 / (length - 1), 'global_pool': 'max'}
+    if length < 5:
+        args['small_kernel_size'] = length
+    return args
+
+
+_NO_DROP_PATH = 'the SMPConv TCNs have no residual drop path (the official models use dropout: drop_rate)'
+
+FAMILY = ModelFamily(
+    name='smpconv_tcn', model_cls=SMPConvTCN, input_kind='sequence',
+    variants=('smpconv_tcn_mnist', 'smpconv_tcn_scifar10', 'smpconv_tcn_chartraj', 'smpconv_tcn_speech',
+              'smpconv_tcn_speech_raw'),
+    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn,
+    refused_kwargs={'drop_path_rate': _NO_DROP_PATH},
+    data_kwargs={'seq_len': 'length'},  # the kernels span the training length
+    tag_args={'smpconv_tcn_mnist.digits': dict(seq_len=64, radius=0.03)},
+    training=TrainingDefaults(
+        recipe=SEQUENCE_RECIPE,
+        per_variant={
+            'smpconv_tcn_mnist': dict(lr=1e-4, epochs=200),
+            'smpconv_tcn_scifar10': dict(lr=2e-4, epochs=200),
+            'smpconv_tcn_chartraj': dict(lr=1e-4, epochs=300),
+            'smpconv_tcn_speech': dict(lr=2e-3, batch_size=32, epochs=300, drop_rate=0.2),
+            'smpconv_tcn_speech_raw': dict(lr=1e-3, batch_size=32, epochs=160, warmup_epochs=10, drop_rate=0.1),
+        },
+        digits_model_args=DIGITS_MODEL_ARGS,
+        small_data_model_args=small_data_model_args,
+        official_data={'smpconv_tcn_chartraj': 'CharacterTrajectories'},
+        data_options={'smpconv_tcn_speech_raw': dict(speech='waveform')},
+    ),
+)
+SMPConvTCN.family = FAMILY  # the class knows its description (load_pretrained)
