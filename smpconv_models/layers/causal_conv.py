@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .conv import mix_channels_fft
 from .export_conv import export_causal_conv1d
-from .mode import execution_mode, python_only
+from .mode import execution_mode, is_jit_tracing, python_only
 
 __all__ = ['causal_conv1d', 'next_fast_len', 'use_fft_for']
 
@@ -68,7 +68,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, fft: bo
     _check_inputs(x, weight, bias)
     mode = execution_mode()
     length, taps = x.shape[-1], weight.shape[-1]
-    if mode == 'trace':  # torch.jit.trace records sizes as tensors: the crop and the padding need constants
+    if is_jit_tracing():  # sizes are traced tensors there: the crop and the padding need constants
         length, taps = int(length), int(taps)
     if taps > length:  # taps older than the first input step never meet data
         weight = weight[..., taps - length:]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules import module as _module
 
-from .mode import execution_mode, is_eager, python_only
+from .mode import is_eager, is_jit_tracing, python_only
 
 __all__ = [
     'conv2d_act', 'pointwise_conv2d', 'activation_name', 'needs_grad', 'has_forward_hooks', 'bns_have_statistics',
@@ -113,9 +113,9 @@ def _onednn_conv2d(x, weight, bias, stride, padding, groups, act, residual):
 def pointwise_conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:
     """``conv(x)``; a 1x1 conv (stride 1, ``groups=1``) of a channels_last ``x`` runs as a matmul over channels on its
     NHWC view (no copies, output channels_last), whose backward was cheaper than oneDNN's 1x1 convolution backward
-    on smpconv_t's shapes. A conv with hooks, and every conv in a trace (FLOP counts see the conv), is called as
-    usual."""
-    if (isinstance(x, Tensor) and execution_mode() != 'trace' and x.dim() == 4 and conv.kernel_size == (1, 1)
+    on smpconv_t's shapes. A conv with hooks, and every conv ``torch.jit.trace`` records (FLOP counts, the TorchScript
+    ONNX exporter: they see the conv), is called as usual."""
+    if (isinstance(x, Tensor) and not is_jit_tracing() and x.dim() == 4 and conv.kernel_size == (1, 1)
             and not has_forward_hooks(conv)
             and conv.stride == (1, 1) and conv.groups == 1 and conv.padding in ((0, 0), 'valid')
             and x.is_contiguous(memory_format=torch.channels_last)):

@@ -24,7 +24,8 @@ from typing import TypeVar
 import torch
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-__all__ = ['execution_mode', 'is_eager', 'python_only', 'is_torchscript_onnx_export', 'EXECUTION_MODES']
+__all__ = ['execution_mode', 'is_eager', 'python_only', 'is_torchscript_onnx_export', 'is_jit_tracing',
+           'EXECUTION_MODES']
 
 EXECUTION_MODES = ('eager', 'compile', 'export', 'trace', 'script')
 
@@ -68,3 +69,10 @@ def is_torchscript_onnx_export() -> bool:
     """Whether the TorchScript-based ONNX exporter (a ``torch.jit`` trace) captures the graph: one of the ``'export'``
     modes, where ``torch.fft`` needs an ONNX symbolic (the dynamo exporter and ``torch.export`` have their own)."""
     return torch.onnx.is_in_onnx_export() and not torch.compiler.is_exporting()
+
+
+def is_jit_tracing() -> bool:
+    """Whether ``torch.jit.trace`` records the ops: ``'trace'`` from ``torch.jit.trace`` (fvcore's FLOP counts), or the
+    TorchScript-based ONNX exporter (``'export'``). Sizes read from tensors are traced values there, and the traced
+    graph sees the modules as they are."""
+    return torch.jit.is_tracing()

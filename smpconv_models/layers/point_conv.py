@@ -169,9 +169,7 @@ class SMPPointKernel(SMPPoints):
         if self.shared_points:
             h = h.squeeze(-3)  # [B, M, P, k]
             if self.kernel_normalize:  # 1/|N(u)| depends on the neighbour only: scale its features instead of h
-                # (a neighbour no hat covers contributes zero whatever it is divided by: counting it as 1 keeps its
-                # scaled features finite in half precision)
-                neighbor_features = divide_by_count(neighbor_features, hat_count(h).transpose(-1, -2).clamp_min(1))
+                neighbor_features = divide_by_count(neighbor_features, hat_count(h).transpose(-1, -2))
             mixed = torch.matmul(h, neighbor_features)  # [B, M, P, F_in]
             return torch.matmul(mixed.flatten(-2), self.weights.permute(2, 1, 0).reshape(-1, self.out_channels))
         if self.kernel_normalize:

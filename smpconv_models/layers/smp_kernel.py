@@ -142,8 +142,13 @@ def hat_count(h: Tensor, dim: int = -2) -> Tensor:
 
 def divide_by_count(x: Tensor, count: Tensor) -> Tensor:
     """Eq. 1's average: ``x / (|N(x)| + 1e-6)`` (the official CIFAR / sequence kernels' ``1e-6``), ``count`` from
-    :func:`hat_count` or any other count of the covering points broadcastable to ``x``."""
-    return x / (count + COUNT_EPS)
+    :func:`hat_count` or any other count of the covering points broadcastable to ``x``.
+
+    Where no hat covers a query (``count = 0``) every caller's ``x`` is a sum over zero hat responses, so the value
+    is 0 whatever it is divided by; such a count is taken as 1, which keeps the gradient through the division
+    (``1e6`` times larger otherwise) finite in half precision, where it would overflow and meet a zero hat as
+    ``inf * 0``."""
+    return x / (count.clamp_min(1) + COUNT_EPS)
 
 
 def kernel_coords(
