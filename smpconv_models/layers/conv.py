@@ -6,10 +6,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .export_conv import export_same_conv, reachable_offsets
-from .mode import execution_mode, python_only
+from .mode import computes_in_half_precision, execution_mode, python_only
 
 __all__ = [
-    'check_conv_input', 'check_float_3d', 'prefers_channels_last', 'same_conv', 'fft_same_conv',
+    'check_conv_input', 'check_float_3d', 'prefers_channels_last', 'fp16_grouped_conv_in_fp32', 'same_conv',
+    'direct_same_conv', 'fft_same_conv',
     'fft_depthwise_weight_grad', 'conv_path', 'use_fft_conv', 'mix_channels_fft',
 ]
 
@@ -41,9 +42,12 @@ def prefers_channels_last(x: Tensor, kernel_size: int) -> bool:
     """Whether a large 2-d convolution of ``x`` should run in channels_last.
 
     On CPU, PyTorch's NCHW path for large (depthwise) kernels is far slower than oneDNN's channels_last one;
-    on tiny maps (7x7) NCHW wins, so small maps and kernels stay as they are.
+    on tiny maps (7x7) NCHW wins, so small maps and kernels stay as they are. In fp16 / bf16 (own dtype or autocast)
+    PyTorch 2.14's channels_last depthwise convolution with a 17x17 or larger kernel on a 32x32 map does not return
+    (minutes on one call), while its NCHW path takes milliseconds: half precision stays NCHW.
     """
-    return x.device.type == 'cpu' and kernel_size >= 7 and x.shape[-1] * x.shape[-2] >= 196
+    return (x.device.type == 'cpu' and kernel_size >= 7 and x.shape[-1] * x.shape[-2] >= 196
+            and not computes_in_half_precision(x))
 
 
 # A dense (groups=1) 'same' convolution switches to the FFT from this many kernel taps on: a 33x33 kernel on 32x32
@@ -223,7 +227,7 @@ class _DepthwiseSameConv(torch.autograd.Function):
 
 @python_only
 def _export_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
-    return export_same_conv(x, weight, bias, groups, _direct_same_conv)
+    return export_same_conv(x, weight, bias, groups, direct_same_conv)
 
 
 @python_only  # eager and torch.compile; TorchScript cannot compile autograd Functions (it runs the direct conv)
@@ -233,11 +237,18 @@ def _hybrid_depthwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def _direct_depthwise(x: Tensor, weight: Tensor) -> Tensor:
-    return _direct_same_conv(x, weight, None, x.shape[1])
+    return direct_same_conv(x, weight, None, x.shape[1])
 
 
-def _direct_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
-    """PyTorch's own 'same' convolution, large 2-d kernels in channels_last (:func:`prefers_channels_last`)."""
+def direct_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
+    """PyTorch's own 'same' convolution, large 2-d kernels in channels_last (:func:`prefers_channels_last`), large
+    grouped fp16 kernels on CPU in fp32 (:func:`fp16_grouped_conv_in_fp32`)."""
+    if groups > 1 and fp16_grouped_conv_in_fp32(x, weight):
+        return _fp32_same_conv(x, weight, bias, groups)
+    return _torch_same_conv(x, weight, bias, groups)
+
+
+def _torch_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
     nd = weight.dim() - 2
     padding = [k // 2 for k in weight.shape[2:]]
     if nd == 1:
@@ -250,6 +261,29 @@ def _direct_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: in
     return F.conv3d(x, weight, bias, padding=padding, groups=groups)
 
 
+def fp16_grouped_conv_in_fp32(x: Tensor, weight: Tensor) -> bool:
+    """Whether a grouped CPU convolution of ``x`` computes in fp32 instead of fp16 (own dtype or fp16 autocast):
+    PyTorch 2.14's fp16 depthwise convolution on CPU does not return (minutes on one call) for kernels of 17 or more
+    taps along a dim (1-d on 256 steps, 2-d on 32x32 maps; bf16 and fp32 take milliseconds)."""
+    if x.device.type != 'cpu' or max(weight.shape[2:]) < 17:
+        return False
+    return x.dtype == torch.float16 or (computes_in_half_precision(x) and _autocast_dtype() == torch.float16)
+
+
+@python_only
+def _autocast_dtype():
+    return torch.get_autocast_dtype('cpu')
+
+
+def _fp32_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
+    """:func:`direct_same_conv` in fp32 with autocast off, the result in fp16 (as fp16 autocast would give)."""
+    b = None if bias is None else bias.float()
+    if execution_mode() == 'script':  # no autocast under TorchScript
+        return _torch_same_conv(x.float(), weight.float(), b, groups).half()
+    with torch.autocast('cpu', enabled=False):
+        return _torch_same_conv(x.float(), weight.float(), b, groups).half()
+
+
 def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1) -> Tensor:
     """'Same'-padded N-d cross-correlation (odd kernel sizes, 1-3 spatial dims).
 
@@ -259,7 +293,7 @@ def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int
     """
     path = conv_path(x, weight, groups)
     if path == 'direct':
-        return _direct_same_conv(x, weight, bias, groups)
+        return direct_same_conv(x, weight, bias, groups)
     mode = execution_mode()
     if mode == 'export':  # ONNX / torch.export: real arithmetic (export_conv.py)
         return _export_same_conv(x, weight, bias, groups)
@@ -267,4 +301,4 @@ def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int
         return _hybrid_depthwise(x, weight, bias)
     if path == 'fft':
         return fft_same_conv(x, weight, bias, groups)
-    return _direct_same_conv(x, weight, bias, groups)
+    return direct_same_conv(x, weight, bias, groups)
