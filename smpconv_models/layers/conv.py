@@ -276,12 +276,18 @@ def _autocast_dtype():
 
 
 def _fp32_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
-    """:func:`direct_same_conv` in fp32 with autocast off, the result in fp16 (as fp16 autocast would give)."""
-    b = None if bias is None else bias.float()
+    """:func:`direct_same_conv` in fp32 (autocast off), the result in fp16 (as fp16 autocast would give)."""
+    if bias is not None:
+        bias = bias.float()
     if execution_mode() == 'script':  # no autocast under TorchScript
-        return _torch_same_conv(x.float(), weight.float(), b, groups).half()
+        return _torch_same_conv(x.float(), weight.float(), bias, groups).half()
+    return _fp32_same_conv_autocast_off(x, weight, bias, groups)
+
+
+@python_only
+def _fp32_same_conv_autocast_off(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
     with torch.autocast('cpu', enabled=False):
-        return _torch_same_conv(x.float(), weight.float(), b, groups).half()
+        return _torch_same_conv(x.float(), weight.float(), bias, groups).half()
 
 
 def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1) -> Tensor:
