@@ -2,8 +2,9 @@
 
 Every SMPConv family uses this pattern (Sec. 3.3 of the paper, after RepLKNet): ImageNet blocks pair a depthwise SMP
 kernel with a 5x5 depthwise conv, the CIFAR ResNet a full 33x33 SMP conv with a 3x3 conv, the sequence TCNs a
-causal SMP conv with a causal 5-tap conv. In eval mode ``BN(smp(x)) + BN(small(x))`` is one convolution with the
-folded kernel ``s1 * K_smp + s2 * pad(K_small)`` and bias ``b1 + b2``; ``reparameterize()`` switches to it.
+causal SMP conv with a causal 5-tap conv (or, with ``causal=False``, both centred). In eval mode
+``BN(smp(x)) + BN(small(x))`` is one convolution with the folded kernel ``s1 * K_smp + s2 * pad(K_small)`` and bias
+``b1 + b2``; ``reparameterize()`` switches to it.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch import Tensor
 
-from .causal_conv import causal_conv1d
+from .causal_conv import sequence_conv1d
 from .conv import check_conv_input, prefers_channels_last, same_conv
 from .fused import bns_have_statistics, cached_eval_value, folds_in_eval
 from .smp_conv import SMPCausalConv1d, SMPConv, SMPConvBase, SMPDepthwiseConv2d
@@ -78,13 +79,16 @@ def fold_bn_into_next_conv(bn: nn.modules.batchnorm._BatchNorm, conv: nn.Conv2d 
 
 @register_notrace_module  # torch.fx leaf: input checks and size-dependent (FFT / direct) paths
 class CausalConv1d(nn.Module):
-    """A dense causal 1-d convolution (tap ``K - 1`` = current step) with a plain ``weight`` [C_out, C_in, K]."""
+    """A dense causal 1-d convolution (tap ``K - 1`` = current step) with a plain ``weight`` [C_out, C_in, K];
+    ``causal=False``: centred ('same' length, odd ``K``, tap ``(K - 1) / 2`` = current step)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
-                 fft: bool | None = None, device=None, dtype=None):
+                 fft: bool | None = None, causal: bool = True, device=None, dtype=None):
         super().__init__()
+        if not causal and int(kernel_size) % 2 == 0:
+            raise ValueError(f'CausalConv1d(causal=False) needs an odd kernel_size (a middle tap), got {kernel_size}')
         self.in_channels, self.out_channels, self.kernel_size = int(in_channels), int(out_channels), int(kernel_size)
-        self.fft = fft
+        self.fft, self.causal = fft, bool(causal)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
         nn.init.trunc_normal_(self.weight, std=0.02)
@@ -92,10 +96,11 @@ class CausalConv1d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():
             check_conv_input(x, 1, self.in_channels, type(self).__name__)
-        return causal_conv1d(x, self.weight, self.bias, fft=self.fft)
+        return sequence_conv1d(x, self.weight, self.bias, fft=self.fft, causal=self.causal)
 
     def extra_repr(self) -> str:
-        return f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, fft={self.fft}'
+        return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, fft={self.fft}, '
+                f'causal={self.causal}')
 
 
 def _conv_bn(conv: nn.Module, channels: int, norm_layer: type[nn.Module], dd: dict) -> nn.Sequential:
@@ -309,7 +314,10 @@ class SMPParallelConv(SMPReparamConv):
 @register_notrace_module
 class SMPParallelCausalConv1d(SMPReparamConv):
     """Causal SMP conv + BN beside a small causal conv + BN (the official sequence TCN's
-    ``norm1(cconv1(x)) + norm1s(cconv1s(x))``); deploy form :class:`CausalConv1d` with the folded length-K kernel."""
+    ``norm1(cconv1(x)) + norm1s(cconv1s(x))``); deploy form :class:`CausalConv1d` with the folded length-K kernel.
+
+    ``causal=False``: both kernels centred on the output step (odd sizes; :class:`SMPCausalConv1d` and
+    :class:`CausalConv1d` with ``causal=False``), the small one folded into the middle of the SMP one."""
 
     def __init__(
             self,
@@ -326,32 +334,42 @@ class SMPParallelCausalConv1d(SMPReparamConv):
             norm_layer: type[nn.Module] = nn.BatchNorm1d,
             learn_positions: bool = True,
             learn_radius: bool = True,
+            causal: bool = True,
             device=None,
             dtype=None,
     ):
         super().__init__()
         if not 1 <= small_kernel_size <= kernel_size:
             raise ValueError(f'small_kernel_size must be in [1, kernel_size={kernel_size}], got {small_kernel_size}')
+        if not causal:
+            _check_small(kernel_size, small_kernel_size, f'{type(self).__name__}(causal=False)')
         self.in_channels, self.out_channels, self.ndim = int(in_channels), int(out_channels), 1
         self.kernel_size, self.small_kernel_size, self.fft = (int(kernel_size),), int(small_kernel_size), fft
+        self.causal = bool(causal)
         dd = dict(device=device, dtype=dtype)
         smp = small = None
         if not deploy:
             smp = SMPCausalConv1d(in_channels, out_channels, kernel_size, n_points, radius, coord_std, bias, fft,
-                                  learn_positions, learn_radius, **dd)
-            small = CausalConv1d(in_channels, out_channels, small_kernel_size, bias=False, **dd)
+                                  learn_positions, learn_radius, causal=causal, **dd)
+            small = CausalConv1d(in_channels, out_channels, small_kernel_size, bias=False, causal=causal, **dd)
         self._init_branches(smp, small, norm_layer, deploy, dd)
 
     def _pad_small(self, weight: Tensor) -> Tensor:
+        if not self.causal:  # both centred: pad both sides
+            return super()._pad_small(weight)
         # causal kernels align at the current step (the last tap): pad on the past side only
         return F.pad(weight, (self.kernel_size[0] - weight.shape[-1], 0))
 
     def _make_deploy_conv(self, device=None, dtype=None) -> nn.Module:
         dd = dict(device=device, dtype=dtype)
-        return CausalConv1d(self.in_channels, self.out_channels, self.kernel_size[0], bias=True, fft=self.fft, **dd)
+        return CausalConv1d(self.in_channels, self.out_channels, self.kernel_size[0], bias=True, fft=self.fft,
+                            causal=self.causal, **dd)
 
     def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        return causal_conv1d(x, weight, bias, fft=self.fft)
+        return sequence_conv1d(x, weight, bias, fft=self.fft, causal=self.causal)
+
+    def extra_repr(self) -> str:
+        return f'{super().extra_repr()}, causal={self.causal}'
 
 
 def _check_small(kernel_size: int, small_kernel_size: int, name: str) -> None:

@@ -323,7 +323,8 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
     """The SMPConv TCN on irregular series ``values [B, C, L]``, ``timestamps [B, L]``, ``mask [B, L]`` (see the
     module docstring). Its modules are the grid TCN's (:class:`TCNBlock` with :class:`SMPParallelCausalConv1d`), so a
     :class:`~smpconv_models.models.smpconv_tcn.SMPConvTCN` state dict of the same configuration loads unchanged.
-    ``seq_len`` is the kernel length in time units (grid steps)."""
+    ``seq_len`` is the kernel length in time units (grid steps). Its kernels are causal: ``causal=False`` (the grid
+    TCN's centred kernels) is refused with a ``ValueError``."""
 
     def __init__(
             self,
@@ -346,11 +347,16 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
             use_fft: bool | None = None,
             kernel_scale: float = 1.0,
             deploy: bool = False,
+            causal: bool = True,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        if not causal:
+            raise ValueError('causal=False is not supported by the irregular-series TCNs (their kernels are evaluated '
+                             'at past timestamp differences only); use causal=True, or the grid TCN (smpconv_tcn_*) '
+                             'for centred kernels')
         if global_pool not in _POOLS:
             raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
         if kernel not in _KERNELS:

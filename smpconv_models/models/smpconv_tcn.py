@@ -5,6 +5,10 @@ Six residual TCN blocks of two causal SMP convs (per-filter points, kernel as lo
 ``[B, in_chans, L]``. Registered variants carry the official per-task configurations (sMNIST / pMNIST, sCIFAR10,
 Character Trajectories, Speech Commands MFCC and raw).
 
+``causal=False`` (not in the paper; for classifying whole series) centres every kernel on its output step: the SMP
+kernels get ``2 * seq_len - 1`` taps by default (every step sees the whole series, both ways), their points start
+around the current step instead of near it on the past side, and the 5-tap branch is centred too.
+
 The models also take timm's image-shaped ``[B, in_chans, 1, L]`` (their cfgs' ``input_size`` is ``(C, 1, L)``) and
 keep the input's layout: unpooled features (``forward_features``, ``global_pool=''``) are ``[B, C, L]`` or
 ``[B, C, 1, L]``, and ``features_only`` / ``forward_intermediates(output_fmt='NCHW')`` give ``[B, C, 1, L]`` maps.
@@ -65,17 +69,18 @@ def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
 
 
 class TCNBlock(nn.Module):
-    """``relu(drop(relu(pair2(drop(relu(pair1(x)))))) + shortcut(x))``, pairs = BN(causal SMP) + BN(causal small)."""
+    """``relu(drop(relu(pair2(drop(relu(pair1(x)))))) + shortcut(x))``, pairs = BN(causal SMP) + BN(causal small)
+    (``causal=False``: both centred; ``seq_len`` is the SMP kernel's length in taps)."""
 
     def __init__(self, in_chs: int, out_chs: int, seq_len: int, n_points: int, radius: float, coord_std: float,
                  small_kernel_size: int, conv_bias: bool, use_fft: bool | None, drop_rate: float,
-                 deploy: bool = False, learn_positions: bool = True, learn_radius: bool = True, device=None,
-                 dtype=None):
+                 deploy: bool = False, learn_positions: bool = True, learn_radius: bool = True, causal: bool = True,
+                 device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         args = dict(kernel_size=seq_len, n_points=n_points, radius=radius, coord_std=coord_std,
                     small_kernel_size=small_kernel_size, bias=conv_bias, fft=use_fft, deploy=deploy,
-                    learn_positions=learn_positions, learn_radius=learn_radius, **dd)
+                    learn_positions=learn_positions, learn_radius=learn_radius, causal=causal, **dd)
         self.conv1 = SMPParallelCausalConv1d(in_chs, out_chs, **args)
         self.conv2 = SMPParallelCausalConv1d(out_chs, out_chs, **args)
         self.act = nn.ReLU()
@@ -139,7 +144,10 @@ class TCNClassifierMixin:
 
 class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
     """SMPConv TCN for sequences ``[B, in_chans, L]`` (or ``[B, in_chans, 1, L]``, see the module docstring);
-    ``seq_len`` is the kernel length (the training length).
+    ``seq_len`` is the training length, which sets the kernel length.
+
+    ``causal=False`` centres every kernel on its output step (module docstring); ``kernel_size`` overrides the SMP
+    kernels' length in taps (default ``seq_len`` when causal, ``2 * seq_len - 1`` when centred, which must be odd).
 
     Ablation switches (paper Tables 6-9): ``n_points`` per filter, initial ``radius`` and position spread
     ``coord_std``, and ``learn_positions`` / ``learn_radius`` (False freezes them at their initialisation).
@@ -165,6 +173,8 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
             deploy: bool = False,
             learn_positions: bool = True,
             learn_radius: bool = True,
+            causal: bool = True,
+            kernel_size: int | None = None,
             device=None,
             dtype=None,
     ):
@@ -176,15 +186,21 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
             raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
         if seq_len < 1:
             raise ValueError(f'seq_len must be positive, got {seq_len}')
+        if kernel_size is None:
+            kernel_size = seq_len if causal else 2 * seq_len - 1
+        if kernel_size < 1:
+            raise ValueError(f'kernel_size must be positive, got {kernel_size}')
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.seq_len = int(seq_len)
+        self.causal = bool(causal)
         self.global_pool = global_pool
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
-        self._build_trunk(lambda prev: TCNBlock(prev, width, seq_len, n_points, radius, coord_std, small_kernel_size,
-                                                conv_bias, use_fft, drop_rate, deploy, learn_positions, learn_radius,
-                                                **dd), in_chans, depth, width, num_classes, **dd)
+        self._build_trunk(lambda prev: TCNBlock(prev, width, int(kernel_size), n_points, radius, coord_std,
+                                                small_kernel_size, conv_bias, use_fft, drop_rate, deploy,
+                                                learn_positions, learn_radius, causal, **dd),
+                          in_chans, depth, width, num_classes, **dd)
         if kernel_scale != 1.0:
             self.rescale_kernels(kernel_scale)
 
@@ -229,8 +245,9 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
         """Unpooled features ``[B, C, L]``, or ``[B, C, 1, L]`` for a ``[B, C, 1, L]`` input.
 
         ``mask`` ``[B, L]`` (true on real steps) zeroes the padded steps of the input and of every convolution's
-        input: with left padding a causal model's outputs on the real steps then equal its outputs on the unpadded
-        series (in eval mode), whatever the padding length."""
+        input: with left padding a model's outputs on the real steps then equal its outputs on the unpadded series
+        (in eval mode), whatever the padding length; for a centred model (``causal=False``) too, since its 'same'
+        convolutions see zeros beyond the series either way."""
         seq = apply_mask(as_sequence(x), mask)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             if mask is None:
