@@ -58,6 +58,7 @@ DATASETS = (
     SetSpec('cbf6_u300', 'cbf6', 1, 300, 6, 180, 300, noise=0.7),
     SetSpec('outline6_u400', 'outline', 1, 400, 6, 200, 300, noise=0.05),
     SetSpec('control6_u500', 'control', 1, 500, 6, 200, 300, noise=0.5),
+    SetSpec('margin6_u400', 'margin', 1, 400, 6, 200, 300, noise=0.01),
 )
 
 
@@ -124,6 +125,8 @@ def _series(spec: SetSpec, label: int, rng: np.random.Generator, protos: np.ndar
         return _cbf6(rng, label, n, noise)[None]
     if spec.kind == 'outline':
         return _outline(rng, label, n, noise)[None]
+    if spec.kind == 'margin':
+        return _margin(rng, label, n, noise)[None]
     if spec.kind == 'control':
         return _control(rng, label, n, noise)[None]
     # 'traj': a class trajectory under a random monotone time warp, speed (length), gain and noise
@@ -174,6 +177,33 @@ def _outline(rng: np.random.Generator, label: int, n: int, noise: float) -> np.n
     r += serr * rng.uniform(0.7, 1.3) * np.cos(rng.integers(14, 19) * theta + rng.uniform(0, 2 * np.pi))
     for k in (1, 6, 7):  # the individual's own irregularities, shared by every class
         r += rng.normal(0, 0.04) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    r = np.roll(r, int(rng.integers(n))) + rng.normal(0, noise, n)
+    return (r - r.mean()) / r.std()
+
+
+def _margin(rng: np.random.Generator, label: int, n: int, noise: float) -> np.ndarray:
+    """A leaf-like outline as radius against angle where the class is the margin, not the overall form: smooth,
+    finely serrated, coarsely toothed, doubly serrated (teeth with small teeth), lobed, or spiny (a few sharp
+    spikes); every individual draws its own elongation, asymmetry and base (class-independent and larger than the
+    margin), the margin's frequency and depth, a start point (circular shift) and an angle warp; z-normalised."""
+    theta = 2 * np.pi * _warp(rng, n, 0.3)
+    r = 1 + rng.uniform(0.2, 0.6) * np.cos(2 * theta + rng.uniform(-0.3, 0.3))
+    for k in (1, 3):
+        r += rng.uniform(0.0, 0.15) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    depth = rng.uniform(0.03, 0.06)
+    tooth = lambda f: 2 * ((f * theta / (2 * np.pi) + rng.uniform()) % 1.0) - 1  # sawtooth teeth  # noqa: E731
+    if label == 1:
+        r += 0.6 * depth * tooth(rng.integers(40, 56))
+    elif label == 2:
+        r += 1.5 * depth * tooth(rng.integers(14, 20))
+    elif label == 3:
+        r += 1.5 * depth * tooth(rng.integers(14, 20)) + 0.6 * depth * tooth(rng.integers(40, 56))
+    elif label == 4:
+        r += 4 * depth * np.abs(np.cos(rng.integers(3, 6) * theta / 2 + rng.uniform(0, np.pi)))
+    elif label == 5:
+        for _ in range(int(rng.integers(4, 8))):
+            centre = rng.uniform(0, 2 * np.pi)
+            r += 4 * depth * np.exp(-((np.angle(np.exp(1j * (theta - centre)))) / 0.03) ** 2)
     r = np.roll(r, int(rng.integers(n))) + rng.normal(0, noise, n)
     return (r - r.mean()) / r.std()
 
@@ -519,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--json', default='', help='also write the rows to this JSON file')
     parser.add_argument('--write-benchmarks', nargs='?', const='BENCHMARKS.md', default=None, metavar='PATH',
                         help='write the table into the marked section of BENCHMARKS.md (or PATH), atomically')
+    parser.add_argument('--save-sets', default=None, metavar='DIR',
+                        help='only write the generated sets (--sets, --seed) as DIR/<set>.npz for train.py --data npz:')
     parser.add_argument('--jobs', type=int, default=1, help='data sets trained at once, one process each')
     parser.add_argument('--threads', type=int, default=1,
                         help='torch threads (1: these small models run fastest single-threaded on a busy CPU)')
@@ -536,6 +568,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         specs = [SetSpec(s.name, s.kind, s.channels, min(s.length, 48), s.classes, max(s.classes * 3, 20), 40,
                          s.noise) for s in specs[:2]]
+    if args.save_sets:
+        for spec in specs:
+            _say(str(save_npz(make_dataset(spec, args.seed), Path(args.save_sets) / f'{spec.name}.npz')))
+        return 0
     variants: dict[str, dict[str, Any]] = {}
     for v in filter(None, args.variants.split(';' if '{' in args.variants else ',')):
         variants[v] = json.loads(v) if v.strip().startswith('{') else VARIANTS[v]

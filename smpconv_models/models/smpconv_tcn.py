@@ -17,7 +17,7 @@ keep the input's layout: unpooled features (``forward_features``, ``global_pool=
 # generates, and string annotations there break scripting an fx-traced model (timm's fx + torchscript test).
 
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -150,7 +150,8 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
     kernels' length in taps (default ``seq_len`` when causal, ``2 * seq_len - 1`` when centred, which must be odd).
 
     Ablation switches (paper Tables 6-9): ``n_points`` per filter, initial ``radius`` and position spread
-    ``coord_std``, and ``learn_positions`` / ``learn_radius`` (False freezes them at their initialisation).
+    ``coord_std`` (one value, or one per block: points spread over several scales, e.g. growing with depth as the
+    dilations of a TCN), and ``learn_positions`` / ``learn_radius`` (False freezes them at their initialisation).
     """
 
     def __init__(
@@ -163,7 +164,7 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
             width: int = 30,
             n_points: int = 30,
             radius: float = 0.002,
-            coord_std: float = 0.1,
+            coord_std: float | Sequence[float] = 0.1,
             small_kernel_size: int = 5,
             conv_bias: bool = False,
             use_fft: bool | None = None,
@@ -197,7 +198,11 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
         self.global_pool = global_pool
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
-        self._build_trunk(lambda prev: TCNBlock(prev, width, int(kernel_size), n_points, radius, coord_std,
+        stds = [float(coord_std)] * depth if isinstance(coord_std, (int, float)) else [float(c) for c in coord_std]
+        if len(stds) != depth:
+            raise ValueError(f'coord_std must be one value or one per block ({depth}), got {coord_std}')
+        block_std = iter(stds)
+        self._build_trunk(lambda prev: TCNBlock(prev, width, int(kernel_size), n_points, radius, next(block_std),
                                                 small_kernel_size, conv_bias, use_fft, drop_rate, deploy,
                                                 learn_positions, learn_radius, causal, **dd),
                           in_chans, depth, width, num_classes, **dd)
