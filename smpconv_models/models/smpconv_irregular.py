@@ -31,14 +31,14 @@ values for ``W`` sources per window instead of ``B G P L^2``; the MLP kernel and
 differences within the kernel's span. Query steps go in chunks of at most ``pairwise_chunk`` elements, each
 recomputed in backward (activation checkpointing), so memory stays bounded for long series.
 
-The logits come from the last observed step of each series (``global_pool='last'``, the grid TCN's last step),
-or from a mean / max over observed steps (``'avg'`` / ``'max'``). With ``kernel='mlp'`` each SMP branch becomes the
-MLP kernel of :class:`~smpconv_models.layers.point_conv.MLPKernel` on the same lags (for the side-by-side
-comparison). On a regular grid with no gaps (``timestamps=None, mask=None``) the model equals the grid TCN with the
-same parameters (its state dict loads unchanged). One host read per forward checks the inputs and picks the path
-(the pairwise path reads one gather width per SMP layer); none while exporting, where the pairwise path serves every
-input (:meth:`SMPConvIrregularTCN.forward_features`). The masked BatchNorm statistics are per process (no
-SyncBatchNorm across processes).
+The logits come from the last observed step of each series (``global_pool='last'``, the grid TCN's last step), or
+from a mean / max over observed steps (``'avg'`` / ``'max'``; ``'avgmax'``: their mean). With ``kernel='mlp'`` each
+SMP branch becomes the MLP kernel of :class:`~smpconv_models.layers.point_conv.MLPKernel` on the same lags (for the
+side-by-side comparison). On a regular grid with no gaps (``timestamps=None, mask=None``) the model equals the grid
+TCN with the same parameters (its state dict loads unchanged). One host read per forward checks the inputs and picks
+the path (the pairwise path reads one gather width per SMP layer); none while exporting, where the pairwise path
+serves every input (:meth:`SMPConvIrregularTCN.forward_features`). The masked BatchNorm statistics are per process
+(no SyncBatchNorm across processes).
 """
 from __future__ import annotations
 
@@ -530,6 +530,9 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
             x = (x * w).sum(-1) / w.sum(-1).clamp_min(1)
         elif self.global_pool == 'max':
             x = x.masked_fill(~mask[:, None], float('-inf')).amax(-1)
+        elif self.global_pool == 'avgmax':
+            w = mask[:, None].to(x.dtype)
+            x = 0.5 * ((x * w).sum(-1) / w.sum(-1).clamp_min(1) + x.masked_fill(~mask[:, None], float('-inf')).amax(-1))
         elif not pre_logits:
             return self.head(x.movedim(1, -1)).movedim(-1, 1)
         return x if pre_logits else self.head(x)

@@ -33,7 +33,7 @@ from ._official import convert_ckconv_keys, pop_train_lengths
 
 __all__ = ['SMPConvTCN', 'TCNBlock']
 
-_POOLS = ('last', 'avg', 'max', '')
+_POOLS = ('last', 'avg', 'max', 'avgmax', '')
 
 
 # Leaves for torch.fx (the layout tests are data-dependent control flow); fx only auto-wraps public names.
@@ -277,16 +277,21 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
             x = x.flatten(2).mean(-1)
         elif self.global_pool == 'max':
             x = x.flatten(2).amax(-1)
+        elif self.global_pool == 'avgmax':  # timm's 'avgmax': the mean of the average and the maximum
+            x = 0.5 * (x.flatten(2).mean(-1) + x.flatten(2).amax(-1))
         elif not pre_logits:
             return self.head(x.movedim(1, -1)).movedim(-1, 1)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Logits for ``x``; ``mask`` ``[B, L]`` marks the real steps of left-padded series (see
-        :meth:`forward_features`; ``global_pool='avg'`` then averages over the real steps only)."""
+        :meth:`forward_features`; ``global_pool='avg'`` / ``'avgmax'`` then average over the real steps only; the
+        maximum is unaffected: padded features are zero and real ones non-negative)."""
         features = self.forward_features(x, mask)
         if self.global_pool == 'avg':
             return self.head(masked_mean(features, mask))
+        if self.global_pool == 'avgmax':
+            return self.head(0.5 * (masked_mean(features, mask) + features.flatten(2).amax(-1)))
         return self.forward_head(features)
 
 
