@@ -32,13 +32,13 @@ differences within the kernel's span. Query steps go in chunks of at most ``pair
 recomputed in backward (activation checkpointing), so memory stays bounded for long series.
 
 The logits come from the last observed step of each series (``global_pool='last'``, the grid TCN's last step), or
-from a mean / max over observed steps (``'avg'`` / ``'max'``; ``'avgmax'``: their mean). With ``kernel='mlp'`` each
-SMP branch becomes the MLP kernel of :class:`~smpconv_models.layers.point_conv.MLPKernel` on the same lags (for the
-side-by-side comparison). On a regular grid with no gaps (``timestamps=None, mask=None``) the model equals the grid
-TCN with the same parameters (its state dict loads unchanged). One host read per forward checks the inputs and picks
-the path (the pairwise path reads one gather width per SMP layer); none while exporting, where the pairwise path
-serves every input (:meth:`SMPConvIrregularTCN.forward_features`). The masked BatchNorm statistics are per process
-(no SyncBatchNorm across processes).
+from a mean / max over observed steps (``'avg'`` / ``'max'``; ``'avgmax'``: their mean, ``'catavgmax'``: both). With
+``kernel='mlp'`` each SMP branch becomes the MLP kernel of :class:`~smpconv_models.layers.point_conv.MLPKernel` on
+the same lags (for the side-by-side comparison). On a regular grid with no gaps (``timestamps=None, mask=None``) the
+model equals the grid TCN with the same parameters (its state dict loads unchanged). One host read per forward
+checks the inputs and picks the path (the pairwise path reads one gather width per SMP layer); none while exporting,
+where the pairwise path serves every input (:meth:`SMPConvIrregularTCN.forward_features`). The masked BatchNorm
+statistics are per process (no SyncBatchNorm across processes).
 """
 from __future__ import annotations
 
@@ -530,9 +530,10 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
             x = (x * w).sum(-1) / w.sum(-1).clamp_min(1)
         elif self.global_pool == 'max':
             x = x.masked_fill(~mask[:, None], float('-inf')).amax(-1)
-        elif self.global_pool == 'avgmax':
+        elif self.global_pool in ('avgmax', 'catavgmax'):
             w = mask[:, None].to(x.dtype)
-            x = 0.5 * ((x * w).sum(-1) / w.sum(-1).clamp_min(1) + x.masked_fill(~mask[:, None], float('-inf')).amax(-1))
+            avg, peak = (x * w).sum(-1) / w.sum(-1).clamp_min(1), x.masked_fill(~mask[:, None], float('-inf')).amax(-1)
+            x = 0.5 * (avg + peak) if self.global_pool == 'avgmax' else torch.cat([avg, peak], 1)
         elif not pre_logits:
             return self.head(x.movedim(1, -1)).movedim(-1, 1)
         return x if pre_logits else self.head(x)

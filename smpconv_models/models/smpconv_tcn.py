@@ -33,7 +33,7 @@ from ._official import convert_ckconv_keys, pop_train_lengths
 
 __all__ = ['SMPConvTCN', 'TCNBlock']
 
-_POOLS = ('last', 'avg', 'max', 'avgmax', '')
+_POOLS = ('last', 'avg', 'max', 'avgmax', 'catavgmax', '')
 
 
 # Leaves for torch.fx (the layout tests are data-dependent control flow); fx only auto-wraps public names.
@@ -108,13 +108,19 @@ class TCNClassifierMixin:
             self.feature_info.append(dict(num_chs=width, reduction=1, module=f'blocks.{i}'))
             prev = width
         self.blocks = nn.Sequential(*blocks)
-        self.num_features = self.head_hidden_size = width
+        self.num_features = width
+        self.head_hidden_size = self._pooled_features()
         self.head = self._make_head(num_classes, device=device, dtype=dtype)
+
+    def _pooled_features(self) -> int:
+        """Features after pooling: ``global_pool='catavgmax'`` (timm's: average and maximum side by side) doubles
+        them."""
+        return 2 * self.num_features if self.global_pool == 'catavgmax' else self.num_features
 
     def _make_head(self, num_classes: int, device=None, dtype=None) -> nn.Module:
         if num_classes <= 0:
             return nn.Identity()
-        head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
+        head = nn.Linear(self.head_hidden_size, num_classes, device=device, dtype=dtype)
         nn.init.normal_(head.weight, std=0.01)
         nn.init.zeros_(head.bias)
         return head
@@ -136,6 +142,7 @@ class TCNClassifierMixin:
             if global_pool not in _POOLS:
                 raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
             self.global_pool = global_pool
+            self.head_hidden_size = self._pooled_features()
         self.num_classes = num_classes
         p = next(self.parameters(), None)  # a new head follows the model's device, dtype and train / eval mode
         self.head = self._make_head(num_classes, **({} if p is None else dict(device=p.device, dtype=p.dtype)))
@@ -279,19 +286,23 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
             x = x.flatten(2).amax(-1)
         elif self.global_pool == 'avgmax':  # timm's 'avgmax': the mean of the average and the maximum
             x = 0.5 * (x.flatten(2).mean(-1) + x.flatten(2).amax(-1))
+        elif self.global_pool == 'catavgmax':  # timm's 'catavgmax': both, side by side
+            x = torch.cat([x.flatten(2).mean(-1), x.flatten(2).amax(-1)], 1)
         elif not pre_logits:
             return self.head(x.movedim(1, -1)).movedim(-1, 1)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Logits for ``x``; ``mask`` ``[B, L]`` marks the real steps of left-padded series (see
-        :meth:`forward_features`; ``global_pool='avg'`` / ``'avgmax'`` then average over the real steps only; the
-        maximum is unaffected: padded features are zero and real ones non-negative)."""
+        :meth:`forward_features`; ``global_pool='avg'``, ``'avgmax'`` and ``'catavgmax'`` then average over the
+        real steps only; the maximum is unaffected: padded features are zero and real ones non-negative)."""
         features = self.forward_features(x, mask)
         if self.global_pool == 'avg':
             return self.head(masked_mean(features, mask))
         if self.global_pool == 'avgmax':
             return self.head(0.5 * (masked_mean(features, mask) + features.flatten(2).amax(-1)))
+        if self.global_pool == 'catavgmax':
+            return self.head(torch.cat([masked_mean(features, mask), features.flatten(2).amax(-1)], 1))
         return self.forward_head(features)
 
 
