@@ -1,12 +1,16 @@
-"""The small-data sequence recipe against a random-convolution-kernel baseline, on generated data sets.
+"""The small-data sequence recipe against random-convolution-kernel baselines, on generated data sets.
 
-``python -m smpconv_models.experiments.small_data`` generates five classification sets that are not separable by a
-simple statistic (class-dependent shapes, frequencies, orders, channel couplings and warped trajectories, at random
-positions and phases, with noise; 30-200 training series, 1-6 channels, 64-300 steps, 2-10 classes, one with
-variable lengths), writes them as ``.npz`` files, trains ``smpconv_tcn_chartraj`` on each through ``train.py``'s
-loop (the default small-data recipe, and the plain Adam loop a new user would run), and fits the baseline: ROCKET
-(Dempster et al. 2020: random dilated kernels, PPV and max features, a ridge classifier with cross-validated
-regularisation), written here in torch. ``--quick`` shrinks everything for a test.
+``python -m smpconv_models.experiments.small_data`` generates nine classification sets that are not separable by a
+simple statistic: five with class-dependent shapes, frequencies, orders, channel couplings and warped trajectories,
+at random positions and phases, with noise (30-200 training series, 1-6 channels, 64-300 steps, 2-10 classes, one
+with variable lengths), and four univariate six-class shape sets of 300-500 steps and 180-200 training series
+(event shapes after cylinder-bell-funnel, outlines and leaf margins read as radius against angle, control-chart
+patterns). It writes them as ``.npz`` files, trains ``smpconv_tcn_chartraj`` on each through ``train.py`` (the
+default small-data recipe, the plain Adam loop a new user would run, or any ``--variants`` of train.py options, an
+``ensemble`` included), and fits the baselines: ROCKET (Dempster et al. 2020: random dilated kernels, PPV and max
+features, a ridge classifier with cross-validated regularisation) and a MiniRocket-like one (Dempster et al. 2021),
+both written here in torch. ``--write-benchmarks`` puts the table into a marked section of BENCHMARKS.md;
+``--quick`` shrinks everything for a test.
 """
 from __future__ import annotations
 
@@ -29,6 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..train.config import TrainConfig
+from ..train.data import build_data
+from ..train.runner import run
 from ._common import torch_threads
 
 __all__ = ['DATASETS', 'make_dataset', 'save_npz', 'rocket_features', 'rocket_accuracy', 'train_accuracy', 'main']
@@ -414,9 +421,6 @@ def train_accuracy(spec: str, out_dir: Path, overrides: dict[str, Any], seed: in
                    model: str = 'smpconv_tcn_chartraj') -> dict[str, Any]:
     """Train ``model`` on ``spec`` through ``train.py``'s loop; the final test accuracy (not the best epoch's), and
     for an ensemble its members' accuracies."""
-    from ..train import run
-    from ..train.config import TrainConfig
-
     cfg = TrainConfig(**{**dict(model=model, data=spec, output_dir=str(out_dir), plot=False, cpu=True, seed=seed),
                          **overrides})
     summary = run(cfg, ['small_data'])
@@ -429,8 +433,6 @@ def _run_set(spec: SetSpec, variants: dict[str, dict[str, Any]], seed: int, kern
              train_seed: int | None = None) -> dict[str, Any]:
     """One table row: generate ``spec``, fit ROCKET and the MiniRocket-like baseline, train every variant (one
     process per set with ``--jobs``)."""
-    from ..train.data import build_data
-
     with torch_threads(threads), _quiet(), tempfile.TemporaryDirectory() as tmp:
         path = save_npz(make_dataset(spec, seed), Path(tmp) / f'{spec.name}.npz')
         data = build_data(f'npz:{path}', 'sequence')

@@ -18,8 +18,9 @@ pretrained=True, pretrained_cfg_overlay=dict(file='.../model.safetensors'), memb
 The timm anatomy holds with the members side by side: ``forward_features`` concatenates the members' unpooled
 features along channels (``num_features = n_members * member.num_features``), ``forward_head(pre_logits=True)``
 their pooled features, ``reset_classifier(0)`` makes ``forward`` return those, and ``reset_classifier(0, '')`` the
-unpooled ones. Members are grid models with one input (the sequence TCNs, whose ``mask`` passes through, and the
-image families); the point-set and irregular-series models (several inputs) are refused. Reparameterization and
+unpooled ones. Members are the single-input sequence models (the grid TCNs of :data:`MEMBER_FAMILIES`, whose
+``mask`` passes through); the point-set and irregular-series models (several inputs), the image families and
+ensembles are refused, so the ensemble's family (:data:`FAMILY`) describes sequence inputs. Reparameterization and
 export work member by member (``timm.utils.reparameterize_model``, ``python -m smpconv_models.export
 smpconv_ensemble ...``); the cost is ``n_members`` times a member's, in parameters and in time.
 """
@@ -28,7 +29,6 @@ smpconv_ensemble ...``); the cost is ``n_members`` times a member's, in paramete
 
 import math
 import re
-import sys
 from typing import Any
 
 import timm
@@ -38,34 +38,34 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor
 
+from . import smpconv_tcn
 from ._checkpoint import validate_for_model
+from ._family import ModelFamily, TrainingDefaults, architecture_of, find_family
 
-__all__ = ['SMPEnsemble', 'smpconv_ensemble', 'mean_probability_logits']
+__all__ = ['SMPEnsemble', 'smpconv_ensemble', 'mean_probability_logits', 'MEMBER_FAMILIES', 'FAMILY']
 
 DEFAULT_MEMBER = 'smpconv_tcn_chartraj'
 DEFAULT_MEMBERS = 5
-# multi-input families: timm's single-tensor model contract does not fit them
-_REFUSED = ('smpconv_points', 'smpconv_irregular_tcn', 'smpconv_ensemble')
+MAX_MEMBERS = 16
+# The families an ensemble holds: single-input sequence models (timm's one-tensor contract, a mask passed through)
+MEMBER_FAMILIES: tuple[ModelFamily, ...] = (smpconv_tcn.FAMILY,)
 
 
 def mean_probability_logits(logits: list[Tensor]) -> Tensor:
     """``log(mean_i softmax(logits_i))`` over members, classes on dim 1 (``[B, K]`` or per-step ``[B, K, L]``):
-    logits-like, its softmax is the mean probability."""
+    logits-like, its softmax is the mean probability; in the members' logits dtype (autocast computes it in fp32)."""
     stacked = torch.stack(logits)  # [N, B, K, ...]
-    return torch.logsumexp(F.log_softmax(stacked, dim=2), dim=0) - math.log(len(logits))
+    return (torch.logsumexp(F.log_softmax(stacked, dim=2), dim=0) - math.log(len(logits))).to(stacked.dtype)
 
 
 def check_member(member: str) -> None:
-    """Raise a clear ``ValueError`` unless ``member`` is a registered single-input smpconv model."""
+    """Raise a clear ``ValueError`` unless ``member`` is a registered model of :data:`MEMBER_FAMILIES`."""
     if not isinstance(member, str):
         raise TypeError(f'member must be a registered model name, got {type(member).__name__}')
-    base = member.split('.')[0]
-    if base.startswith(_REFUSED):
-        raise ValueError(f'smpconv_ensemble members must be single-input grid models (the sequence TCNs or the image '
-                         f'families), not {member!r} (several inputs, or an ensemble)')
-    if not (base.startswith('smpconv_') and timm.models.is_model(base)):
-        raise ValueError(f'unknown ensemble member {member!r}; smpconv models: '
-                         f'{", ".join(n for n in timm.list_models("smpconv_*") if not n.startswith(_REFUSED))}')
+    variants = [v for f in MEMBER_FAMILIES for v in f.variants]
+    if architecture_of(member) not in variants:
+        raise ValueError(f'smpconv_ensemble members are single-input sequence models ({", ".join(variants)}), not '
+                         f'{member!r}')
 
 
 def _prefix_pattern(pattern: Any) -> Any:
@@ -82,8 +82,8 @@ class SMPEnsemble(nn.Module):
     def __init__(self, member: str = DEFAULT_MEMBER, n_members: int = DEFAULT_MEMBERS, **member_kwargs: Any):
         super().__init__()
         check_member(member)
-        if int(n_members) < 1:
-            raise ValueError(f'n_members must be at least 1, got {n_members}')
+        if not 1 <= int(n_members) <= MAX_MEMBERS:
+            raise ValueError(f'n_members must be in 1..{MAX_MEMBERS}, got {n_members}')
         for key in ('pretrained', 'features_only', 'pretrained_cfg', 'pretrained_cfg_overlay'):
             if key in member_kwargs:
                 raise ValueError(f'{key} is not a member argument: pass it to timm.create_model for the ensemble')
@@ -182,14 +182,20 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: SMPEnsemble, vali
     for i, share in sorted(shares.items()):
         if i < len(model.members):
             member = model.members[i]
-            share = sys.modules[type(member).__module__].checkpoint_filter_fn(share, member, validate=False)
+            share = find_family(member, MEMBER_FAMILIES).checkpoint_filter(share, member, validate=False)
         out.update({f'members.{i}.{k}': v for k, v in share.items()})
     return validate_for_model(out, model) if validate else out
 
 
+def _member_names(name: str) -> tuple[str, ...]:
+    """A member module's name (a cfg's ``first_conv`` / ``classifier``) in every member an ensemble may hold."""
+    return tuple(f'members.{i}.{name}' for i in range(MAX_MEMBERS))
+
+
 def _cfg(**kwargs) -> dict:
     return {'num_classes': 20, 'input_size': (3, 1, 182), 'pool_size': (1, 182), 'crop_pct': 1.0,
-            'interpolation': '', 'mean': (0.0,) * 3, 'std': (1.0,) * 3, 'first_conv': None, 'classifier': None,
+            'interpolation': '', 'mean': (0.0,) * 3, 'std': (1.0,) * 3,
+            'first_conv': _member_names('blocks.0.conv1.small_conv.conv'), 'classifier': _member_names('head'),
             'license': 'mit', 'paper_name': 'InceptionTime: Finding AlexNet for Time Series Classification (ensemble '
             'rule); SMPConv: Self-moving Point Representations for Continuous Convolution', **kwargs}
 
@@ -200,33 +206,41 @@ default_cfgs = generate_default_cfgs({'smpconv_ensemble.untrained': _cfg()})
 @register_model
 def smpconv_ensemble(pretrained: bool = False, member: str = DEFAULT_MEMBER, n_members: int = DEFAULT_MEMBERS,
                      **kwargs) -> SMPEnsemble:
-    """An ensemble of ``n_members`` registered smpconv models ``member`` (default five ``smpconv_tcn_chartraj``);
-    other kwargs go to every member. Output: log mean probability (module docstring)."""
+    """An ensemble of ``n_members`` (1..16) registered sequence TCNs ``member`` (default five
+    ``smpconv_tcn_chartraj``); other kwargs go to every member. Output: log mean probability (module docstring)."""
+    kwargs = FAMILY.check_kwargs('smpconv_ensemble', kwargs)  # (FAMILY, below)
     check_member(member)
     if kwargs.get('features_only'):
         raise ValueError('smpconv_ensemble has no features_only form (no single feature pyramid): take features from '
                          'a member (model.members[i].forward_intermediates) or the pooled ones (reset_classifier(0))')
-    member_cfg = timm.models.get_pretrained_cfg(member.split('.')[0]).to_dict()
+    member_cfg = timm.models.get_pretrained_cfg(architecture_of(member)).to_dict()
     in_chans = kwargs.get('in_chans', member_cfg['input_size'][0])
-    size = tuple(member_cfg['input_size'])
-    if 'seq_len' in kwargs:  # a sequence member built for another length
-        size = (in_chans, 1, int(kwargs['seq_len']))
-    elif 'img_size' in kwargs:
-        img = kwargs['img_size']
-        size = (in_chans, *((img, img) if isinstance(img, int) else img))
-    else:
-        size = (in_chans, *size[1:])
+    length = int(kwargs.get('seq_len', member_cfg['input_size'][-1]))
     overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
-    overlay.setdefault('input_size', size)
-    overlay.setdefault('pool_size', member_cfg.get('pool_size') if 'seq_len' not in kwargs else (1, size[-1]))
+    overlay.setdefault('input_size', (in_chans, 1, length))
+    overlay.setdefault('pool_size', (1, length))
     kwargs.setdefault('num_classes', member_cfg['num_classes'])
     if not isinstance(kwargs.get('pretrained_cfg'), dict):  # not a saved folder's cfg: the weights match the model
         overlay.setdefault('num_classes', kwargs['num_classes'])
     overlay.setdefault('mean', (tuple(member_cfg['mean']) * in_chans)[:in_chans])
     overlay.setdefault('std', (tuple(member_cfg['std']) * in_chans)[:in_chans])
-    for key in ('first_conv', 'classifier'):
-        name = member_cfg.get(key)
-        if name and key not in overlay:
-            overlay[key] = tuple(f'members.{i}.{name}' for i in range(int(n_members)))
+    for key in ('first_conv', 'classifier'):  # the members' own modules
+        if key not in overlay:
+            overlay[key] = tuple(f'members.{i}.{member_cfg[key]}' for i in range(int(n_members)))
     return build_model_with_cfg(SMPEnsemble, 'smpconv_ensemble', pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 pretrained_cfg_overlay=overlay, member=member, n_members=n_members, **kwargs)
+
+
+FAMILY = ModelFamily(
+    name='smpconv_ensemble', model_cls=SMPEnsemble, variants=('smpconv_ensemble',), input_kind='sequence',
+    # the members' input layers (smpconv_tcn.INPUT_LAYERS) under members.<i>.
+    input_layers=tuple(f'members.{i}.{k}' for i in range(MAX_MEMBERS) for k in smpconv_tcn.INPUT_LAYERS),
+    checkpoint_filter=checkpoint_filter_fn,
+    refused_kwargs={'drop_path_rate': 'its members, the SMPConv TCNs, have no residual drop path (drop_rate is '
+                                      'their dropout)'},
+    data_kwargs={'seq_len': 'length'},  # every member's kernels span the training length
+    training=TrainingDefaults(  # the members' (smpconv_tcn's)
+        recipe=smpconv_tcn.SEQUENCE_RECIPE, digits_model_args=smpconv_tcn.DIGITS_MODEL_ARGS,
+        small_data_model_args=smpconv_tcn.small_data_model_args),
+)
+SMPEnsemble.family = FAMILY

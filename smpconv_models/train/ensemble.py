@@ -26,11 +26,14 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from .._io import write_json_atomic, write_text_atomic
+from ..hub import push_to_hub, save_pretrained
+from ..layers import SMPConvBase
+from ..models import family_of
+from ..viz import plot_kernels
 from .checkpoint import STATE_DIR
 from .config import TrainConfig
 from .data import build_data, standardise_series
 from .loop import TrainingError, _recipe_card, _transforms, evaluate, run
-from .modeling import model_kind
 
 __all__ = ['run_ensemble', 'MEMBERS_DIR']
 
@@ -70,9 +73,6 @@ def run_ensemble(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, A
     """Train ``cfg.ensemble`` members (module docstring); returns the summary written to ``summary.json``."""
     from accelerate import Accelerator, PartialState
 
-    from ..hub import push_to_hub, save_pretrained
-    from ..viz import plot_kernels
-
     n_members = int(cfg.ensemble or 1)
     if PartialState().num_processes > 1:
         raise TrainingError('--ensemble trains its members in one process; run it without accelerate launch '
@@ -102,7 +102,7 @@ def run_ensemble(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, A
     eval_started = time.time()
     arch, member_args, model = _load_members(out, n_members)
     data_cfg = _member_config(cfg, 0, members_dir / '0', False)
-    kind = model_kind(arch)
+    kind = family_of(arch).input_kind
     _, eval_tf = _transforms(data_cfg, data_cfg.data, kind)
     data = build_data(cfg.data, kind, img_size=cfg.img_size, seed=data_cfg.data_seed, test_fraction=cfg.test_fraction,
                       eval_transform=eval_tf, model_name=arch, missing_rate=cfg.missing_rate)
@@ -136,7 +136,7 @@ def run_ensemble(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, A
         'command': ' '.join(argv if argv is not None else sys.argv), 'output_dir': str(out),
         'best': str(out / 'last'), 'last': str(out / 'last'), 'metrics': str(out / 'metrics.jsonl'),
     }
-    if cfg.plot and any(hasattr(m, 'weight_coord') for m in model.members[0].modules()):
+    if cfg.plot and any(isinstance(m, SMPConvBase) for m in model.members[0].modules()):
         summary['plot'] = str(plot_kernels(model.members[0], out / 'kernels.png'))
     if cfg.push_to_hub:
         try:

@@ -168,3 +168,15 @@ def test_centred_tcn_torch_export_matches_eager():
 def test_irregular_tcn_refuses_centred_kernels():
     with pytest.raises(ValueError, match='causal=False'):
         timm.create_model('smpconv_irregular_tcn', causal=False)
+
+
+def test_centred_pair_refuses_the_causal_only_paths():
+    pair = SMPParallelCausalConv1d(1, 2, 9, n_points=3, radius=0.1, coord_std=0.1, causal=False)
+    x, t = torch.randn(1, 1, 6), torch.arange(6.0)[None] * 1.5
+    with pytest.raises(ValueError, match='timestamp path evaluates causal kernels'):
+        pair(x, torch.ones(1, 6, dtype=torch.bool), t)
+    with pytest.raises(ValueError, match='causal=False'):
+        pair.smp.conv.pairwise(x, t, torch.ones(1, 6, dtype=torch.bool))
+    with pytest.raises(ValueError, match='kernel_layer builds a causal kernel'):
+        SMPParallelCausalConv1d(1, 2, 9, n_points=3, radius=0.1, coord_std=0.1, causal=False,
+                                kernel_layer=lambda *a, **k: None)

@@ -134,11 +134,14 @@ def test_export_cli_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize('kwargs,match', [
-    (dict(member='smpconv_irregular_tcn'), 'single-input'),
-    (dict(member='smpconv_points'), 'single-input'),
-    (dict(member='smpconv_ensemble'), 'single-input'),
-    (dict(member='resnet18'), 'unknown ensemble member'),
+    (dict(member='smpconv_irregular_tcn'), 'single-input sequence models'),
+    (dict(member='smpconv_points'), 'single-input sequence models'),
+    (dict(member='smpconv_ensemble'), 'single-input sequence models'),
+    (dict(member='smpconv_cifar'), 'single-input sequence models'),
+    (dict(member='resnet18'), 'single-input sequence models'),
     (dict(n_members=0), 'n_members'),
+    (dict(n_members=17), 'n_members'),
+    (dict(drop_path_rate=0.1), 'drop_path_rate=0.1'),
 ])
 def test_bad_members(kwargs, match):
     with pytest.raises(ValueError, match=match):
