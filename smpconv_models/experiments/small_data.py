@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._io import write_json_atomic, write_text_atomic
 from ..train.config import TrainConfig
 from ..train.data import build_data
 from ..train.runner import run
@@ -518,8 +519,6 @@ def table_lines(rows: list[dict[str, Any]], names: list[str]) -> list[str]:
 def write_benchmarks(path: Path, rows: list[dict[str, Any]], names: list[str], command: str) -> Path:
     """Replace the marked section of ``path`` (BENCHMARKS.md) with the table of ``rows`` and how it was made,
     atomically; the section is appended when the file has no markers yet."""
-    from .._io import write_text_atomic
-
     seconds = {n: {r['set']: r[f'{n}_s'] for r in rows} for n in names}
     body = [BENCHMARKS_BEGIN, '', f'Command: `{command}` (torch {torch.__version__}, {torch.get_num_threads()} torch '
             f'thread(s), {os.cpu_count()} CPUs visible; training seconds per set in the order of the table: '
@@ -594,8 +593,6 @@ def main(argv: list[str] | None = None) -> int:
         _say(line)
     command = 'python -m smpconv_models.experiments.small_data ' + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.json:
-        from .._io import write_json_atomic
-
         write_json_atomic(Path(args.json), {'command': command, 'rows': rows})
     if args.write_benchmarks:
         _say(f'wrote {write_benchmarks(Path(args.write_benchmarks), rows, names, command)}')
