@@ -185,7 +185,7 @@ _HELP = {
                  'while their --seed differs)',
     'ensemble': 'train N members with seeds SEED..SEED+N-1 one after the other in OUTPUT_DIR/members/ and save their '
                 'probability-averaging ensemble (smpconv_ensemble) as one checkpoint in OUTPUT_DIR/last/; resumable '
-                'member by member (default: the recipe\'s, 1 outside the small-data recipe)',
+                'member by member; members are grid TCNs (default 1: one model)',
     'img_size': 'image size for image models (default: the dataset native size, 224 for image folders)',
     'seq_len': 'sequence length / kernel length for sequence models (default: the dataset length)',
     'num_classes': 'classes (default: the dataset class count); replaces the head of a pretrained model',

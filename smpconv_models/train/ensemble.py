@@ -29,6 +29,7 @@ from .._io import write_json_atomic, write_text_atomic
 from ..hub import push_to_hub, save_pretrained
 from ..layers import SMPConvBase
 from ..models import family_of
+from ..models.ensemble import check_member
 from ..viz import plot_kernels
 from .checkpoint import STATE_DIR
 from .config import TrainConfig
@@ -80,6 +81,11 @@ def run_ensemble(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, A
     if cfg.resume not in (None, 'auto'):
         raise TrainingError(f'--resume {cfg.resume}: an ensemble resumes from its run folder; use a bare --resume '
                             'with the same --output-dir')
+    if not cfg.pretrained:  # before training anything: the ensemble must be able to hold the members
+        try:
+            check_member(cfg.model)
+        except ValueError as e:
+            raise TrainingError(f'--ensemble {n_members}: {e}') from None
     out = Path(cfg.output_dir)
     members_dir = out / MEMBERS_DIR
     if not cfg.resume and members_dir.exists():  # a fresh run: earlier members do not count

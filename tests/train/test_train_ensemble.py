@@ -77,3 +77,10 @@ def test_crashed_ensemble_resumes_member_by_member(tmp_path, monkeypatch):
     # member 0 of the resumed run is the uninterrupted run's
     assert torch.equal(weights(out / 'members' / '0' / 'last')['head.weight'],
                        weights(tmp_path / 'full' / 'members' / '0' / 'last')['head.weight'])
+
+
+def test_ensemble_of_a_model_it_cannot_hold_is_refused_before_training(tmp_path, caplog):
+    out = tmp_path / 'irr'
+    assert main(['--model', 'smpconv_irregular_tcn', '--data', 'digits-irregular', '--output-dir', str(out),
+                 *COMMON]) == 2
+    assert 'single-input sequence models' in caplog.text and not (out / 'members').exists()
