@@ -91,15 +91,12 @@ class SMPEnsemble(nn.Module):
         self.members = nn.ModuleList([timm.create_model(member, **member_kwargs) for _ in range(self.n_members)])
         first = self.members[0]
         self.num_classes = first.num_classes
-        self.in_chans = getattr(first, 'in_chans', member_kwargs.get('in_chans'))
+        # the members' (sequence TCNs of MEMBER_FAMILIES) attributes the tools read: sizes, pooling, kernels
+        self.in_chans, self.seq_len, self.causal = first.in_chans, first.seq_len, first.causal
         self.member_features = first.num_features
         self.num_features = self.n_members * first.num_features
-        self.head_hidden_size = self.n_members * getattr(first, 'head_hidden_size', first.num_features)
-        self.global_pool = getattr(first, 'global_pool', None)
-        self.drop_rate = getattr(first, 'drop_rate', 0.0)
-        for name in ('seq_len', 'causal'):  # what the export / training tools read off a sequence model
-            if hasattr(first, name):
-                setattr(self, name, getattr(first, name))
+        self.head_hidden_size = self.n_members * first.head_hidden_size
+        self.global_pool, self.drop_rate = first.global_pool, first.drop_rate
         self.grad_checkpointing = False
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -156,8 +153,7 @@ class SMPEnsemble(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {f'members.{i}.{n}' for i, m in enumerate(self.members) if hasattr(m, 'no_weight_decay')
-                for n in m.no_weight_decay()}
+        return {f'members.{i}.{n}' for i, m in enumerate(self.members) for n in m.no_weight_decay()}
 
     @torch.jit.ignore
     def rescale_kernels(self, scale: float) -> dict[str, tuple[int, ...]]:
