@@ -164,13 +164,13 @@ class ModelFamily:
         return _KINDS[self.input_kind][1]
 
     @property
-    def first_conv(self) -> str:
+    def first_conv(self) -> str | tuple[str, ...]:
         """The cfgs' first conv (timm adapts its input channels on loading; :attr:`input_layers` holds every
         tensor this family adapts)."""
         return get_pretrained_cfg(self.variants[0]).first_conv
 
     @property
-    def classifier(self) -> str:
+    def classifier(self) -> str | tuple[str, ...]:
         """The cfgs' classifier module (replaced on loading when the class count differs)."""
         return get_pretrained_cfg(self.variants[0]).classifier
 

@@ -20,12 +20,13 @@ definition (tested in float64). Otherwise the *pairwise path* evaluates the kern
 hat window instead of ``B G P L^2``; query chunks of at most ``pairwise_chunk`` elements, recomputed in backward).
 
 The logits come from the last observed step of each series (``global_pool='last'``, the grid TCN's last step),
-or from a mean / max over observed steps (``'avg'`` / ``'max'``). With ``kernel='mlp'`` each SMP branch is built as
-the MLP kernel of :class:`~smpconv_models.layers.irregular_conv.MLPCausalConv1d` on the same lags (for the
-side-by-side comparison). One host read per forward checks the inputs and picks the path (the pairwise path reads
-one gather width per SMP layer); none while exporting, where the pairwise path serves every input
+or from a mean / max over observed steps (``'avg'`` / ``'max'``; ``'avgmax'``: both, side by side). With
+``kernel='mlp'`` each SMP branch is built as the MLP kernel of
+:class:`~smpconv_models.layers.irregular_conv.MLPCausalConv1d` on the same lags (for the side-by-side comparison).
+One host read per forward checks the inputs and picks the path (the pairwise path reads one gather width per SMP
+layer); none while exporting, where the pairwise path serves every input
 (:meth:`SMPConvIrregularTCN.forward_features`). The masked BatchNorm statistics are per process (no SyncBatchNorm
-across processes).
+across processes). The kernels are causal (``causal=False`` is refused).
 """
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
     """The SMPConv TCN on irregular series ``values [B, C, L]``, ``timestamps [B, L]``, ``mask [B, L]`` (see the
     module docstring). Its modules are the grid TCN's (:class:`TCNBlock` with :class:`SMPParallelCausalConv1d`), so a
     :class:`~smpconv_models.models.smpconv_tcn.SMPConvTCN` state dict of the same configuration loads unchanged.
-    ``seq_len`` is the kernel length in time units (grid steps)."""
+    ``seq_len`` is the kernel length in time units (grid steps). Its kernels are causal: ``causal=False`` (the grid
+    TCN's centred kernels) is refused with a ``ValueError``."""
 
     def __init__(
             self,
@@ -94,6 +96,7 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
             deploy: bool = False,
             learn_positions: bool = True,
             learn_radius: bool = True,
+            causal: bool = True,
             device=None,
             dtype=None,
     ):
@@ -102,6 +105,10 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
         if kernel == 'mlp' and not (learn_positions and learn_radius):
             raise ValueError("learn_positions / learn_radius freeze SMP points; kernel='mlp' has none (its MLP "
                              'kernels learn every weight)')
+        if not causal:
+            raise ValueError('causal=False is not supported by the irregular-series TCNs (their kernels are evaluated '
+                             'at past timestamp differences only); use causal=True, or the grid TCN (smpconv_tcn_*) '
+                             'for centred kernels')
         if global_pool not in _POOLS:
             raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
         if kernel not in _KERNELS:

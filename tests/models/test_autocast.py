@@ -40,6 +40,9 @@ FAMILIES = {
     'smpconv_tcn_mnist': (dict(seq_len=64, depth=2, width=8), lambda g: dict(x=torch.randn(2, 1, 64, generator=g))),
     'smpconv_irregular_tcn': (dict(depth=2, width=8, seq_len=32), lambda g: _irregular(g)),
     'smpconv_points': (dict(), lambda g: _points(g)),
+    'smpconv_ensemble': (dict(member='smpconv_tcn_mnist', n_members=2, seq_len=64, depth=2, width=8, causal=False,
+                              global_pool='avgmax'),
+                         lambda g: dict(x=torch.randn(2, 1, 64, generator=g))),
 }
 
 
@@ -112,6 +115,9 @@ def _smp_layer(kind: str):
         return SMPParallelConv(8, 8, 33, 16, 0.12, 0.05), (torch.randn(2, 8, 32, 32, generator=g),)
     if kind == 'causal':  # the TCNs' (FFT at this length)
         return SMPParallelCausalConv1d(8, 8, 256, 30, 0.01, 0.1), (torch.randn(2, 8, 256, generator=g),)
+    if kind == 'centred':  # the TCNs' with causal=False (a 511-tap kernel on 256 steps: the FFT 'same' conv)
+        return (SMPParallelCausalConv1d(8, 8, 511, 30, 0.01, 0.1, causal=False),
+                (torch.randn(2, 8, 256, generator=g),))
     if kind == 'irregular':
         values, timestamps, mask = _irregular(g).values()
         layer = SMPParallelCausalConv1d(1, 8, 32, 30, 0.03, 0.1)
@@ -123,7 +129,7 @@ def _smp_layer(kind: str):
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
 @pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
-@pytest.mark.parametrize('kind', ['depthwise', 'dense', 'causal', 'irregular', 'points'])
+@pytest.mark.parametrize('kind', ['depthwise', 'dense', 'causal', 'centred', 'irregular', 'points'])
 def test_smp_layers_under_autocast(kind, train, dtype):
     torch.manual_seed(0)
     layer, inputs = _smp_layer(kind)

@@ -29,6 +29,7 @@ SMALL = {
     'smpconv_tcn': dict(seq_len=16, depth=2, width=4, n_points=3),
     'smpconv_irregular_tcn': dict(seq_len=12, depth=2, width=4, n_points=3, radius=0.15),
     'smpconv_points': dict(stem_width=4, widths=(6, 8), depths=(1, 1), stage_points=(12, 6), radii=(0.8, 1.0)),
+    'smpconv_ensemble': dict(member='smpconv_tcn_mnist', n_members=2, seq_len=16, depth=2, width=4, n_points=3),
 }
 # the value each kwarg is checked with
 VALUES = dict(learn_positions=False, learn_radius=False, kernel_scale=2, deploy=True, in_chans=2, num_classes=3,
