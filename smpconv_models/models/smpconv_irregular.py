@@ -48,7 +48,6 @@ from ._common import SMPModelMixin
 from ._family import ModelFamily, TrainingDefaults
 from .smpconv_tcn import (
     _NO_DROP_PATH,
-    _POOLS,
     DIGITS_MODEL_ARGS,
     SEQUENCE_RECIPE,
     TCNBlock,
@@ -109,15 +108,10 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
             raise ValueError('causal=False is not supported by the irregular-series TCNs (their kernels are evaluated '
                              'at past timestamp differences only); use causal=True, or the grid TCN (smpconv_tcn_*) '
                              'for centred kernels')
-        if global_pool not in _POOLS:
-            raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
         if kernel not in _KERNELS:
             raise ValueError(f"kernel must be 'smp' or 'mlp', got {kernel!r}")
-        if seq_len < 1:
-            raise ValueError(f'seq_len must be positive, got {seq_len}')
-        self.num_classes, self.in_chans, self.seq_len = num_classes, in_chans, int(seq_len)
-        self.global_pool, self.drop_rate, self.kernel = global_pool, drop_rate, kernel
-        self.grad_checkpointing = False
+        self._init_classifier(in_chans, num_classes, global_pool, seq_len, drop_rate)
+        self.kernel = kernel
         kernel_layer = functools.partial(MLPCausalConv1d, hidden=mlp_hidden, depth=mlp_depth) \
             if kernel == 'mlp' else None
         self._build_trunk(

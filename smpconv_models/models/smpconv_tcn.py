@@ -102,7 +102,18 @@ class TCNBlock(nn.Module):
 class TCNClassifierMixin:
     """What :class:`SMPConvTCN` and :class:`~smpconv_models.models.smpconv_irregular.SMPConvIrregularTCN` share: the
     trunk of blocks with its ``feature_info``, the linear head, the pooling switch and timm's classifier / grouping
-    hooks. The model sets ``global_pool`` (one of ``_POOLS``) and calls :meth:`_build_trunk`."""
+    hooks. The model calls :meth:`_init_classifier`, then :meth:`_build_trunk`."""
+
+    def _init_classifier(self, in_chans: int, num_classes: int, global_pool: str, seq_len: int,
+                         drop_rate: float) -> None:
+        """Check and keep the classifier settings both TCNs take (``seq_len``: the training length)."""
+        if global_pool not in _POOLS:
+            raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
+        if seq_len < 1:
+            raise ValueError(f'seq_len must be positive, got {seq_len}')
+        self.num_classes, self.in_chans, self.seq_len = num_classes, in_chans, int(seq_len)
+        self.global_pool, self.drop_rate = global_pool, drop_rate
+        self.grad_checkpointing = False
 
     def _build_trunk(self, make_block: Callable[[int], nn.Module], in_chans: int, depth: int, width: int,
                      num_classes: int, device=None, dtype=None) -> None:
@@ -195,21 +206,12 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
         dd = dict(device=device, dtype=dtype)
         if drop_path_rate:
             raise ValueError('the SMPConv TCNs have no residual drop path (the official models use dropout: drop_rate)')
-        if global_pool not in _POOLS:
-            raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
-        if seq_len < 1:
-            raise ValueError(f'seq_len must be positive, got {seq_len}')
+        self._init_classifier(in_chans, num_classes, global_pool, seq_len, drop_rate)
         if kernel_size is None:
             kernel_size = seq_len if causal else 2 * seq_len - 1
         if kernel_size < 1:
             raise ValueError(f'kernel_size must be positive, got {kernel_size}')
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.seq_len = int(seq_len)
         self.causal = bool(causal)
-        self.global_pool = global_pool
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
         stds = [float(coord_std)] * depth if isinstance(coord_std, (int, float)) else [float(c) for c in coord_std]
         if len(stds) != depth:
             raise ValueError(f'coord_std must be one value or one per block ({depth}), got {coord_std}')
