@@ -17,6 +17,7 @@ from torch import Tensor
 from ..layers import SMPParallelConv
 from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import SMPModelMixin
+from ._encoder import check_dense_kwargs
 from ._official import convert_ckconv_keys, linear_from_pointwise, pop_train_lengths
 
 __all__ = ['SMPConvCifar', 'SMPResBlock']
@@ -201,6 +202,7 @@ default_cfgs = generate_default_cfgs({'smpconv_cifar.untrained': _cfg()})
 @register_model
 def smpconv_cifar(pretrained: bool = False, **kwargs) -> SMPConvCifar:
     """SMPConv CIFAR-10 ResNet (489,646 params): 33x33 SMP kernels with 16 points per filter."""
+    check_dense_kwargs('smpconv_cifar', kwargs, 'image')
     return build_model_with_cfg(
         SMPConvCifar, 'smpconv_cifar', pretrained, pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3, 4, 5, 6), flatten_sequential=True), **kwargs)

@@ -57,6 +57,7 @@ from ..layers.export_conv import is_exporting
 from ..layers.smp_kernel import COUNT_EPS, smp_basis_local
 from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import SMPModelMixin
+from ._encoder import check_dense_kwargs
 from .smpconv_tcn import _POOLS, TCNBlock, TCNClassifierMixin
 from .smpconv_tcn import INPUT_LAYERS as _GRID_INPUT_LAYERS
 
@@ -572,6 +573,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool, defaults: dict, **kwargs) -> SMPConvIrregularTCN:
+    check_dense_kwargs(variant, kwargs, 'irregular')
     args = dict(defaults, **kwargs)
     overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
     overlay.setdefault('input_size', (args.get('in_chans', 1), 1, args['seq_len']))

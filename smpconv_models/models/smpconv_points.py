@@ -25,6 +25,7 @@ from torch import Tensor
 from ..layers import PointConv, check_point_set, farthest_point_sample, random_point_sample
 from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import SMPModelMixin
+from ._encoder import check_dense_kwargs
 
 __all__ = ['SMPPointNet', 'PointSet', 'MaskedBatchNorm1d']
 
@@ -287,5 +288,6 @@ def smpconv_points(pretrained: bool = False, **kwargs) -> SMPPointNet:
     """Point-set classifier: PointConv stem (16 channels) + 2 stages (32 and 64 channels on 16 and 8 farthest points;
     radius search, at most 16 neighbours), SMP kernels with 8 shared points (``kernel='mlp'``: MLP kernels with 8
     last-hidden units). Sized for sets of tens of points at unit scale (digits-points)."""
+    check_dense_kwargs('smpconv_points', kwargs, 'points')
     return build_model_with_cfg(SMPPointNet, 'smpconv_points', pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 feature_cfg=dict(flatten_sequential=True), **kwargs)

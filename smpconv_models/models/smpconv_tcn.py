@@ -25,6 +25,7 @@ from torch import Tensor
 from ..layers import SMPParallelCausalConv1d
 from ._checkpoint import adapt_input_layers, shipped_weights, validate_for_model
 from ._common import SMPModelMixin
+from ._encoder import check_dense_kwargs
 from ._official import convert_ckconv_keys, pop_train_lengths
 
 __all__ = ['SMPConvTCN', 'TCNBlock']
@@ -326,6 +327,7 @@ _TAG_ARGS = {'smpconv_tcn_mnist.digits': dict(seq_len=64, radius=0.03)}
 
 
 def _create_tcn(variant: str, pretrained: bool, defaults: dict, **kwargs) -> SMPConvTCN:
+    check_dense_kwargs(variant, kwargs, 'sequence')
     tag = kwargs.get('pretrained_cfg')
     if isinstance(tag, str):
         defaults = dict(defaults, **_TAG_ARGS.get(f'{variant}.{tag}', {}))
