@@ -61,7 +61,8 @@ def test_hybrid_path_dilated(spatial, k, d):
 @pytest.mark.parametrize(('spatial', 'k', 'd'), [((16, 16), 13, 2), ((10, 14), 11, 3)])
 def test_fft_path_dilated_depthwise_and_dense(monkeypatch, spatial, k, d):
     plain = conv_module.conv_path
-    monkeypatch.setattr(conv_module, 'conv_path', lambda x, w, g: 'fft' if plain(x, w, g) == 'hybrid' else plain(x, w, g))
+    monkeypatch.setattr(conv_module, 'conv_path',
+                        lambda x, w, g: 'fft' if plain(x, w, g) == 'hybrid' else plain(x, w, g))
     x, w = _depthwise_case(spatial, k, d)
     _check_against_direct(same_conv(x, w, groups=6, dilation=d), x, w, d, 6)
     dense = torch.randn(4, 6, k, k, dtype=torch.float64, requires_grad=True)

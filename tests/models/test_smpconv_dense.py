@@ -278,12 +278,12 @@ def test_families_without_strides_refuse_output_stride(name):
 
 @pytest.mark.parametrize('name', ['smpconv_points', 'smpconv_irregular_tcn'])
 def test_multi_input_families_refuse_features_only(name):
-    with pytest.raises(ValueError, match='features_only .* does not apply'):
+    with pytest.raises(ValueError, match=r'features_only .* does not apply'):
         timm.create_model(name, features_only=True)
 
 
 @pytest.mark.parametrize('name', ['smpconv_cifar', 'smpconv_tcn_mnist'])
 def test_full_resolution_families_warn_on_features_only(name):
-    with pytest.warns(UserWarning, match='full-resolution maps .* smpconv_t / smpconv_b'):
+    with pytest.warns(UserWarning, match=r'full-resolution maps .* smpconv_t / smpconv_b'):
         net = timm.create_model(name, features_only=True)
     assert set(net.feature_info.reduction()) == {1}  # still a working full-resolution feature extractor
