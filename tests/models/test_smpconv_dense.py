@@ -10,23 +10,14 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import smpconv_models  # noqa: F401
 from smpconv_models.layers import conv as conv_module
 
-from ..helpers import randomize_bn_
+from ..helpers import PLANS, randomize_bn_, reference_features
 
 SMALL = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), kernel_sizes=(13, 11, 11, 11), num_classes=5,
              drop_path_rate=0.0)
-
-# (transition stride, transition dilation, block dilation) of stages 1-3, written out per output stride
-PLANS = {
-    32: [(2, 1, 1), (2, 1, 1), (2, 1, 1)],
-    16: [(2, 1, 1), (2, 1, 1), (1, 1, 2)],
-    8: [(2, 1, 1), (1, 1, 2), (1, 2, 4)],
-}
-
 
 def _model(output_stride: int, seed: int = 0, **kwargs) -> nn.Module:
     torch.manual_seed(seed)
@@ -37,47 +28,6 @@ def _model(output_stride: int, seed: int = 0, **kwargs) -> nn.Module:
             if isinstance(m, nn.Conv2d):
                 m.weight.normal_(0, 0.3)
     return model
-
-
-# ------------------------------------------------------------------------------ a plain reference implementation
-
-def _bn(x, bn, train):
-    if train:
-        return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
-    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-
-
-def _conv_bn(x, m, train, stride=1, dilation=1, relu=True):
-    w = m.conv.weight
-    y = _bn(F.conv2d(x, w, None, stride, dilation * (w.shape[-1] // 2), dilation, m.conv.groups), m.bn, train)
-    return F.relu(y) if relu else y
-
-
-def reference_features(model: nn.Module, x: torch.Tensor, output_stride: int, train: bool = False) -> list:
-    """Stage outputs of an SMPConvNet (train form) from its parameters, with F.conv2d / F.batch_norm only and the
-    strides and dilations of :data:`PLANS`."""
-    for i, conv in enumerate(model.stem):
-        x = _conv_bn(x, conv, train, stride=2 if i in (0, 3) else 1)
-    feats = []
-    for i, stage in enumerate(model.stages):
-        d = 1
-        if i > 0:
-            stride, first, d = PLANS[output_stride][i - 1]
-            x = _conv_bn(x, stage.downsample[0], train)
-            x = _conv_bn(x, stage.downsample[1], train, stride=stride, dilation=first)
-        for j in range(0, len(stage.blocks), 2):
-            blk, ffn = stage.blocks[j], stage.blocks[j + 1]
-            y = _conv_bn(_bn(x, blk.prelkb_bn, train), blk.pw1, train)
-            lk = blk.large_kernel
-            k, ks = lk.kernel_size[0], lk.small_kernel_size
-            smp = F.conv2d(y, lk.smp.conv.generate_kernel(), None, 1, d * (k // 2), d, y.shape[1])
-            small = F.conv2d(y, lk.small_conv.conv.weight, None, 1, d * (ks // 2), d, y.shape[1])
-            y = F.relu(_bn(smp, lk.smp.bn, train) + _bn(small, lk.small_conv.bn, train))
-            x = x + _conv_bn(y, blk.pw2, train, relu=False)
-            y = F.gelu(_conv_bn(_bn(x, ffn.preffn_bn, train), ffn.pw1, train, relu=False))
-            x = x + _conv_bn(y, ffn.pw2, train, relu=False)
-        feats.append(x)
-    return feats
 
 
 # --------------------------------------------------------------------------------------------- structure

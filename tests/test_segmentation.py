@@ -1,0 +1,126 @@
+"""smpconv_t as a segmentation encoder through segmentation_models_pytorch (``tu-`` encoders: timm's
+``features_only``): Unet, FPN, DeepLabV3+ (output stride 8 and 16), UPerNet and Segformer train at two input sizes,
+the encoder's features equal the plain reference, the SMP points receive gradients, nothing is downloaded; and the
+families without strides are refused with a message naming the reason."""
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import timm
+import torch
+
+import smpconv_models  # noqa: F401
+
+from .helpers import randomize_bn_, reference_features
+
+try:
+    import segmentation_models_pytorch as smp
+except ImportError:  # the 'seg' extra (in 'all', which CI installs)
+    if os.environ.get('CI', '').strip().lower() not in ('', '0', 'false', 'no'):
+        raise
+    pytest.skip('segmentation_models_pytorch is not installed (pip install "smpconv-models[seg]")',
+                allow_module_level=True)
+
+# encoder kwargs that smp passes through to timm.create_model: a small smpconv_t
+ENCODER = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), kernel_sizes=(13, 11, 11, 11))
+CLASSES = 3
+
+DECODERS = {
+    'Unet': (smp.Unet, dict(decoder_channels=(32, 16, 16, 8, 8)), 32),
+    'FPN': (smp.FPN, dict(decoder_pyramid_channels=16, decoder_segmentation_channels=32), 32),
+    'DeepLabV3Plus_os16': (smp.DeepLabV3Plus, dict(encoder_output_stride=16, decoder_channels=16), 16),
+    'DeepLabV3Plus_os8': (smp.DeepLabV3Plus, dict(encoder_output_stride=8, decoder_channels=16), 8),
+    'UPerNet': (smp.UPerNet, dict(decoder_channels=16), 32),
+    'Segformer': (smp.Segformer, dict(decoder_segmentation_channels=16), 32),
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_downloads(monkeypatch):
+    """encoder_weights=None must never reach a weight download (timm's pretrained loading, torch.hub)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError('a weight download was attempted')
+
+    monkeypatch.setattr(timm.models._builder, 'load_pretrained', refuse)
+    monkeypatch.setattr(torch.hub, 'load_state_dict_from_url', refuse)
+
+
+def _build(name: str) -> tuple[torch.nn.Module, int]:
+    cls, kwargs, output_stride = DECODERS[name]
+    torch.manual_seed(0)
+    return cls('tu-smpconv_t', encoder_weights=None, classes=CLASSES, **kwargs, **ENCODER), output_stride
+
+
+@pytest.mark.parametrize('name', list(DECODERS))
+def test_decoder_trains_on_smpconv_encoder_at_two_sizes(name):
+    model, output_stride = _build(name)
+    encoder = model.encoder.model
+    assert [f['reduction'] for f in encoder.feature_info] == [4, 8, min(16, output_stride), output_stride]
+    points = {n: p for n, p in encoder.named_parameters() if n.endswith(('.weight_coord', '.radius', '.weights'))}
+    assert len(points) == 3 * 4
+    model.train()
+    for size in ((64, 64), (96, 128)):
+        model.zero_grad(set_to_none=True)
+        x = torch.randn(2, 3, *size)
+        out = model(x)
+        assert out.shape == (2, CLASSES, *size)
+        torch.nn.functional.cross_entropy(out, torch.randint(0, CLASSES, (2, *size))).backward()
+        for n, p in points.items():  # the loss reaches every stage's SMP points through the decoder
+            assert p.grad is not None and p.grad.abs().sum() > 0, (size, n)
+
+
+@pytest.mark.parametrize('name', ['Unet', 'DeepLabV3Plus_os16', 'DeepLabV3Plus_os8'])
+def test_encoder_features_equal_the_plain_reference(name):
+    """What the decoder receives from smp's encoder (eval, float64) is the plain F.conv2d reference's stage outputs
+    at the decoder's output stride (dilated stages included)."""
+    model, output_stride = _build(name)
+    model = model.double().eval()
+    randomize_bn_(model)
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    # the same weights in an unwrapped smpconv_t (timm's FeatureListNet flattens stem.0 -> stem_0, stages.0 -> ...)
+    plain = timm.create_model('smpconv_t', output_stride=output_stride, **ENCODER).double().eval()
+    state = {re.sub(r'^(stem|stages)_(\d+)\.', r'\1.\2.', k): v for k, v in model.encoder.model.state_dict().items()}
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith(('norm.', 'head.')) for k in missing)
+    with torch.no_grad():
+        feats = model.encoder(x)[2:]  # smp prepends the input and an empty 1/2-scale map
+        ref = reference_features(plain, x, output_stride)
+    assert len(feats) == len(ref) == 4
+    for f, r in zip(feats, ref):
+        torch.testing.assert_close(f, r, rtol=1e-10, atol=1e-10)
+
+
+def test_channels_last_and_bf16_autocast_encoder():
+    """The README's recipe: a channels_last model under CPU bf16 autocast trains and stays close to fp32."""
+    model, _ = _build('FPN')
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    model = model.to(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model(x.contiguous(memory_format=torch.channels_last))
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+    assert float((out.float() - ref).norm() / ref.norm()) < 0.05
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+
+@pytest.mark.parametrize('name', ['smpconv_cifar', 'smpconv_tcn_mnist'])
+def test_full_resolution_families_say_why_smp_refuses_them(name):
+    with pytest.warns(UserWarning, match=rf'{name} .*full-resolution maps.*smpconv_t / smpconv_b'), \
+            pytest.raises(ValueError, match='Unsupported model downsampling pattern'):
+        smp.Unet(f'tu-{name}', encoder_weights=None)
+
+
+@pytest.mark.parametrize('name', ['smpconv_points', 'smpconv_irregular_tcn'])
+def test_multi_input_families_are_refused_by_us(name):
+    with pytest.raises(ValueError, match=rf'{name} takes .*cannot serve as a segmentation / detection encoder'):
+        smp.DeepLabV3Plus(f'tu-{name}', encoder_weights=None)
+
+
+def test_output_stride_on_a_family_without_strides():
+    with pytest.raises(ValueError, match='smpconv_cifar has no strided stages'):
+        timm.create_model('smpconv_cifar', features_only=True, output_stride=8)
