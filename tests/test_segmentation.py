@@ -4,6 +4,8 @@ the encoder's features equal the plain reference, the SMP points receive gradien
 families without strides are refused with a message naming the reason."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 
@@ -124,3 +126,94 @@ def test_multi_input_families_are_refused_by_us(name):
 def test_output_stride_on_a_family_without_strides():
     with pytest.raises(ValueError, match='smpconv_cifar has no strided stages'):
         timm.create_model('smpconv_cifar', features_only=True, output_stride=8)
+
+
+# --------------------------------------------------------------- the README's recipe: converted weights, example
+
+def _official_checkpoint(path, model: torch.nn.Module) -> None:
+    """``model``'s weights in the official SMPConvNet layout (``transitions.{i}``, ``head.*``), as ``torch.save``d
+    official checkpoints hold them (``model`` and ``model_ema``)."""
+    state = {}
+    for k, v in model.state_dict().items():
+        k = re.sub(r'^stages\.(\d+)\.downsample\.', lambda m: f'transitions.{int(m.group(1)) - 1}.', k)
+        state[re.sub(r'^head\.fc\.', 'head.', k)] = v
+    torch.save({'model': {k: v * 0 for k, v in state.items()}, 'model_ema': state, 'epoch': 1}, path)
+
+
+def test_converted_official_weights_load_into_encoders(tmp_path, monkeypatch):
+    """python -m smpconv_models.convert, then the three loading routes of the README: timm with
+    pretrained_cfg_overlay=dict(file=...), timm 'local-dir:', and an smp encoder (build_segmenter); each encoder at
+    output stride 16 gives the source network's features on the subsampled grid."""
+    from smpconv_models.convert import main as convert_main
+    from smpconv_models.experiments.segmentation import build_segmenter
+
+    monkeypatch.undo()  # loading a local file is what this test is about (the fixture refuses every load)
+    torch.manual_seed(0)
+    source = timm.create_model('smpconv_t', **ENCODER)
+    randomize_bn_(source)
+    source.eval()
+    _official_checkpoint(tmp_path / 'SMPConv_T.pth', source)
+    out = tmp_path / 'smpconv_t'
+    assert convert_main(['smpconv_t', str(tmp_path / 'SMPConv_T.pth'), str(out), '--ema',
+                         '--model-args', json.dumps(ENCODER)]) == 0
+    file = str(out / 'model.safetensors')
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        ref = source.forward_intermediates(x, intermediates_only=True)
+    encoders = {
+        'overlay': timm.create_model('smpconv_t', pretrained=True, features_only=True, output_stride=16,
+                                     pretrained_cfg_overlay=dict(file=file), **ENCODER),
+        'local-dir': timm.create_model(f'local-dir:{out}', pretrained=True, features_only=True, output_stride=16),
+        'smp': build_segmenter('deeplabv3plus', output_stride=16, pretrained_file=file, encoder_args=ENCODER).encoder,
+    }
+    for route, encoder in encoders.items():
+        encoder.eval()
+        with torch.no_grad():
+            feats = encoder(x)
+        feats = feats[2:] if route == 'smp' else feats
+        assert [f.shape[-1] for f in feats] == [24, 12, 6, 6], route
+        for f, r in zip(feats, ref):
+            step = f.shape[-1] // r.shape[-1]
+            torch.testing.assert_close(f[..., ::step, ::step], r, msg=route)
+
+
+def test_shapes_on_noise_masks_and_colours():
+    from smpconv_models.train.data.shapes import SHAPE_COLOURS, shapes_on_noise
+
+    images, masks = shapes_on_noise(32, (48, 64), noise=0.5, seed=3)
+    assert images.shape == (32, 3, 48, 64) and masks.shape == (32, 48, 64) and masks.dtype == torch.int64
+    again = shapes_on_noise(32, (48, 64), noise=0.5, seed=3)
+    assert torch.equal(images, again[0]) and torch.equal(masks, again[1])
+    for cls, colour in enumerate(SHAPE_COLOURS):
+        pixels = images.permute(0, 2, 3, 1)[masks == cls]  # [n, 3]
+        assert len(pixels) > 1000
+        torch.testing.assert_close(pixels.mean(0), torch.tensor(colour), atol=0.05, rtol=0)  # noise averages out
+    # each image holds its square whole (drawn last) and part of its disc
+    assert ((masks == 2).flatten(1).any(1)).all()
+    with pytest.raises(ValueError, match='at least 8x8'):
+        shapes_on_noise(2, 4)
+
+
+def test_segmentation_example_loss_goes_down(tmp_path, capsys):
+    from smpconv_models.experiments import segmentation
+
+    path = tmp_path / 'report.json'
+    assert segmentation.main(['--quick', '--json', str(path)]) == 0
+    report = json.loads(path.read_text())
+    losses = report['losses']
+    assert len(losses) == 12 and all(math.isfinite(v) for v in losses)
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.6 * first, losses
+    assert report['eval_after']['pixel_acc'] > report['eval_before']['pixel_acc'] + 0.2
+    assert report['command'].startswith('python -m smpconv_models.experiments.segmentation --quick')
+    assert 'loss' in capsys.readouterr().out
+
+
+def test_segmentation_example_refuses_bad_settings():
+    from smpconv_models.experiments import segmentation
+
+    with pytest.raises(ValueError, match='needs the deeplabv3plus decoder'):
+        segmentation.build_segmenter('fpn', output_stride=16)
+    with pytest.raises(ValueError, match='unknown decoder'):
+        segmentation.build_segmenter('pspnet')
+    assert segmentation.main(['--quick', '--encoder-args', '[1]']) == 2
