@@ -60,6 +60,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._io import write_json_atomic
+from .layers.bn_calibration import calibrate_bn_
 
 __all__ = [
     'ROWS', 'run_bench', 'run_profile', 'calibrate_bn_', 'time_pair', 'matmul_gflops', 'MAGNetKernel',
@@ -209,28 +210,6 @@ def _train_step(model: nn.Module, x: torch.Tensor | dict[str, torch.Tensor], y: 
         F.cross_entropy(model(**x) if isinstance(x, dict) else model(x), y).backward()
         opt.step()
     return step
-
-
-@torch.no_grad()
-def calibrate_bn_(model: nn.Module, x: torch.Tensor, passes: int = 2) -> nn.Module:
-    """Set every BatchNorm's running statistics to the statistics of ``model``'s activations on ``x`` (train-mode
-    passes with a cumulative average), then switch to eval.
-
-    A freshly initialised BN network in eval mode (running mean 0, variance 1) shrinks its activations layer by layer
-    (to ~1e-9 in smpconv_t's last stages), where exact GELU takes a several times slower path; trained
-    weights keep activations O(1). Calibrated statistics give the benchmark trained-like activation scales.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    for _ in range(passes):
-        model(x)
-    for bn, momentum in zip(bns, momenta):
-        bn.momentum = momentum
-    return model.eval()
 
 
 def _infer_factory(model: nn.Module, x: torch.Tensor) -> Callable[[bool], Callable[[], Any]]:

@@ -1,4 +1,5 @@
 """SMP layers: the N-d SMP kernel core, SMP convolutions, causal/FFT convolution and reparameterization."""
+from .bn_calibration import calibrate_bn_
 from .causal_conv import causal_conv1d, next_fast_len, use_fft_for
 from .conv import check_conv_input, prefers_channels_last, same_conv
 from .conv_bn import ConvBN
@@ -28,7 +29,7 @@ from .smp_conv import SMPCausalConv1d, SMPConv, SMPConvBase, SMPDepthwiseConv2d,
 from .smp_kernel import kernel_coords, smp_basis, smp_kernel
 
 __all__ = [
-    'ConvBN', 'conv2d_act', 'causal_conv1d', 'next_fast_len', 'use_fft_for', 'check_conv_input',
+    'calibrate_bn_', 'ConvBN', 'conv2d_act', 'causal_conv1d', 'next_fast_len', 'use_fft_for', 'check_conv_input',
     'prefers_channels_last', 'same_conv', 'clamp_radii_', 'smp_param_groups', 'rescale_smp_kernels_',
     'scaled_kernel_size', 'CausalConv1d', 'SMPLargeKernelConv2d', 'SMPParallelCausalConv1d', 'SMPParallelConv',
     'SMPReparamConv', 'fold_bn_into_next_conv', 'fuse_bn', 'fuse_pre_bn', 'SMPCausalConv1d', 'SMPConv', 'SMPConvBase',
