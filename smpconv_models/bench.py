@@ -32,7 +32,14 @@ process, whose peak resident memory is reported. Rows:
   onnxruntime vs the same model in PyTorch eval, batch 8 (``--onnx-methods`` times every family per FFT export
   method instead of the rows);
 * ``smpconv_t_compiled_train_vs_convnext_tiny``: the training step of both models under ``torch.compile`` (default
-  settings), batch 8, 224, NCHW.
+  settings), batch 8, 224, NCHW;
+* ``upernet_smpconv_t_train_vs_convnext_tiny_512`` / ``upernet_smpconv_t_infer_vs_convnext_tiny_512`` (dense
+  prediction; need segmentation_models_pytorch, the ``seg`` extra): ``smpconv_t`` and ``convnext_tiny`` as the
+  encoder of the same segmentation_models_pytorch ``UPerNet`` (``tu-`` encoders, its default 256-channel decoder,
+  150 classes as ADE20K), 512x512, batch 2, each in its faster memory format: one training step (per-pixel
+  cross-entropy, AdamW, stochastic depth 0.1 in both encoders), and inference (eval, both models' BatchNorms
+  calibrated on the input, ours reparameterized). In ``--quick`` mode the format choice takes one timed run per
+  format instead of three.
 
 The machine's fp32 matmul rate (GFLOP/s, 2 flops per multiply-add) is measured too, next to the GMAC/s each model
 achieves (fvcore MACs / time, when fvcore is installed).
@@ -377,6 +384,62 @@ def _row_compiled_train(quick: bool) -> dict[str, Any]:
     return dict(ours_time=t_ours, peer_time=t_peer, batch=8, note='both torch.compile(model), default settings')
 
 
+def _row_upernet(quick: bool, train: bool) -> dict[str, Any]:
+    """UPerNet (segmentation_models_pytorch) on ``tu-smpconv_t`` vs ``tu-convnext_tiny``, 512x512, batch 2: a
+    training step (``train``) or an inference forward (module docstring)."""
+    import timm
+
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError as e:
+        raise ImportError(f'the UPerNet rows need segmentation_models_pytorch ({e}): pip install '
+                          '"smpconv-models[seg]"') from e
+
+    from . import models  # noqa: F401
+    from .layers import smp_param_groups
+
+    x, y = torch.randn(2, 3, 512, 512), torch.randint(0, 150, (2, 512, 512))
+
+    def build(encoder: str) -> nn.Module:
+        torch.manual_seed(0)
+        return smp.UPerNet(f'tu-{encoder}', encoder_weights=None, classes=150,
+                           drop_path_rate=0.1 if train else 0.0)
+
+    def train_factory(encoder: str) -> Callable[[bool], Callable[[], Any]]:
+        def make(cl: bool):
+            m = build(encoder).train()
+            if cl:
+                m = m.to(memory_format=torch.channels_last)
+            groups = smp_param_groups(m, 0.05, lr=1e-4) if encoder.startswith('smpconv') else m.parameters()
+            xi = x.contiguous(memory_format=torch.channels_last) if cl else x
+            return _train_step(m, xi, y, torch.optim.AdamW(groups, lr=1e-4))
+        return make
+
+    format_reps = 1 if quick else 3
+    if train:
+        ours, ours_fmt = _best_format(train_factory('smpconv_t'), format_reps)
+        peer, peer_fmt = _best_format(train_factory('convnext_tiny'), format_reps)
+        t_ours, t_peer = time_pair(ours, peer, *_reps(quick, 3))
+        return dict(ours_time=t_ours, peer_time=t_peer, batch=2,
+                    note=f'UPerNet 512x512; ours {ours_fmt}, convnext_tiny {peer_fmt}')
+    ours_model = timm.utils.reparameterize_model(calibrate_bn_(build('smpconv_t'), x))
+    peer_model = calibrate_bn_(build('convnext_tiny'), x)
+    ours, ours_fmt = _best_format(_infer_factory(ours_model, x), format_reps)
+    peer, peer_fmt = _best_format(_infer_factory(peer_model, x), format_reps)
+    t_ours, t_peer = time_pair(ours, peer, *_reps(quick, 5))
+    return dict(ours_time=t_ours, peer_time=t_peer, batch=2,
+                note=f'UPerNet 512x512; ours {ours_fmt}, convnext_tiny {peer_fmt}',
+                ours_gmacs=_gmacs(ours_model, x[:1]), peer_gmacs=_gmacs(peer_model, x[:1]))
+
+
+def _row_upernet_train(quick: bool) -> dict[str, Any]:
+    return _row_upernet(quick, train=True)
+
+
+def _row_upernet_infer(quick: bool) -> dict[str, Any]:
+    return _row_upernet(quick, train=False)
+
+
 def onnx_fft_methods(quick: bool = False) -> list[dict[str, Any]]:
     """ms of onnxruntime inference (batch 8) of each family's reparameterized model with its FFT convolutions
     exported as each method of :mod:`~smpconv_models.layers.export_conv`, next to PyTorch eval, alternating medians
@@ -510,6 +573,8 @@ ROWS: dict[str, Callable[[bool], dict[str, Any]]] = {
     'irregular_tcn_train_smp_vs_mlp': _row_irregular,
     'points_train_smp_vs_mlp': _row_points,
     'point_conv_scaling': _row_point_scaling,
+    'upernet_smpconv_t_train_vs_convnext_tiny_512': _row_upernet_train,
+    'upernet_smpconv_t_infer_vs_convnext_tiny_512': _row_upernet_infer,
 }
 
 TARGETS = {
@@ -517,6 +582,7 @@ TARGETS = {
     'smpconv_t_eval_cached_vs_reparam': 0.9, 'cifar_train_vs_mlp_kernel': 2.5, 'tcn_mnist_train_fft_vs_direct': 3.0,
     'tcn_mnist_onnxruntime_vs_pytorch': 0.5, 'smpconv_t_compiled_train_vs_convnext_tiny': 0.75,
     'irregular_tcn_train_smp_vs_mlp': 0.9, 'points_train_smp_vs_mlp': 1.0,
+    'upernet_smpconv_t_train_vs_convnext_tiny_512': 0.75, 'upernet_smpconv_t_infer_vs_convnext_tiny_512': 1.0,
 }
 
 

@@ -219,3 +219,10 @@ def test_segmentation_example_refuses_bad_settings():
     with pytest.raises(ValueError, match='unknown decoder'):
         segmentation.build_segmenter('pspnet')
     assert segmentation.main(['--quick', '--encoder-args', '[1]']) == 2
+
+
+def test_upernet_bench_rows_are_registered_with_targets():
+    from smpconv_models import bench
+
+    for name in ('upernet_smpconv_t_train_vs_convnext_tiny_512', 'upernet_smpconv_t_infer_vs_convnext_tiny_512'):
+        assert name in bench.ROWS and bench.TARGETS[name] > 0 and f'``{name}``' in bench.__doc__
