@@ -106,6 +106,14 @@ def test_channels_last_and_bf16_autocast_encoder():
         out = model(x.contiguous(memory_format=torch.channels_last))
     assert out.dtype == torch.bfloat16 and out.shape == ref.shape
     assert float((out.float() - ref).norm() / ref.norm()) < 0.05
+    # a training step under autocast: float32 point gradients, finite and non-zero in every stage
+    model.train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        logits = model(x.contiguous(memory_format=torch.channels_last))
+    torch.nn.functional.cross_entropy(logits.float(), torch.randint(0, CLASSES, (2, 64, 64))).backward()
+    grads = [p.grad for n, p in model.named_parameters() if n.endswith('.weight_coord')]
+    assert len(grads) == 4
+    assert all(g.dtype == torch.float32 and g.isfinite().all() and g.abs().sum() > 0 for g in grads)
 
 
 # ---------------------------------------------------------------------------------------------- refusals
