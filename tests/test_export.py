@@ -280,11 +280,11 @@ def test_torch_export_multi_input_matches_eager(key):
 def test_irregular_compact_order_is_a_stable_sort():
     """The pairwise path's compact order (observed steps first, written with cumulative sums so that it exports) is
     the stable sort of ``~mask``."""
-    from smpconv_models.models.smpconv_irregular import _observed_first
+    from smpconv_models.layers.irregular_conv import observed_first
 
     g = torch.Generator().manual_seed(0)
     mask = torch.rand(4, 11, generator=g) > 0.4
-    assert torch.equal(_observed_first(mask), torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices)
+    assert torch.equal(observed_first(mask), torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices)
 
 
 def test_irregular_export_refuses_what_needs_a_host_read():

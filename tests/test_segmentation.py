@@ -127,12 +127,13 @@ def test_full_resolution_families_say_why_smp_refuses_them(name):
 
 @pytest.mark.parametrize('name', ['smpconv_points', 'smpconv_irregular_tcn'])
 def test_multi_input_families_are_refused_by_us(name):
-    with pytest.raises(ValueError, match=rf'{name} takes .*cannot serve as a segmentation / detection encoder'):
+    with pytest.raises(ValueError, match=rf'{name} does not take features_only=True: it takes .*cannot serve as a '
+                                         r'segmentation / detection encoder'):
         smp.DeepLabV3Plus(f'tu-{name}', encoder_weights=None)
 
 
 def test_output_stride_on_a_family_without_strides():
-    with pytest.raises(ValueError, match='smpconv_cifar has no strided stages'):
+    with pytest.raises(ValueError, match='smpconv_cifar does not take output_stride=8: it has no strided stages'):
         timm.create_model('smpconv_cifar', features_only=True, output_stride=8)
 
 

@@ -29,6 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import models  # noqa: F401  (registers the smpconv models with timm)
+from .._io import write_json_atomic
+from ..layers import calibrate_bn_, clamp_radii_, smp_param_groups
+from ..train.data.shapes import SHAPE_CLASSES, shapes_on_noise
 from ._common import torch_threads
 
 __all__ = ['DECODERS', 'QUICK_ENCODER', 'build_segmenter', 'train_segmenter', 'evaluate_segmenter', 'run', 'main']
@@ -65,8 +69,6 @@ def build_segmenter(decoder: str = 'fpn', encoder: str = 'smpconv_t', classes: i
     one); ``kernel_scale`` re-samples the SMP kernels that much finer (fine-tuning at a higher resolution).
     ``output_stride`` 8 or 16 needs ``decoder='deeplabv3plus'`` (the other decoders take the full pyramid).
     """
-    from .. import models  # noqa: F401  (registers the smpconv models)
-
     smp = _smp()
     if decoder not in DECODERS:
         raise ValueError(f'unknown decoder {decoder!r}; use one of {", ".join(DECODERS)}')
@@ -94,8 +96,6 @@ def train_segmenter(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
                     lr: float = 1e-3, channels_last: bool = False, bf16: bool = False, seed: int = 0) -> list[float]:
     """``steps`` AdamW steps of per-pixel cross-entropy on random batches of ``images`` / ``masks``; the loss of
     every step (read once, after the loop)."""
-    from ..layers import clamp_radii_, smp_param_groups
-
     device = next(model.parameters()).device
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt).train()
@@ -139,16 +139,12 @@ def run(decoder: str = 'fpn', output_stride: int = 32, pretrained_file: str | No
         steps: int = 30, lr: float = 1e-3, channels_last: bool = False, bf16: bool = False, seed: int = 0,
         train_images: int = 64, eval_images: int = 16) -> dict[str, Any]:
     """Build, evaluate, train, evaluate; the report :func:`main` writes."""
-    from ..train.data.shapes import SHAPE_CLASSES, shapes_on_noise
-
     classes = len(SHAPE_CLASSES)
     images, masks = shapes_on_noise(train_images, size, seed=seed)
     eval_x, eval_y = shapes_on_noise(eval_images, size, seed=seed + 10_000)
     torch.manual_seed(seed)
     model = build_segmenter(decoder, classes=classes, output_stride=output_stride, pretrained_file=pretrained_file,
                             encoder_args=encoder_args, kernel_scale=kernel_scale)
-    from ..layers import calibrate_bn_
-
     before = evaluate_segmenter(model, eval_x, eval_y, classes, bf16=bf16)
     losses = train_segmenter(model, images, masks, steps, batch_size, lr, channels_last, bf16, seed)
     after_running = evaluate_segmenter(model, eval_x, eval_y, classes, bf16=bf16)
@@ -198,8 +194,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report['command'] = ' '.join(['python -m smpconv_models.experiments.segmentation', *(argv or sys.argv[1:])])
     if args.json:
-        from .._io import write_json_atomic
-
         write_json_atomic(args.json, report)
     first, last = report['losses'][:3], report['losses'][-3:]
     sys.stdout.write(

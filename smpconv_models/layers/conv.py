@@ -1,13 +1,12 @@
 """Convolution helpers shared by the SMP layers: input checks and memory-format choice for large kernels."""
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .export_conv import export_same_conv, is_exporting
+from .export_conv import export_same_conv, reachable_offsets
+from .mode import execution_mode, python_only
 
 __all__ = [
     'check_conv_input', 'check_float_3d', 'prefers_channels_last', 'same_conv', 'fft_same_conv',
@@ -16,14 +15,15 @@ __all__ = [
 
 
 def check_conv_input(x: Tensor, ndim: int, channels: int, name: str) -> None:
-    """Raise a clear error unless ``x`` is a floating-point ``[B, channels, *spatial(ndim)]`` tensor."""
+    """Raise a clear error unless ``x`` is a floating-point ``[B, channels, *spatial(ndim)]`` tensor (TorchScript
+    compiles it: scripted models check their inputs too)."""
     if not isinstance(x, Tensor):
         raise TypeError(f'{name} expects a torch.Tensor, got {type(x).__name__}')
     if x.dim() != ndim + 2:
         raise ValueError(
-            f'{name} expects a {ndim + 2}-d input [B, C, {ndim} spatial dims], got shape {tuple(x.shape)}')
+            f'{name} expects a {ndim + 2}-d input [B, C, {ndim} spatial dims], got shape {list(x.shape)}')
     if x.shape[1] != channels:
-        raise ValueError(f'{name} expects {channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})')
+        raise ValueError(f'{name} expects {channels} input channels, got {x.shape[1]} (input shape {list(x.shape)})')
     if not x.is_floating_point():
         raise TypeError(f'{name} expects a floating-point input, got dtype {x.dtype}')
 
@@ -104,12 +104,6 @@ def _fft_size(n: int) -> int:
     return best
 
 
-def _reachable(length: int, taps: int) -> tuple[int, int, int]:
-    """Kernel centre and the offsets before / after it that reach an output of a ``length``-long 'same' conv."""
-    centre = taps // 2
-    return centre, min(centre, length - 1), min(taps - 1 - centre, length - 1)
-
-
 class _ContiguousGrad(torch.autograd.Function):
     """Identity whose backward hands on a contiguous gradient (for :func:`mix_channels_fft`'s matmul backward)."""
 
@@ -120,6 +114,11 @@ class _ContiguousGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         return grad.contiguous()
+
+
+@python_only  # eager and torch.compile (Dynamo traces the Function); TorchScript cannot compile it
+def _contiguous_grad(x: Tensor) -> Tensor:
+    return _ContiguousGrad.apply(x)
 
 
 def mix_channels_fft(xf: Tensor, wf: Tensor) -> Tensor:
@@ -134,9 +133,8 @@ def mix_channels_fft(xf: Tensor, wf: Tensor) -> Tensor:
     xm = xf.flatten(2).permute(2, 0, 1).contiguous()
     wm = wf.flatten(2).permute(2, 1, 0).contiguous()
     ym = torch.bmm(xm, wm)  # [F, B, Cout]
-    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
-        if ym.requires_grad:
-            ym = _ContiguousGrad.apply(ym)
+    if ym.requires_grad and execution_mode() in ('eager', 'compile'):
+        ym = _contiguous_grad(ym)
     return ym.permute(1, 2, 0).reshape([xf.shape[0], wf.shape[0]] + fshape)  # noqa: RUF005 (TorchScript)
 
 
@@ -159,7 +157,7 @@ def fft_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups:
     w = weight.to(compute)
     for d in range(nd):
         dim, length = 2 + d, x.shape[2 + d]
-        centre, before, after = _reachable(length, weight.shape[2 + d])
+        centre, before, after = reachable_offsets(length, weight.shape[2 + d])
         n = _fft_size(length + max(before, after))
         w = w.narrow(dim, centre - before, before + after + 1)
         pad = [0, 0] * (nd - 1 - d) + [0, n - (before + after + 1)]  # F.pad lists the last dim first
@@ -188,7 +186,7 @@ def fft_depthwise_weight_grad(x: Tensor, grad_y: Tensor, kernel_size: Sequence[i
     batch summed in the frequency domain so only a ``[C, *n]`` transform is inverted."""
     nd = len(kernel_size)
     dims = list(range(2, 2 + nd))
-    reach = [_reachable(x.shape[2 + d], kernel_size[d]) for d in range(nd)]
+    reach = [reachable_offsets(x.shape[2 + d], kernel_size[d]) for d in range(nd)]
     sizes = [_fft_size(x.shape[2 + d] + max(before, after)) for d, (_, before, after) in enumerate(reach)]
     compute = torch.promote_types(grad_y.dtype, torch.float32)
     xf = torch.fft.rfftn(x.to(compute).contiguous(), s=sizes, dim=dims)
@@ -245,6 +243,17 @@ class _DepthwiseSameConv(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
+@python_only
+def _export_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, dilation: int) -> Tensor:
+    return export_same_conv(x, dilate_kernel(weight, dilation), bias, groups, _direct_same_conv)
+
+
+@python_only  # eager and torch.compile; TorchScript cannot compile autograd Functions (it runs the direct conv)
+def _hybrid_depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, dilation: int) -> Tensor:
+    y = _DepthwiseSameConv.apply(x, weight, dilation)
+    return y if bias is None else y + bias.reshape([-1] + [1] * (weight.dim() - 2))
+
+
 def _direct_depthwise(x: Tensor, weight: Tensor, dilation: int = 1) -> Tensor:
     return _direct_same_conv(x, weight, None, x.shape[1], dilation)
 
@@ -272,15 +281,14 @@ def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int
     run in channels_last. The path is chosen on the ``K`` taps that are multiplied (a direct dilated conv costs what
     an undilated one does); the FFT and export forms convolve with the zero-inserted kernel (:func:`dilate_kernel`).
     """
-    nd = weight.dim() - 2
     path = conv_path(x, weight, groups)
-    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
-        if path != 'direct' and is_exporting():  # ONNX / torch.export: real arithmetic (export_conv.py)
-            return export_same_conv(x, dilate_kernel(weight, dilation), bias, groups, _direct_same_conv)
+    if path == 'direct':
+        return _direct_same_conv(x, weight, bias, groups, dilation)
+    mode = execution_mode()
+    if mode == 'export':  # ONNX / torch.export: real arithmetic (export_conv.py)
+        return _export_same_conv(x, weight, bias, groups, dilation)
+    if path == 'hybrid' and mode in ('eager', 'compile'):
+        return _hybrid_depthwise(x, weight, bias, dilation)
     if path == 'fft':
         return fft_same_conv(x, dilate_kernel(weight, dilation), bias, groups)
-    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
-        if path == 'hybrid':
-            y = _DepthwiseSameConv.apply(x, weight, dilation)
-            return y if bias is None else y + bias.reshape([-1] + [1] * nd)
     return _direct_same_conv(x, weight, bias, groups, dilation)

@@ -23,8 +23,9 @@ from timm.layers import register_notrace_module
 from torch import Tensor
 
 from .conv import check_float_3d
-from .export_conv import is_exporting
-from .smp_kernel import COUNT_EPS, smp_basis, smp_kernel
+from .mode import execution_mode
+from .smp_kernel import divide_by_count, hat_count, smp_basis, smp_kernel
+from .smp_points import SMPPoints
 
 __all__ = ['MLPKernel', 'SMPPointKernel', 'PointConv', 'point_conv', 'find_neighbors', 'farthest_point_sample',
            'random_point_sample', 'check_point_set']
@@ -117,14 +118,14 @@ def _contract_basis(basis: Tensor, neighbor_features: Tensor, weights: Tensor) -
 
 
 @register_notrace_module
-class SMPPointKernel(nn.Module):
+class SMPPointKernel(SMPPoints):
     """The SMP kernel (Kim & Park, Eq. 1-2) as a point-convolution kernel generator, evaluated at neighbour offsets.
 
-    Parameters as in the grid layers (:class:`~smpconv_models.layers.SMPConvBase`): ``weight_coord`` [G, P, d],
-    ``radius`` [G, P, 1], ``weights`` [F_out, F_in, P]. ``shared_points=True`` gives one set of ``P`` points for all
-    filters (``G = 1``); ``False`` gives every output channel its own points (``G = F_out``, the CIFAR ``SMPConv``
-    layout, whose parameters copy over unchanged). ``kernel_normalize`` applies Eq. 1's ``1 / |N(u)|`` (points whose
-    hat covers the offset ``u``, ``+ 1e-6``), as ``SMPConv`` does. ``learn_positions`` / ``learn_radius`` set
+    An :class:`~smpconv_models.layers.smp_points.SMPPoints` point set: ``weight_coord`` [G, P, d], ``radius``
+    [G, P, 1], ``weights`` [F_out, F_in, P]. ``shared_points=True`` gives one set of ``P`` points for all filters
+    (``G = 1``); ``False`` gives every output channel its own points (``G = F_out``, the CIFAR ``SMPConv`` layout,
+    whose parameters copy over unchanged). ``kernel_normalize`` applies Eq. 1's ``1 / |N(u)|`` (points whose hat
+    covers the offset ``u``, ``+ 1e-6``), as ``SMPConv`` does. ``learn_positions`` / ``learn_radius`` set
     ``requires_grad`` of ``weight_coord`` / ``radius`` (kept in the state dict either way).
 
     Basis: the hat responses :func:`smp_basis` (``[B, M, G, P, k]``). Shared points contract them with the
@@ -148,33 +149,19 @@ class SMPPointKernel(nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
-        for name, value in (('dim', dim), ('in_channels', in_channels), ('out_channels', out_channels),
-                            ('n_points', n_points)):
+        for name, value in (('dim', dim), ('in_channels', in_channels), ('out_channels', out_channels)):
             if int(value) < 1:
                 raise ValueError(f'SMPPointKernel: {name} must be at least 1, got {value}')
-        if not radius > 0 or not coord_std > 0:
-            raise ValueError(f'SMPPointKernel: radius and coord_std must be positive, got {radius}, {coord_std}')
-        dd = dict(device=device, dtype=dtype)
+        groups = 1 if shared_points else int(out_channels)
+        # weights ~ N(0, 1 / (F_in * P)): fan-in scaling of the contraction over inputs and points
+        super().__init__(groups, n_points, int(dim), (int(out_channels), int(in_channels)), radius, coord_std,
+                         radius_bounds, weight_std=(int(in_channels) * max(1, int(n_points))) ** -0.5,
+                         truncate_weights=False, learn_positions=learn_positions, learn_radius=learn_radius,
+                         device=device, dtype=dtype)
         self.dim, self.in_channels, self.out_channels = int(dim), int(in_channels), int(out_channels)
-        self.n_points = self.basis_size = int(n_points)
+        self.basis_size = self.n_points
         self.shared_points = bool(shared_points)
         self.kernel_normalize = bool(kernel_normalize)
-        self.radius_min, self.radius_max = radius_bounds
-        groups = 1 if self.shared_points else self.out_channels
-        self.weight_coord = nn.Parameter(torch.empty(groups, self.n_points, self.dim, **dd),
-                                         requires_grad=learn_positions)
-        self.radius = nn.Parameter(torch.full((groups, self.n_points, 1), float(radius), **dd),
-                                   requires_grad=learn_radius)
-        self.weights = nn.Parameter(torch.empty(self.out_channels, self.in_channels, self.n_points, **dd))
-        with torch.no_grad():
-            nn.init.trunc_normal_(self.weight_coord, std=coord_std, a=-1.0, b=1.0)
-            nn.init.normal_(self.weights, std=(self.in_channels * self.n_points) ** -0.5)
-
-    @torch.no_grad()
-    def clamp_radii_(self) -> None:
-        """Clamp radii in place to ``[radius_min, radius_max]`` (as the grid layers, after each optimizer step)."""
-        self.radius.clamp_(self.radius_min, self.radius_max)
 
     def aggregate(self, offsets: Tensor, neighbor_features: Tensor) -> Tensor:
         """``sum_j g(offsets_j) f_j``: offsets ``[B, M, k, d]``, features ``[B, M, k, F_in]`` -> ``[B, M, F_out]``."""
@@ -182,12 +169,11 @@ class SMPPointKernel(nn.Module):
         if self.shared_points:
             h = h.squeeze(-3)  # [B, M, P, k]
             if self.kernel_normalize:  # 1/|N(u)| depends on the neighbour only: scale its features instead of h
-                count = (h > 0).sum(-2, dtype=h.dtype)  # [B, M, k]
-                neighbor_features = neighbor_features / (count + COUNT_EPS).unsqueeze(-1)
+                neighbor_features = divide_by_count(neighbor_features, hat_count(h).transpose(-1, -2))
             mixed = torch.matmul(h, neighbor_features)  # [B, M, P, F_in]
             return torch.matmul(mixed.flatten(-2), self.weights.permute(2, 1, 0).reshape(-1, self.out_channels))
         if self.kernel_normalize:
-            h = h / ((h > 0).sum(-2, keepdim=True, dtype=h.dtype) + COUNT_EPS)
+            h = divide_by_count(h, hat_count(h))
         w = self.weights.permute(0, 2, 1).reshape(-1, self.in_channels)  # [F_out * P, F_in]
         mapped = torch.matmul(w, neighbor_features.transpose(-1, -2))  # [B, M, F_out * P, k]
         return (mapped.view_as(h) * h).sum((-1, -2))
@@ -206,8 +192,8 @@ class SMPPointKernel(nn.Module):
 
     def extra_repr(self) -> str:
         return (f'dim={self.dim}, in_channels={self.in_channels}, out_channels={self.out_channels}, '
-                f'n_points={self.n_points}, shared_points={self.shared_points}, '
-                f'kernel_normalize={self.kernel_normalize}')
+                f'shared_points={self.shared_points}, kernel_normalize={self.kernel_normalize}, '
+                + super().extra_repr())
 
 
 # ------------------------------------------------------------------------------------------------ neighbours
@@ -235,13 +221,13 @@ def check_point_set(features: Tensor, positions: Tensor, mask: Tensor | None = N
                     in_channels: int | None = None, dim: int | None = None, k: int | None = None) -> None:
     """Raise a clear error for a malformed point set: shapes, dtypes, batch and point counts, a bad mask, and (one
     host sync) non-finite positions of real points or fewer real points than ``k`` (k-nearest-neighbour search).
-    While a graph is captured for export (:func:`~smpconv_models.layers.export_conv.is_exporting`) only the shape
+    While a graph is captured for export (:func:`~smpconv_models.layers.mode.execution_mode`) only the shape
     and dtype checks run: an exported graph cannot read values on the host."""
     check_point_set_shapes(features, positions, mask, query, in_channels, dim)
     n = features.shape[1]
     if k is not None and k > n:
         raise ValueError(f'k={k} neighbours requested but the sets hold only N={n} points')
-    if is_exporting():
+    if execution_mode() == 'export':
         return
     finite = torch.isfinite(positions).all(-1)
     flags = [(finite if mask is None else finite | ~mask).all()]
@@ -262,7 +248,7 @@ def check_point_set(features: Tensor, positions: Tensor, mask: Tensor | None = N
 def _distances(query: Tensor, support: Tensor) -> Tensor:
     """Euclidean distances ``[B, M, N]`` from exact coordinate differences; while exporting as plain tensor ops
     (ONNX has no ``cdist``)."""
-    if is_exporting():
+    if execution_mode() == 'export':
         return (query[:, :, None] - support[:, None]).square().sum(-1).sqrt()
     return torch.cdist(query, support, compute_mode='donot_use_mm_for_euclid_dist')
 
@@ -273,7 +259,7 @@ def _neighbors_torch(support: Tensor, query: Tensor, k: int, radius: float | Non
     m = query.shape[1]
     kk = min(k, n)
     # while exporting the batch dimension may be dynamic: chunks sized per set (memory then grows with the batch)
-    chunk = chunk_size or max(1, DIST_BLOCK // max(1, (1 if is_exporting() else batch) * n))
+    chunk = chunk_size or max(1, DIST_BLOCK // max(1, (1 if execution_mode() == 'export' else batch) * n))
     dists, idxs = [], []
     for start in range(0, m, chunk):
         # exact differences (not the matmul expansion), so ties on grids are resolved the same everywhere
@@ -330,6 +316,12 @@ def _neighbors_torch_cluster(support: Tensor, query: Tensor, k: int, radius: flo
     return idx, valid
 
 
+def _full_precision(positions: Tensor) -> Tensor:
+    """Positions for distances: half-precision ones (bf16 / fp16 models, autocast) in float32, so that rounding never
+    reorders neighbours (``cdist`` has no bf16 form either)."""
+    return positions if positions.dtype in (torch.float32, torch.float64) else positions.float()
+
+
 @torch.compiler.assume_constant_result  # torch.compile evaluates it once while tracing (no graph break)
 def _has_torch_cluster() -> bool:
     try:
@@ -357,7 +349,7 @@ def find_neighbors(
     block holds at most ``DIST_BLOCK`` elements (``chunk_size`` overrides the chunk); ``'torch_cluster'`` uses the
     optional ``torch_cluster`` package (``radius`` then keeps *some* ``k`` points of the ball, not the nearest);
     ``'auto'`` picks ``torch_cluster`` when it is installed (and ``'torch'`` while exporting: see
-    :func:`~smpconv_models.layers.export_conv.is_exporting`).
+    :func:`~smpconv_models.layers.mode.execution_mode`). Half-precision positions are compared in float32.
     """
     if backend not in ('auto', 'torch', 'torch_cluster'):
         raise ValueError(f"backend must be 'auto', 'torch' or 'torch_cluster', got {backend!r}")
@@ -368,7 +360,8 @@ def find_neighbors(
     _check_positions('support positions', support)
     _check_positions('query', query, support.shape[0], support.shape[-1])
     _check_mask(support_mask, support.shape[0], support.shape[1], 'support_mask')
-    if backend == 'torch_cluster' or (backend == 'auto' and not is_exporting() and _has_torch_cluster()):
+    support, query = _full_precision(support), _full_precision(query)
+    if backend == 'torch_cluster' or (backend == 'auto' and execution_mode() != 'export' and _has_torch_cluster()):
         if backend == 'torch_cluster' and not _has_torch_cluster():
             raise ImportError("backend='torch_cluster' needs the optional torch_cluster package (pip install "
                               "torch-cluster, built for your torch version); backend='torch' needs nothing")
@@ -386,6 +379,7 @@ def farthest_point_sample(positions: Tensor, n_samples: int, mask: Tensor | None
     _check_mask(mask, batch, n)
     if not 1 <= n_samples <= n:
         raise ValueError(f'n_samples must be in [1, N={n}], got {n_samples}')
+    positions = _full_precision(positions)
     real = torch.ones(batch, n, dtype=torch.bool, device=positions.device) if mask is None else mask
     # score: distance to the picked set for unpicked real points (>= 0), -0.25 unpicked padded, -0.5 picked
     score = torch.where(real, math.inf, -0.25).to(positions.dtype)

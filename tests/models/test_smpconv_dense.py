@@ -13,6 +13,7 @@ import torch.nn as nn
 
 import smpconv_models  # noqa: F401
 from smpconv_models.layers import conv as conv_module
+from smpconv_models.models import family_of
 
 from ..helpers import PLANS, randomize_bn_, reference_features
 
@@ -222,18 +223,23 @@ def test_features_only_matches_forward_intermediates(output_stride, size):
 
 @pytest.mark.parametrize('name', ['smpconv_cifar', 'smpconv_tcn_mnist', 'smpconv_points', 'smpconv_irregular_tcn'])
 def test_families_without_strides_refuse_output_stride(name):
-    with pytest.raises(ValueError, match=rf'{name} has no strided stages.*smpconv_t / smpconv_b'):
+    assert family_of(name).feature_maps != 'pyramid'
+    with pytest.raises(ValueError, match=rf'{name} does not take output_stride=16: it has no strided stages.*'
+                                         r'smpconv_t / smpconv_b'):
         timm.create_model(name, output_stride=16)
 
 
 @pytest.mark.parametrize('name', ['smpconv_points', 'smpconv_irregular_tcn'])
 def test_multi_input_families_refuse_features_only(name):
-    with pytest.raises(ValueError, match=r'features_only .* does not apply'):
+    assert family_of(name).feature_maps == 'refused'
+    with pytest.raises(ValueError, match=r'does not take features_only=True: it takes .*mask.* cannot serve as a '
+                                         r'segmentation / detection encoder.*smpconv_t / smpconv_b'):
         timm.create_model(name, features_only=True)
 
 
 @pytest.mark.parametrize('name', ['smpconv_cifar', 'smpconv_tcn_mnist'])
 def test_full_resolution_families_warn_on_features_only(name):
+    assert family_of(name).feature_maps == 'full_resolution'
     with pytest.warns(UserWarning, match=r'full-resolution maps .* smpconv_t / smpconv_b'):
         net = timm.create_model(name, features_only=True)
     assert set(net.feature_info.reduction()) == {1}  # still a working full-resolution feature extractor
