@@ -6,10 +6,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .export_conv import export_same_conv, reachable_offsets
-from .mode import execution_mode, python_only
+from .mode import computes_in_half_precision, execution_mode, python_only
 
 __all__ = [
-    'check_conv_input', 'check_float_3d', 'prefers_channels_last', 'same_conv', 'fft_same_conv',
+    'check_conv_input', 'check_float_3d', 'prefers_channels_last', 'fp16_grouped_conv_in_fp32', 'same_conv',
+    'direct_same_conv', 'fft_same_conv',
     'fft_depthwise_weight_grad', 'conv_path', 'use_fft_conv', 'mix_channels_fft', 'dilate_kernel',
 ]
 
@@ -41,9 +42,12 @@ def prefers_channels_last(x: Tensor, kernel_size: int) -> bool:
     """Whether a large 2-d convolution of ``x`` should run in channels_last.
 
     On CPU, PyTorch's NCHW path for large (depthwise) kernels is far slower than oneDNN's channels_last one;
-    on tiny maps (7x7) NCHW wins, so small maps and kernels stay as they are.
+    on tiny maps (7x7) NCHW wins, so small maps and kernels stay as they are. In fp16 / bf16 (own dtype or autocast)
+    PyTorch 2.14's channels_last depthwise convolution with a 17x17 or larger kernel on a 32x32 map does not return
+    (minutes on one call), while its NCHW path takes milliseconds: half precision stays NCHW.
     """
-    return x.device.type == 'cpu' and kernel_size >= 7 and x.shape[-1] * x.shape[-2] >= 196
+    return (x.device.type == 'cpu' and kernel_size >= 7 and x.shape[-1] * x.shape[-2] >= 196
+            and not computes_in_half_precision(x))
 
 
 # A dense (groups=1) 'same' convolution switches to the FFT from this many kernel taps on: a 33x33 kernel on 32x32
@@ -245,7 +249,7 @@ class _DepthwiseSameConv(torch.autograd.Function):
 
 @python_only
 def _export_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, dilation: int) -> Tensor:
-    return export_same_conv(x, dilate_kernel(weight, dilation), bias, groups, _direct_same_conv)
+    return export_same_conv(x, dilate_kernel(weight, dilation), bias, groups, direct_same_conv)
 
 
 @python_only  # eager and torch.compile; TorchScript cannot compile autograd Functions (it runs the direct conv)
@@ -255,11 +259,19 @@ def _hybrid_depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, dilation: 
 
 
 def _direct_depthwise(x: Tensor, weight: Tensor, dilation: int = 1) -> Tensor:
-    return _direct_same_conv(x, weight, None, x.shape[1], dilation)
+    return direct_same_conv(x, weight, None, x.shape[1], dilation)
 
 
-def _direct_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, dilation: int = 1) -> Tensor:
-    """PyTorch's own 'same' convolution, large 2-d kernels in channels_last (:func:`prefers_channels_last`)."""
+def direct_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, dilation: int = 1) -> Tensor:
+    """PyTorch's own 'same' convolution (``dilation``-dilated, padding ``dilation * (K // 2)``), large 2-d kernels in
+    channels_last (:func:`prefers_channels_last`), large grouped fp16 kernels on CPU in fp32
+    (:func:`fp16_grouped_conv_in_fp32`); both rules read the ``K`` taps, so they hold for dilated kernels too."""
+    if groups > 1 and fp16_grouped_conv_in_fp32(x, weight):
+        return _fp32_same_conv(x, weight, bias, groups, dilation)
+    return _torch_same_conv(x, weight, bias, groups, dilation)
+
+
+def _torch_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, dilation: int = 1) -> Tensor:
     nd = weight.dim() - 2
     padding = [dilation * (k // 2) for k in weight.shape[2:]]
     if nd == 1:
@@ -270,6 +282,30 @@ def _direct_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: in
             weight = weight.contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=groups)
     return F.conv3d(x, weight, bias, padding=padding, dilation=dilation, groups=groups)
+
+
+def fp16_grouped_conv_in_fp32(x: Tensor, weight: Tensor) -> bool:
+    """Whether a grouped CPU convolution of ``x`` computes in fp32 instead of fp16 (own dtype or fp16 autocast):
+    PyTorch 2.14's fp16 depthwise convolution on CPU does not return (minutes on one call) for kernels of 17 or more
+    taps along a dim (1-d on 256 steps, 2-d on 32x32 maps; bf16 and fp32 take milliseconds). The rule reads the taps,
+    not the span, and holds at any dilation (dilated fp16 kernels returned where tried, but one rule is kept)."""
+    if x.device.type != 'cpu' or max(weight.shape[2:]) < 17:
+        return False
+    return x.dtype == torch.float16 or (computes_in_half_precision(x) and _autocast_dtype() == torch.float16)
+
+
+@python_only
+def _autocast_dtype():
+    return torch.get_autocast_dtype('cpu')
+
+
+def _fp32_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, dilation: int = 1) -> Tensor:
+    """:func:`direct_same_conv` in fp32 with autocast off, the result in fp16 (as fp16 autocast would give)."""
+    b = None if bias is None else bias.float()
+    if execution_mode() == 'script':  # no autocast under TorchScript
+        return _torch_same_conv(x.float(), weight.float(), b, groups, dilation).half()
+    with torch.autocast('cpu', enabled=False):
+        return _torch_same_conv(x.float(), weight.float(), b, groups, dilation).half()
 
 
 def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1, dilation: int = 1) -> Tensor:
@@ -283,7 +319,7 @@ def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int
     """
     path = conv_path(x, weight, groups)
     if path == 'direct':
-        return _direct_same_conv(x, weight, bias, groups, dilation)
+        return direct_same_conv(x, weight, bias, groups, dilation)
     mode = execution_mode()
     if mode == 'export':  # ONNX / torch.export: real arithmetic (export_conv.py)
         return _export_same_conv(x, weight, bias, groups, dilation)
@@ -291,4 +327,4 @@ def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int
         return _hybrid_depthwise(x, weight, bias, dilation)
     if path == 'fft':
         return fft_same_conv(x, dilate_kernel(weight, dilation), bias, groups)
-    return _direct_same_conv(x, weight, bias, groups, dilation)
+    return direct_same_conv(x, weight, bias, groups, dilation)

@@ -20,7 +20,8 @@ def masked_batch_norm(x: Tensor, mask: Tensor | None, bn: nn.modules.batchnorm._
 
     In training (or without running statistics) the batch mean and biased variance are taken over the real entries
     and the running statistics are updated as :class:`torch.nn.BatchNorm1d` does (unbiased variance; ``momentum``,
-    or a cumulative average when it is ``None``); with every entry real this is ``bn(x)``. In eval the running
+    or a cumulative average when it is ``None``); with every entry real this is ``bn(x)``. Half-precision ``x`` is
+    normalised in fp32 and returned in its dtype. In eval the running
     statistics apply pointwise, so the mask does not matter. ``mask=None`` is plain ``bn``.
     """
     ch = channel_dim % x.dim()
@@ -28,6 +29,9 @@ def masked_batch_norm(x: Tensor, mask: Tensor | None, bn: nn.modules.batchnorm._
         if ch == x.dim() - 1 and x.dim() > 2:  # BatchNorm1d takes [N, C] or [N, C, L]: channels last as rows
             return bn(x.reshape(-1, x.shape[-1])).view_as(x)
         return bn(x)
+    dtype = x.dtype
+    if dtype == torch.float16 or dtype == torch.bfloat16:  # statistics in fp32, as PyTorch's batch_norm keeps them
+        x = x.float()
     dims = [d for d in range(x.dim()) if d != ch]
     shape = [1] * x.dim()
     shape[ch] = -1
@@ -46,7 +50,7 @@ def masked_batch_norm(x: Tensor, mask: Tensor | None, bn: nn.modules.batchnorm._
     y = centred * torch.rsqrt(var + bn.eps).view(shape)
     if bn.affine:
         y = y * bn.weight.view(shape) + bn.bias.view(shape)
-    return y
+    return y.to(dtype)
 
 
 class MaskedBatchNorm1d(nn.BatchNorm1d):

@@ -25,7 +25,7 @@ import torch
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 __all__ = ['execution_mode', 'is_eager', 'python_only', 'is_torchscript_onnx_export', 'is_jit_tracing',
-           'EXECUTION_MODES']
+           'computes_in_half_precision', 'EXECUTION_MODES']
 
 EXECUTION_MODES = ('eager', 'compile', 'export', 'trace', 'script')
 
@@ -76,3 +76,14 @@ def is_jit_tracing() -> bool:
     TorchScript-based ONNX exporter (``'export'``). Sizes read from tensors are traced values there, and the traced
     graph sees the modules as they are."""
     return torch.jit.is_tracing()
+
+
+def computes_in_half_precision(x: torch.Tensor) -> bool:
+    """Whether CPU ops on ``x`` compute in fp16 / bf16: its own dtype, or CPU autocast (eager, compile and export;
+    TorchScript runs without autocast)."""
+    if x.dtype == torch.float16 or x.dtype == torch.bfloat16:
+        return True
+    if torch.jit.is_scripting():
+        return False
+    else:  # (compiled by TorchScript only on the branch it takes)
+        return torch.is_autocast_enabled('cpu')

@@ -15,7 +15,7 @@ from timm.layers import register_notrace_module
 from torch import Tensor
 
 from .causal_conv import causal_conv1d
-from .conv import check_conv_input, prefers_channels_last, same_conv
+from .conv import check_conv_input, direct_same_conv, prefers_channels_last, same_conv
 from .fused import bns_have_statistics, cached_eval_value, folds_in_eval
 from .irregular_conv import PAIRWISE_CHUNK, observed_parallel_conv
 from .mode import is_eager, python_only
@@ -155,7 +155,7 @@ class SMPReparamConv(nn.Module):
         if self.reparam_conv is not None:
             if self.dense_deploy:  # a large dense kernel: same_conv picks the FFT
                 return same_conv(x, self.reparam_conv.weight, self.reparam_conv.bias)
-            return self.reparam_conv(x)
+            return self._folded_conv(x, self.reparam_conv.weight, self.reparam_conv.bias)
         if is_eager() and self._folds_in_eval(x):  # eval without autograd: the folded kernel, cached
             return self._cached_folded_conv(x)
         return self.smp(x) + self.small_conv(x)
@@ -262,8 +262,7 @@ class SMPLargeKernelConv2d(SMPReparamConv):
                          bias=True, **dd)
 
     def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        k, d = self.kernel_size[0], self.dilation
-        return F.conv2d(x, weight, bias, padding=d * (k // 2), dilation=d, groups=self.channels)
+        return direct_same_conv(x, weight, bias, self.channels, self.dilation)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (f', dilation={self.dilation}' if self.dilation != 1 else '')

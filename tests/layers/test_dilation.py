@@ -159,3 +159,21 @@ def test_smp_depthwise_rejects_bad_dilation():
 
     with pytest.raises(ValueError, match='dilation'):
         SMPDepthwiseConv2d(4, 7, dilation=0)
+
+
+def test_half_precision_rules_hold_for_dilated_kernels():
+    """A 17-tap dilated depthwise kernel in fp16 (own dtype or fp16 autocast) computes in fp32, the result rounded
+    once (equal to the fp32 dilated conv rounded to fp16); bf16 keeps NCHW (:func:`prefers_channels_last`)."""
+    from smpconv_models.layers.conv import direct_same_conv, fp16_grouped_conv_in_fp32, prefers_channels_last
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 20, 20, generator=g).half().float()  # values exact in fp16
+    w = torch.randn(4, 1, 17, 17, generator=g).half().float()
+    expected = F.conv2d(x, w, padding=16, dilation=2, groups=4).half()
+    assert fp16_grouped_conv_in_fp32(x.half(), w.half())
+    assert torch.equal(direct_same_conv(x.half(), w.half(), None, 4, dilation=2), expected)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.float16):
+        assert torch.equal(same_conv(x, w, groups=4, dilation=2), expected)
+    assert prefers_channels_last(x, 17) and not prefers_channels_last(x.bfloat16(), 17)
+    y = direct_same_conv(x.bfloat16(), w.bfloat16(), None, 4, dilation=2)
+    assert y.is_contiguous() and not y.is_contiguous(memory_format=torch.channels_last)

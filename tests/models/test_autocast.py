@@ -9,13 +9,15 @@ overflowed: fp16's range ends at 65504).
 
 BatchNorm runs on running statistics calibrated on the inputs (an untrained network with the initial statistics
 shrinks its activations stage by stage, under fp16's smallest normal 6e-5 in smpconv_t); the training forward (SMP
-kernels generated with autograd, the FFT / hybrid convolution paths, dropout and drop path) is compared the same way
-(batch statistics would add the initialisation's amplification of every perturbation). Full training mode is checked
-for finite outputs and gradients.
+kernels generated with autograd, the FFT / hybrid convolution paths) is compared the same way (batch statistics would
+add the initialisation's amplification of every perturbation), with dropout and drop path off: their draws depend on
+the dtype of the tensor they mask (the same seed gives smpconv_cifar's dropout other masks on bf16 activations). Full
+training mode, random drops included, is checked for finite outputs and gradients.
 
-smpconv_t gets 40 roundoffs: its RepLKNet / RepVGG structure (parallel branches, each normalised to unit variance,
-then summed) amplifies rounding at initialisation, stage by stage (measured 27 roundoffs in bf16, 23-31 in fp16; under
-the same protocol timm's repvgg_a0 shows 115 and resnet18 3.4). Its SMP layer alone is held to 4 roundoffs
+smpconv_t gets 64 roundoffs: its RepLKNet / RepVGG structure (parallel branches, each normalised to unit variance,
+then summed) amplifies rounding at initialisation, stage by stage (measured 39-44 roundoffs, bf16 and fp16, train and
+eval; under the same protocol timm's repvgg_a0 shows 14-44 and resnet18 2-3, the larger values on smaller inputs,
+whose BatchNorm statistics come from fewer pixels). Its SMP layer alone is held to 4 roundoffs
 (``test_smp_layers_under_autocast``), as is every family's.
 """
 from __future__ import annotations
@@ -23,16 +25,17 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from timm.layers import DropPath
 
 import smpconv_models  # noqa: F401  (registers the models)
 
 ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
-ROUNDOFFS = {'smpconv_t': 40}  # the logits' tolerance in roundoffs where it is not 4 (module docstring)
+ROUNDOFFS = {'smpconv_t': 64}  # the logits' tolerance in roundoffs where it is not 4 (module docstring)
 
 # family -> (small configuration, input maker); batch and sizes keep training-mode BatchNorm statistics meaningful
 FAMILIES = {
     'smpconv_t': (dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), drop_path_rate=0.1),
-                  lambda g: dict(x=torch.randn(2, 3, 64, 64, generator=g))),
+                  lambda g: dict(x=torch.randn(4, 3, 128, 128, generator=g))),
     'smpconv_cifar': (dict(widths=(8, 8)), lambda g: dict(x=torch.randn(2, 3, 32, 32, generator=g))),
     'smpconv_tcn_mnist': (dict(seq_len=64, depth=2, width=8), lambda g: dict(x=torch.randn(2, 1, 64, generator=g))),
     'smpconv_irregular_tcn': (dict(depth=2, width=8, seq_len=32), lambda g: _irregular(g)),
@@ -83,12 +86,15 @@ def test_autocast_matches_fp32(name, train, dtype):
     config, make_inputs = FAMILIES[name]
     torch.manual_seed(0)
     model = timm.create_model(name, **config).train(train)
+    for m in model.modules():  # no random drops (module docstring)
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        elif isinstance(m, DropPath):
+            m.drop_prob = 0.0
     inputs = make_inputs(torch.Generator().manual_seed(0))
     _calibrated_norms(model, inputs)
     with torch.set_grad_enabled(train):
-        torch.manual_seed(1)  # the same dropout / drop-path draws in both runs
         reference = model(**inputs)
-        torch.manual_seed(1)
         with torch.autocast('cpu', dtype=dtype):
             out = model(**inputs)
     assert out.dtype == dtype  # the head ran in low precision: autocast took effect
