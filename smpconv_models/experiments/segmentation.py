@@ -20,7 +20,6 @@ and ``--bf16`` (CPU or CUDA autocast) are the recipe's speed switches.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from typing import Any
@@ -30,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import models  # noqa: F401  (registers the smpconv models with timm)
-from .._io import write_json_atomic
+from .._io import parse_json_object, write_json_atomic
 from ..layers import calibrate_bn_, clamp_radii_, smp_param_groups
 from ..train.data.shapes import SHAPE_CLASSES, shapes_on_noise
 from ._common import torch_threads
@@ -180,16 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
-        encoder_args = json.loads(args.encoder_args)
-        if not isinstance(encoder_args, dict):
-            raise ValueError('--encoder-args must be a JSON object')
+        encoder_args = parse_json_object(args.encoder_args, '--encoder-args')
         size, steps = args.size, args.steps
         if args.quick:
             encoder_args, size, steps = {**QUICK_ENCODER, **encoder_args}, 64, 12
         with torch_threads(args.threads):
             report = run(args.decoder, args.output_stride, args.pretrained, encoder_args, args.kernel_scale, size,
                          args.batch_size, steps, args.lr, args.channels_last, args.bf16, args.seed)
-    except (ValueError, FileNotFoundError, ImportError, json.JSONDecodeError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:
         _logger.error('error: %s', e)
         return 2
     report['command'] = ' '.join(['python -m smpconv_models.experiments.segmentation', *(argv or sys.argv[1:])])
