@@ -304,8 +304,13 @@ def _fp32_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int,
     b = None if bias is None else bias.float()
     if execution_mode() == 'script':  # no autocast under TorchScript
         return _torch_same_conv(x.float(), weight.float(), b, groups, dilation).half()
+    return _autocast_off_same_conv(x.float(), weight.float(), b, groups, dilation).half()
+
+
+@python_only  # TorchScript cannot compile the autocast block (an internal assert in PyTorch 2.14's script compiler)
+def _autocast_off_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, dilation: int) -> Tensor:
     with torch.autocast('cpu', enabled=False):
-        return _torch_same_conv(x.float(), weight.float(), b, groups, dilation).half()
+        return _torch_same_conv(x, weight, bias, groups, dilation)
 
 
 def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1, dilation: int = 1) -> Tensor:

@@ -170,7 +170,7 @@ class SMPReparamConv(nn.Module):
         weight, bias = cached_eval_value(self, self.fused_kernel_bias)
         return self._folded_conv(x, weight, bias)
 
-    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """The deploy convolution with a given folded ``weight`` and ``bias``."""
         raise NotImplementedError
 
@@ -261,7 +261,7 @@ class SMPLargeKernelConv2d(SMPReparamConv):
         return nn.Conv2d(self.channels, self.channels, k, padding=d * (k // 2), dilation=d, groups=self.channels,
                          bias=True, **dd)
 
-    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return direct_same_conv(x, weight, bias, self.channels, self.dilation)
 
     def extra_repr(self) -> str:
@@ -319,7 +319,7 @@ class SMPParallelConv(SMPReparamConv):
         conv_cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self.ndim - 1]
         return conv_cls(self.in_channels, self.out_channels, k, padding=k // 2, bias=True, **dd)
 
-    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return same_conv(x, weight, bias)
 
 
@@ -397,7 +397,7 @@ class SMPParallelCausalConv1d(SMPReparamConv):
         dd = dict(device=device, dtype=dtype)
         return CausalConv1d(self.in_channels, self.out_channels, self.kernel_size[0], bias=True, fft=self.fft, **dd)
 
-    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return causal_conv1d(x, weight, bias, fft=self.fft)
 
 
