@@ -300,17 +300,18 @@ def _autocast_dtype():
 
 
 def _fp32_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, dilation: int = 1) -> Tensor:
-    """:func:`direct_same_conv` in fp32 with autocast off, the result in fp16 (as fp16 autocast would give)."""
-    b = None if bias is None else bias.float()
+    """:func:`direct_same_conv` in fp32 (autocast off), the result in fp16 (as fp16 autocast would give)."""
+    if bias is not None:
+        bias = bias.float()
     if execution_mode() == 'script':  # no autocast under TorchScript
-        return _torch_same_conv(x.float(), weight.float(), b, groups, dilation).half()
-    return _autocast_off_same_conv(x.float(), weight.float(), b, groups, dilation).half()
+        return _torch_same_conv(x.float(), weight.float(), bias, groups, dilation).half()
+    return _fp32_same_conv_autocast_off(x, weight, bias, groups, dilation)
 
 
 @python_only  # TorchScript cannot compile the autocast block (an internal assert in PyTorch 2.14's script compiler)
-def _autocast_off_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, dilation: int) -> Tensor:
+def _fp32_same_conv_autocast_off(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, dilation: int) -> Tensor:
     with torch.autocast('cpu', enabled=False):
-        return _torch_same_conv(x, weight, bias, groups, dilation)
+        return _torch_same_conv(x.float(), weight.float(), bias, groups, dilation).half()
 
 
 def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1, dilation: int = 1) -> Tensor:
