@@ -224,6 +224,8 @@ class SMPLargeKernelConv2d(SMPReparamConv):
     Submodule names follow the official checkpoints (``smp.conv``, ``smp.bn``, ``small_conv.conv``, ``small_conv.bn``);
     the deploy form is ``nn.Conv2d(C, C, K, groups=C, bias=True)``. ``n_points``, ``radius``, ``coord_std``,
     ``learn_positions`` and ``learn_radius`` go to :class:`SMPDepthwiseConv2d` (the ablation switches).
+    ``dilation`` dilates both branches and the deploy conv alike (the small kernel is zero-padded to the large one in
+    taps, so the folded kernel is exact at any dilation).
     """
 
     def __init__(
@@ -239,29 +241,36 @@ class SMPLargeKernelConv2d(SMPReparamConv):
             coord_std: float = 0.2,
             learn_positions: bool = True,
             learn_radius: bool = True,
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
         super().__init__()
         _check_small(kernel_size, small_kernel_size, type(self).__name__)
+        self.dilation = int(dilation)
         self.in_channels = self.out_channels = self.channels = int(channels)
         self.kernel_size, self.small_kernel_size, self.ndim = (int(kernel_size),) * 2, int(small_kernel_size), 2
         dd = dict(device=device, dtype=dtype)
         smp = small = None
         if not deploy:
             smp = SMPDepthwiseConv2d(channels, kernel_size, n_points, n_points_divide, radius, coord_std,
-                                     learn_positions, learn_radius, **dd)
-            small = nn.Conv2d(channels, channels, small_kernel_size, padding=small_kernel_size // 2, groups=channels,
-                              bias=False, **dd)
+                                     learn_positions, learn_radius, self.dilation, **dd)
+            small = nn.Conv2d(channels, channels, small_kernel_size, padding=self.dilation * (small_kernel_size // 2),
+                              dilation=self.dilation, groups=channels, bias=False, **dd)
         self._init_branches(smp, small, norm_layer, deploy, dd)
 
     def _make_deploy_conv(self, device=None, dtype=None) -> nn.Module:
         k = self.kernel_size[0]
         dd = dict(device=device, dtype=dtype)
-        return nn.Conv2d(self.channels, self.channels, k, padding=k // 2, groups=self.channels, bias=True, **dd)
+        d = self.dilation
+        return nn.Conv2d(self.channels, self.channels, k, padding=d * (k // 2), dilation=d, groups=self.channels,
+                         bias=True, **dd)
 
     def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return direct_same_conv(x, weight, bias, self.channels)
+        return direct_same_conv(x, weight, bias, self.channels, self.dilation)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f', dilation={self.dilation}' if self.dilation != 1 else '')
 
 
 @register_notrace_module

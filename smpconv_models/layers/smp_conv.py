@@ -124,6 +124,8 @@ class SMPDepthwiseConv2d(SMPConvBase):
     ``n_points`` defaults to ``kernel_size**2 // n_points_divide``; radii start at ``radius`` (default
     ``4 / kernel_size``) and are clamped to ``[1e-3, 1]``; positions ~ truncated N(0, ``coord_std`` = 0.2) in
     ``[-1, 1]``; no ``1/|N(x)|`` factor. ``learn_positions`` / ``learn_radius``: see :class:`SMPConvBase`.
+    ``dilation``: the same ``kernel_size`` taps applied ``dilation`` pixels apart (spanning
+    ``dilation * (kernel_size - 1) + 1`` pixels; the dilated stages of ``output_stride < 32`` backbones).
     """
 
     def __init__(
@@ -136,16 +138,19 @@ class SMPDepthwiseConv2d(SMPConvBase):
             coord_std: float = 0.2,
             learn_positions: bool = True,
             learn_radius: bool = True,
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
         size = _as_size(kernel_size, 2)
         _require_odd(size, type(self).__name__)
+        if int(dilation) < 1:
+            raise ValueError(f'dilation must be at least 1, got {dilation}')
         if n_points is None:
             if n_points_divide < 1:
                 raise ValueError(f'n_points_divide must be at least 1, got {n_points_divide}')
             n_points = size[0] * size[1] // n_points_divide
-        self.channels = int(channels)
+        self.channels, self.dilation = int(channels), int(dilation)
         super().__init__(
             groups=1, channels=self.channels, n_points=n_points, kernel_size=size,
             radius=4.0 / size[0] if radius is None else radius, coord_std=coord_std, normalize=False,
@@ -158,7 +163,10 @@ class SMPDepthwiseConv2d(SMPConvBase):
 
     def forward(self, x: Tensor) -> Tensor:
         check_conv_input(x, 2, self.channels, 'SMPDepthwiseConv2d')
-        return same_conv(x, self.smp_weight(), None, groups=self.channels)
+        return same_conv(x, self.smp_weight(), None, groups=self.channels, dilation=self.dilation)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f', dilation={self.dilation}' if self.dilation != 1 else '')
 
 
 @register_notrace_module

@@ -45,7 +45,7 @@ from ..layers.masked import masked_pool
 from ..layers.mode import execution_mode
 from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import SMPModelMixin
-from ._family import ModelFamily, TrainingDefaults
+from ._family import NO_STRIDES, ModelFamily, TrainingDefaults
 from .smpconv_tcn import (
     _NO_DROP_PATH,
     DIGITS_MODEL_ARGS,
@@ -301,8 +301,8 @@ def smpconv_irregular_tcn_chartraj(pretrained: bool = False, **kwargs) -> SMPCon
 FAMILY = ModelFamily(
     name='smpconv_irregular_tcn', model_cls=SMPConvIrregularTCN, input_kind='irregular',
     variants=('smpconv_irregular_tcn', 'smpconv_irregular_tcn_chartraj'),
-    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn,
-    refused_kwargs={'drop_path_rate': _NO_DROP_PATH},
+    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn, feature_maps='refused',
+    refused_kwargs={'drop_path_rate': _NO_DROP_PATH, 'output_stride': NO_STRIDES},
     data_kwargs={'seq_len': 'length'},  # the kernels span the training length in time units
     reparameterize_on_export=False,  # the exported graph evaluates the continuous kernels at timestamp differences
     training=TrainingDefaults(  # the sequence TCNs' (no per-task values of their own)

@@ -33,7 +33,7 @@ from ..layers.masked import masked_pool
 from ..layers.mode import execution_mode, python_only
 from ._checkpoint import adapt_input_layers, shipped_weights, validate_for_model
 from ._common import SMPModelMixin
-from ._family import ModelFamily, TrainingDefaults
+from ._family import NO_STRIDES, ModelFamily, TrainingDefaults
 from ._official import convert_ckconv_keys, pop_train_lengths
 
 __all__ = ['SMPConvTCN', 'TCNBlock']
@@ -438,8 +438,8 @@ FAMILY = ModelFamily(
     name='smpconv_tcn', model_cls=SMPConvTCN, input_kind='sequence',
     variants=('smpconv_tcn_mnist', 'smpconv_tcn_scifar10', 'smpconv_tcn_chartraj', 'smpconv_tcn_speech',
               'smpconv_tcn_speech_raw'),
-    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn,
-    refused_kwargs={'drop_path_rate': _NO_DROP_PATH},
+    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn, feature_maps='full_resolution',
+    refused_kwargs={'drop_path_rate': _NO_DROP_PATH, 'output_stride': NO_STRIDES},
     data_kwargs={'seq_len': 'length'},  # the kernels span the training length
     tag_args={'smpconv_tcn_mnist.digits': dict(seq_len=64, radius=0.03)},
     training=TrainingDefaults(
