@@ -152,7 +152,7 @@ def centred_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, fft: b
     if not use_fft:
         return F.conv1d(x, weight, bias, padding=reach)
     if execution_mode() == 'export':  # ONNX / torch.export: real arithmetic (export_conv.py)
-        return _export_same_conv(x, weight, bias, 1)
+        return _export_same_conv(x, weight, bias, 1, 1)
     return fft_same_conv(x, weight, bias)
 
 

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from . import smpconv_tcn
 from ._checkpoint import validate_for_model
-from ._family import ModelFamily, TrainingDefaults, architecture_of, find_family
+from ._family import NO_STRIDES, ModelFamily, TrainingDefaults, architecture_of, find_family
 
 __all__ = ['SMPEnsemble', 'smpconv_ensemble', 'mean_probability_logits', 'MEMBER_FAMILIES', 'FAMILY']
 
@@ -204,11 +204,11 @@ def smpconv_ensemble(pretrained: bool = False, member: str = DEFAULT_MEMBER, n_m
                      **kwargs) -> SMPEnsemble:
     """An ensemble of ``n_members`` (1..16) registered sequence TCNs ``member`` (default five
     ``smpconv_tcn_chartraj``); other kwargs go to every member. Output: log mean probability (module docstring)."""
-    kwargs = FAMILY.check_kwargs('smpconv_ensemble', kwargs)  # (FAMILY, below)
-    check_member(member)
-    if kwargs.get('features_only'):
+    if kwargs.get('features_only'):  # (before the family's general refusal, which speaks of multi-input models)
         raise ValueError('smpconv_ensemble has no features_only form (no single feature pyramid): take features from '
                          'a member (model.members[i].forward_intermediates) or the pooled ones (reset_classifier(0))')
+    kwargs = FAMILY.check_kwargs('smpconv_ensemble', kwargs)  # (FAMILY, below)
+    check_member(member)
     member_cfg = timm.models.get_pretrained_cfg(architecture_of(member)).to_dict()
     in_chans = kwargs.get('in_chans', member_cfg['input_size'][0])
     length = int(kwargs.get('seq_len', member_cfg['input_size'][-1]))
@@ -231,9 +231,9 @@ FAMILY = ModelFamily(
     name='smpconv_ensemble', model_cls=SMPEnsemble, variants=('smpconv_ensemble',), input_kind='sequence',
     # the members' input layers (smpconv_tcn.INPUT_LAYERS) under members.<i>.
     input_layers=tuple(f'members.{i}.{k}' for i in range(MAX_MEMBERS) for k in smpconv_tcn.INPUT_LAYERS),
-    checkpoint_filter=checkpoint_filter_fn,
+    checkpoint_filter=checkpoint_filter_fn, feature_maps='refused',
     refused_kwargs={'drop_path_rate': 'its members, the SMPConv TCNs, have no residual drop path (drop_rate is '
-                                      'their dropout)'},
+                                      'their dropout)', 'output_stride': NO_STRIDES},
     data_kwargs={'seq_len': 'length'},  # every member's kernels span the training length
     training=TrainingDefaults(  # the members' (smpconv_tcn's)
         recipe=smpconv_tcn.SEQUENCE_RECIPE, digits_model_args=smpconv_tcn.DIGITS_MODEL_ARGS,
