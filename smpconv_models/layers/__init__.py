@@ -4,16 +4,15 @@ from .conv import check_conv_input, prefers_channels_last, same_conv
 from .conv_bn import ConvBN
 from .fused import conv2d_act
 from .params import clamp_radii_, rescale_smp_kernels_, scaled_kernel_size, smp_param_groups
-from .point_conv import (
-    MLPKernel,
-    PointConv,
-    SMPPointKernel,
+from .neighbors import (
+    Neighborhood,
     check_point_set,
     farthest_point_sample,
     find_neighbors,
-    point_conv,
+    pair_distances,
     random_point_sample,
 )
+from .point_conv import MLPKernel, PointConv, SMPPointKernel, point_conv
 from .reparam import (
     CausalConv1d,
     SMPLargeKernelConv2d,
@@ -34,5 +33,5 @@ __all__ = [
     'SMPReparamConv', 'fold_bn_into_next_conv', 'fuse_bn', 'fuse_pre_bn', 'SMPCausalConv1d', 'SMPConv', 'SMPConvBase',
     'SMPDepthwiseConv2d', 'share_kernels', 'kernel_coords', 'smp_basis', 'smp_kernel',
     'MLPKernel', 'SMPPointKernel', 'PointConv', 'point_conv', 'find_neighbors', 'farthest_point_sample',
-    'random_point_sample', 'check_point_set',
+    'random_point_sample', 'check_point_set', 'Neighborhood', 'pair_distances',
 ]
