@@ -77,3 +77,9 @@ def smpconv_points(pretrained: bool = False, **kwargs):
     """Point-set classifier (68.7k params): PointConv stem + 2 stages on farthest points, SMP kernels with 8 shared
     points (``kernel='mlp'``: MLP kernels); input ``(features [B, N, C], positions [B, N, d], mask [B, N])``."""
     return _create('smpconv_points', pretrained, **kwargs)
+
+
+def smpconv_points_3d(pretrained: bool = False, **kwargs):
+    """3-d point-set classifier (1.13M params) sized for 1k-10k points per set (shapes3d): PointConv stem + 3
+    stages on 512, 128 and 32 farthest points; input ``(features [B, N, 3], positions [B, N, 3], mask [B, N])``."""
+    return _create('smpconv_points_3d', pretrained, **kwargs)

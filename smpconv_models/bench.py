@@ -33,6 +33,8 @@ process, whose peak resident memory is reported. Rows:
 * ``point_conv_vs_set_abstraction_{10k,100k,1m}``: one ``PointConv`` forward + backward (search included) vs a
   PointNet++-style set-abstraction layer (cKDTree kNN, MLP on ``[f_j, p_j - p_i]``, max) with the same k, channels
   and query chunks; each side's peak RSS from a fresh process;
+* ``fps_subset_vs_fps_{100k,1m}``: farthest-point sampling of 4,096 points on a random subset of 16,384 vs exact,
+  with both samples' covering radii and one kNN search's time on the same points;
 * ``tcn_mnist_onnxruntime_vs_pytorch``: the reparameterized 784-tap ``smpconv_tcn_mnist`` exported to ONNX and run in
   onnxruntime vs the same model in PyTorch eval, batch 8 (``--onnx-methods`` times every family per FFT export
   method instead of the rows);
@@ -652,6 +654,39 @@ def _point_conv_vs_set_abstraction(n: int, quick: bool) -> dict[str, Any]:
                      f'{peer_peak:,.0f} MB (after setup {ours_base:,.0f} / {peer_base:,.0f})')
 
 
+def _fps_subset_vs_fps(n: int, quick: bool, n_samples: int = 4096) -> dict[str, Any]:
+    """Farthest-point sampling of ``n_samples`` of ``n`` points: on a random subset of 4 x ``n_samples`` points
+    (``subset=``, ``sampling='fps_subset'`` in the models) vs the exact sampler (the default), with each sample's
+    covering radius (the largest distance from a point to its nearest sample: lower is better) and the time of one
+    kNN search (k = 16) on the same points for scale."""
+    from scipy.spatial import cKDTree
+
+    from .layers import farthest_point_sample, find_neighbors
+
+    pos = _unit_density_points(n)
+    subset = 4 * n_samples
+
+    def ours():
+        return farthest_point_sample(pos, n_samples, subset=subset, generator=torch.Generator().manual_seed(0))
+
+    def peer():
+        return farthest_point_sample(pos, n_samples)
+
+    t_ours, t_peer = time_pair(ours, peer, 1, 0)
+    knn_s = _timed(lambda: find_neighbors(pos, pos, POINT_SCALE_K))
+    x = pos[0].double().numpy()
+
+    def cover(idx):
+        return float(cKDTree(x[idx[0].numpy()]).query(x)[0].max())
+
+    cover_ours, cover_peer = cover(ours()), cover(peer())
+    return dict(ours_time=t_ours, peer_time=t_peer, batch=1, covering_radius_ours=cover_ours,
+                covering_radius_peer=cover_peer, knn_s=knn_s,
+                note=f'{n_samples} of {n:,} points (uniform, unit density); ours: FPS on {subset:,} random points, '
+                     f'peer: exact FPS; covering radius {cover_ours:.2f} vs {cover_peer:.2f}; one kNN search on '
+                     f'these points {knn_s:.2f} s')
+
+
 POINT_SCALE_ROWS: dict[str, Callable[[bool], dict[str, Any]]] = {
     'knn_vs_ckdtree_10k': functools.partial(_knn_vs_kdtree, 10_000),
     'knn_vs_ckdtree_100k': functools.partial(_knn_vs_kdtree, 100_000),
@@ -659,6 +694,8 @@ POINT_SCALE_ROWS: dict[str, Callable[[bool], dict[str, Any]]] = {
     'point_conv_vs_set_abstraction_10k': functools.partial(_point_conv_vs_set_abstraction, 10_000),
     'point_conv_vs_set_abstraction_100k': functools.partial(_point_conv_vs_set_abstraction, 100_000),
     'point_conv_vs_set_abstraction_1m': functools.partial(_point_conv_vs_set_abstraction, 1_000_000),
+    'fps_subset_vs_fps_100k': functools.partial(_fps_subset_vs_fps, 100_000),
+    'fps_subset_vs_fps_1m': functools.partial(_fps_subset_vs_fps, 1_000_000),
 }
 
 

@@ -3,7 +3,6 @@ from .causal_conv import causal_conv1d, next_fast_len, use_fft_for
 from .conv import check_conv_input, prefers_channels_last, same_conv
 from .conv_bn import ConvBN
 from .fused import conv2d_act
-from .params import clamp_radii_, rescale_smp_kernels_, scaled_kernel_size, smp_param_groups
 from .neighbors import (
     Neighborhood,
     check_point_set,
@@ -12,6 +11,7 @@ from .neighbors import (
     pair_distances,
     random_point_sample,
 )
+from .params import clamp_radii_, rescale_smp_kernels_, scaled_kernel_size, smp_param_groups
 from .point_conv import MLPKernel, PointConv, SMPPointKernel, point_conv
 from .reparam import (
     CausalConv1d,

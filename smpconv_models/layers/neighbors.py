@@ -325,13 +325,12 @@ def _kdtree_balls(tree, q: Tensor, threshold: Tensor, points: Tensor, real: Tens
 
 def _kdtree_search(support: Tensor, query: Tensor, k: int, radius: float | None, support_mask: Tensor | None
                    ) -> tuple[Tensor, Tensor]:
-    batch, n, _ = support.shape
-    m = query.shape[1]
+    batch, m = query.shape[:2]
     idx = torch.zeros(batch, m, k, dtype=torch.long)
     valid = torch.zeros(batch, m, k, dtype=torch.bool)
     workers = max(1, torch.get_num_threads())
     for b in range(batch):
-        real = None if support_mask is None else support_mask[b].nonzero().flatten()
+        real = None if support_mask is None else support_mask[b].nonzero().flatten()  # rows of the real points
         if real is not None and real.numel() == 0:
             continue
         dist, index = _kdtree_set(support[b], query[b], k, radius, real, workers)

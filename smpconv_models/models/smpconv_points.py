@@ -1,9 +1,11 @@
 """Point-set classifier from continuous convolutions (Wang et al., CVPR 2018) with SMP or MLP kernels.
 
 A :class:`~smpconv_models.layers.PointConv` stem on the full set, then stages that subsample the points
-(farthest-point or random), convolve from the previous set onto the kept points and apply residual blocks
-(``PointConv -> BN -> act -> Linear -> BN``, plus the input), then masked global pooling and a linear head. Batch
-norms only count real points. ``kernel='smp'`` uses SMP kernels (shared points per layer), ``'mlp'`` Wang et al.'s
+(farthest-point, farthest-point on a random subset of 4x the kept count for large sets, or random), convolve from the
+previous set onto the kept points and apply residual blocks (``PointConv -> BN -> act -> Linear -> BN``, plus the
+input), then masked global pooling and a linear head. Batch norms only count real points. Neighbourhoods are searched
+once per point set and search parameters (``k``, ``radius``) and handed to every layer there (the stem, a stage that
+keeps every point, the blocks of a stage), as PyG shares ``edge_index``. ``kernel='smp'`` uses SMP kernels (shared points per layer), ``'mlp'`` Wang et al.'s
 MLP kernels; the rest of the network is identical, so the two are compared like for like.
 
 Input (``forward``, ``forward_features``): ``features [B, N, in_chans]``, ``positions [B, N, dim]`` and an optional
@@ -202,7 +204,9 @@ def _unpack(features, positions, mask):
 
 class SMPPointNet(SMPModelMixin, nn.Module):
     """Point-set classifier: a ``PointConv`` stem, stages of subsampling + ``PointConv`` residual blocks, masked
-    global pooling, a linear head. ``kernel='smp' | 'mlp'``; ``kernel_args`` go to every layer's kernel."""
+    global pooling, a linear head. ``kernel='smp' | 'mlp'``; ``kernel_args`` go to every layer's kernel;
+    ``sampling='fps' | 'fps_subset' | 'random'`` (``'fps_subset'``: farthest-point sampling on ``FPS_SUBSET`` times
+    the kept count of random real points, for sets where the exact sampler's ``O(N m)`` steps dominate)."""
 
     def __init__(
             self,

@@ -32,7 +32,7 @@ def test_shapes_are_their_surfaces():
     cube = sample_shape('cube', 4000, g)
     half = cube.abs().amax(0)
     on_face = ((cube.abs() - half).abs() < 1e-9).any(-1)
-    assert on_face.all() and 0.35 < half.min() and half.max() < 0.65
+    assert on_face.all() and half.min() > 0.35 and half.max() < 0.65
     torus = sample_shape('torus', 4000, g)
     tube = ((torus[:, :2].norm(dim=-1) - 1).square() + torus[:, 2].square()).sqrt()
     assert tube.std() < 1e-9 and 0.2 <= tube.mean() <= 0.45
@@ -79,7 +79,7 @@ def test_build_data_shapes3d():
     data = build_data('shapes3d:100-150', 'points')
     assert data.kind == 'points' and data.in_chans == 3 and data.num_classes == 8 and data.model_args == {'dim': 3}
     assert len(data.test) == 8 * round(128 * 0.2) and len(data.train) == 8 * 128 - len(data.test)
-    inputs, label = data.train[0]
+    inputs, _ = data.train[0]
     assert set(inputs) == {'features', 'positions', 'mask'} and inputs['positions'].shape == (150, 3)
     assert torch.bincount(data.test.labels).eq(len(data.test) // 8).all()
     fixed = build_data('shapes3d:120', 'points')
