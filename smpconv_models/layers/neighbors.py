@@ -24,6 +24,7 @@ import math
 import warnings
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -199,12 +200,6 @@ def _rank_by_distance(dist: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
     return dist.gather(-1, order), idx.gather(-1, order)
 
 
-def _sort_by_distance(dist: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-    """Candidates whose indices ascend along the last dim, reordered by ``(distance, index)`` (a stable sort)."""
-    dist, order = dist.sort(stable=True, dim=-1)
-    return dist, idx.gather(-1, order)
-
-
 def _finish(dist: Tensor, idx: Tensor, radius: float | None, k: int) -> Neighborhood:
     """Validity (finite, within ``radius``), invalid slots to index 0, padded to ``k`` slots."""
     valid = torch.isfinite(dist)
@@ -237,112 +232,116 @@ def _neighbors_torch(support: Tensor, query: Tensor, k: int, radius: float | Non
     return _finish(torch.cat(dists, 1), torch.cat(idxs, 1), radius, k)
 
 
-def _relative_error(dtype: torch.dtype) -> float:
+# The kd-tree path runs on the host in numpy (single-threaded elementwise work: no intra-op thread pool to wait on
+# for its many small steps); its float32 / float64 arithmetic is the same IEEE operations as pair_distances'.
+KDTREE_DTYPES = (torch.float32, torch.float64)
+
+
+def _relative_error(dtype) -> float:
     """A bound (with a wide margin) on the relative error of :func:`pair_distances` in ``dtype``."""
-    return 64 * torch.finfo(dtype).eps
+    return 64 * float(np.finfo(dtype).eps)
 
 
-def _rank_candidates(query: Tensor, points: Tensor, cand: Tensor, found: Tensor | None, real: Tensor | None
-                     ) -> tuple[Tensor, Tensor]:
+def _rank_candidates(query, points, cand, found, real):
     """kd-tree candidates ``cand [m, C]`` (rows of ``points [n, d]``, ascending tree distance; ``found`` False:
-    none) of ``query [m, d]`` re-ranked by the neighbour rule: ``(distances [m, C], original indices [m, C])``
+    none) of ``query [m, d]`` re-ranked by the neighbour rule (numpy): ``(distances [m, C], original indices)``
     (``real``: the original index of every point; ``None``: the identity). Rows already in order stay unsorted."""
     if found is not None:
-        cand = cand.clamp_max(points.shape[0] - 1)
-    diff = query[:, None] - points.index_select(0, cand.flatten()).view(*cand.shape, -1)  # [m, C, d]
-    dist = _distance_from_differences(diff[..., a] for a in range(diff.shape[-1]))
+        cand = np.minimum(cand, points.shape[0] - 1)
+    diff = query[:, None] - points[cand]  # [m, C, d]
+    total = None
+    for axis in range(diff.shape[-1]):  # pair_distances' operations, in its order
+        square = diff[..., axis] * diff[..., axis]
+        total = square if total is None else total + square
+    dist = np.sqrt(total)
     idx = cand if real is None else real[cand]
     if found is not None:
-        dist = dist.masked_fill(~found, math.inf)
-        idx = idx.masked_fill(~found, torch.iinfo(torch.long).max)  # missing candidates sort last
-    step_dist = dist[:, 1:] - dist[:, :-1]
-    swapped = (step_dist < 0) | ((step_dist == 0) & (idx[:, 1:] < idx[:, :-1]))
-    rows = swapped.any(-1).nonzero().flatten()
-    if rows.numel():
-        order = idx[rows].argsort(-1)
-        dist[rows], idx[rows] = _sort_by_distance(dist[rows].gather(-1, order), idx[rows].gather(-1, order))
+        dist[~found] = np.inf
+        idx = np.where(found, idx, np.iinfo(np.int64).max)  # missing candidates sort last
+    prev, nxt = dist[:, :-1], dist[:, 1:]
+    swapped = (nxt < prev) | ((nxt == prev) & (idx[:, 1:] < idx[:, :-1]))
+    rows = np.flatnonzero(swapped.any(-1))
+    if rows.size:
+        sub_dist, sub_idx = dist[rows], idx[rows]
+        order = np.lexsort((sub_idx, sub_dist), axis=-1)  # by distance, then index
+        dist[rows] = np.take_along_axis(sub_dist, order, -1)
+        idx[rows] = np.take_along_axis(sub_idx, order, -1)
     return dist, idx
 
 
-def _kdtree_set(support: Tensor, query: Tensor, k: int, radius: float | None, real: Tensor | None, workers: int
-                ) -> tuple[Tensor, Tensor]:
-    """One set: ``(distances [M, min(k, n_real)], indices)`` by the neighbour rule (``real``: the rows of
-    ``support`` that are real points; ``None``: all).
+def _kdtree_set(points, query, k: int, radius: float | None, real, workers: int):
+    """One set (numpy): ``(distances [M, min(k, n)], indices)`` by the neighbour rule for ``query [M, d]`` among
+    ``points [n, d]`` (``real``: their indices in the set; ``None``: ``0..n-1``).
 
-    The tree (float64) proposes the ``k + 1`` nearest; they are re-ranked with :func:`pair_distances` in the
-    positions' dtype. A query whose last tree distance does not clear its k-th re-ranked distance by the rounding
-    bound (ties or near-ties across the candidate edge) is answered from the tree's ball of that radius instead,
-    which holds every point that can rank among its first ``k``.
+    The tree (float64) proposes the ``k + 1`` nearest; they are re-ranked with :func:`pair_distances`' arithmetic
+    in the positions' dtype. A query whose last tree distance does not clear its k-th re-ranked distance by the
+    rounding bound (ties or near-ties across the candidate edge) is answered from the tree's ball of that radius
+    instead, which holds every point that can rank among its first ``k``.
     """
     from scipy.spatial import cKDTree
 
-    points = support if real is None else support[real]
-    n_real = points.shape[0]
-    kk = min(k, n_real)
-    n_cand = min(k + 1, n_real)
-    rel = _relative_error(support.dtype)
-    slack = 4 * math.sqrt(support.shape[-1] * torch.finfo(support.dtype).tiny)  # underflowing squares
+    n = points.shape[0]
+    kk = min(k, n)
+    n_cand = min(k + 1, n)
+    rel = _relative_error(points.dtype)
+    slack = 4 * math.sqrt(points.shape[-1] * float(np.finfo(points.dtype).tiny))  # underflowing squares
     bound = math.inf if radius is None else (radius + slack) * (1 + 4 * rel)
-    tree = cKDTree(points.double().numpy())
+    tree = cKDTree(points.astype(np.float64))
     dists, idxs = [], []
     for start in range(0, query.shape[0], KDTREE_QUERY_BLOCK):
         q = query[start:start + KDTREE_QUERY_BLOCK]
-        q64 = q.double().numpy()
-        tree_dist, cand = tree.query(q64, k=list(range(1, n_cand + 1)), distance_upper_bound=bound,
+        tree_dist, cand = tree.query(q.astype(np.float64), k=list(range(1, n_cand + 1)), distance_upper_bound=bound,
                                      workers=workers)
-        cand = torch.from_numpy(cand)
-        found = None if radius is None else cand < n_real
+        found = None if radius is None else cand < n
         dist, idx = _rank_candidates(q, points, cand, found, real)
         dist, idx = dist[:, :kk], idx[:, :kk]
-        if n_cand < n_real:  # else every point was a candidate
-            threshold = dist[:, -1] if radius is None else dist[:, -1].clamp_max(radius)
-            complete = None if found is None else ~found[:, -1]  # fewer than n_cand in the bound: all of them
-            clear = torch.from_numpy(tree_dist[:, -1]) * (1 - rel) - slack > threshold
-            redo = (~clear if complete is None else ~(clear | complete)).nonzero().flatten()
-            if redo.numel():
+        if n_cand < n:  # else every point was a candidate
+            threshold = dist[:, -1] if radius is None else np.minimum(dist[:, -1], radius)
+            clear = tree_dist[:, -1] * (1 - rel) - slack > threshold
+            if found is not None:
+                clear |= ~found[:, -1]  # fewer than n_cand within the bound: every point in the ball is a candidate
+            redo = np.flatnonzero(~clear)
+            if redo.size:
                 dist[redo], idx[redo] = _kdtree_balls(tree, q[redo], threshold[redo], points, real, kk, rel, slack,
                                                       workers)
         dists.append(dist)
         idxs.append(idx)
-    return torch.cat(dists), torch.cat(idxs)
+    return np.concatenate(dists), np.concatenate(idxs)
 
 
-def _kdtree_balls(tree, q: Tensor, threshold: Tensor, points: Tensor, real: Tensor | None, k: int, rel: float,
-                  slack: float, workers: int) -> tuple[Tensor, Tensor]:
+def _kdtree_balls(tree, q, threshold, points, real, k: int, rel: float, slack: float, workers: int):
     """The first ``k`` by the neighbour rule among every point the tree finds within ``threshold`` (widened by the
     rounding bound) of each query ``q [r, d]``: ``(distances [r, k], indices [r, k])`` (inf past the ball)."""
-    reach = ((threshold.double() + slack) / (1 - rel) * (1 + 4 * rel)).numpy()
-    balls = tree.query_ball_point(q.double().numpy(), reach, workers=workers, return_sorted=True)
-    n_points = points.shape[0]
-    width = max(k, *(len(b) for b in balls))
-    cand = torch.full((len(balls), width), n_points, dtype=torch.long)
+    reach = (threshold.astype(np.float64) + slack) / (1 - rel) * (1 + 4 * rel)
+    # (usually a handful of queries: threads only pay off for many)
+    balls = tree.query_ball_point(q.astype(np.float64), reach, workers=workers if len(q) >= 4096 else 1)
+    n = points.shape[0]
+    cand = np.full((len(balls), max(k, *(len(b) for b in balls))), n, dtype=np.int64)
     for row, ball in enumerate(balls):
-        cand[row, :len(ball)] = torch.as_tensor(ball, dtype=torch.long)
-    found = cand < n_points
-    dist, idx = _rank_candidates(q, points, cand, found, real)
+        cand[row, :len(ball)] = ball
+    dist, idx = _rank_candidates(q, points, cand, cand < n, real)
     return dist[:, :k], idx[:, :k]
 
 
 def _kdtree_search(support: Tensor, query: Tensor, k: int, radius: float | None, support_mask: Tensor | None
                    ) -> tuple[Tensor, Tensor]:
     batch, m = query.shape[:2]
-    idx = torch.zeros(batch, m, k, dtype=torch.long)
-    valid = torch.zeros(batch, m, k, dtype=torch.bool)
+    idx = np.zeros((batch, m, k), dtype=np.int64)
+    valid = np.zeros((batch, m, k), dtype=bool)
     workers = max(1, torch.get_num_threads())
+    support_np, query_np = support.detach().numpy(), query.detach().numpy()
+    mask_np = None if support_mask is None else support_mask.numpy()
     for b in range(batch):
-        real = None if support_mask is None else support_mask[b].nonzero().flatten()  # rows of the real points
-        if real is not None and real.numel() == 0:
+        real = None if mask_np is None else np.flatnonzero(mask_np[b])  # the set's real points
+        points = support_np[b] if real is None else support_np[b, real]
+        if points.shape[0] == 0:
             continue
-        dist, index = _kdtree_set(support[b], query[b], k, radius, real, workers)
+        dist, index = _kdtree_set(points, query_np[b], k, radius, real, workers)
         kk = dist.shape[-1]
-        if radius is None:
-            idx[b, :, :kk] = index
-            valid[b, :, :kk] = True
-        else:
-            inside = dist <= radius
-            idx[b, :, :kk] = index.masked_fill(~inside, 0)
-            valid[b, :, :kk] = inside
-    return idx, valid
+        inside = np.ones(dist.shape, dtype=bool) if radius is None else dist <= radius
+        idx[b, :, :kk] = np.where(inside, index, 0)
+        valid[b, :, :kk] = inside
+    return torch.from_numpy(idx), torch.from_numpy(valid)
 
 
 @torch.library.custom_op('smpconv_models::kdtree_neighbors', mutates_args=())
@@ -416,7 +415,8 @@ def _pick_backend(backend: str, support: Tensor, query: Tensor) -> str:
     if backend != 'auto':
         return backend
     n, m = support.shape[1], query.shape[1]
-    if is_exporting() or support.device.type != 'cpu' or n * m < KDTREE_MIN_PAIRS:
+    if (is_exporting() or support.device.type != 'cpu' or support.dtype not in KDTREE_DTYPES
+            or n * m < KDTREE_MIN_PAIRS):
         return 'torch'
     if _has_scipy():
         return 'kdtree'
@@ -445,12 +445,12 @@ def find_neighbors(
 
     * ``'torch'``: plain torch on any device (exportable), queries in chunks so one ``[B, chunk, N]`` distance
       block holds at most ``DIST_BLOCK`` elements (``chunk_size`` overrides the chunk); O(N M) time;
-    * ``'kdtree'``: CPU only, scipy's ``cKDTree`` (optional: ``pip install "smpconv-models[points]"``); O((N + M k)
+    * ``'kdtree'``: CPU, float32 or float64 positions, scipy's ``cKDTree`` (optional: ``pip install "smpconv-models[points]"``); O((N + M k)
       log N) time, O(N + M k) memory;
     * ``'torch_cluster'``: the optional ``torch_cluster`` package; *not* the rule above: ties are its own and
       ``radius`` keeps some ``k`` points of the ball, not the nearest;
-    * ``'auto'``: ``'kdtree'`` for CPU sets of at least ``KDTREE_MIN_PAIRS`` support x query points when scipy is
-      installed, else ``'torch'`` (always ``'torch'`` while exporting:
+    * ``'auto'``: ``'kdtree'`` for float32 / float64 CPU sets of at least ``KDTREE_MIN_PAIRS`` support x query
+      points when scipy is installed, else ``'torch'`` (always ``'torch'`` while exporting:
       :func:`~smpconv_models.layers.export_conv.is_exporting`).
     """
     if backend not in BACKENDS:
@@ -470,6 +470,9 @@ def find_neighbors(
             raise ValueError(f"backend='kdtree' runs on CPU tensors, got {support.device}; use backend='torch'")
         if is_exporting():
             raise ValueError("backend='kdtree' cannot be exported (a host-side search); use backend='torch'")
+        if support.dtype not in KDTREE_DTYPES:
+            raise TypeError(f"backend='kdtree' ranks float32 or float64 positions, got {support.dtype}; use "
+                            "backend='torch'")
         if not _has_scipy():
             raise ImportError("backend='kdtree' needs scipy (pip install \"smpconv-models[points]\"); "
                               "backend='torch' needs nothing")
