@@ -557,10 +557,16 @@ def _knn_vs_kdtree(n: int, quick: bool) -> dict[str, Any]:
 
     reps, warmup = (1, 0) if quick or n >= 1_000_000 else (5 if n <= 10_000 else 3, 1)
     t_ours, t_peer = time_pair(ours, peer, reps, warmup)
-    same = (ours().idx[0] == torch.from_numpy(peer()[1])).all(-1).float().mean().item()
-    return dict(ours_time=t_ours, peer_time=t_peer, batch=1, rows_equal_to_peer=same,
-                note=f'{n:,} points uniform in 3-d, k={POINT_SCALE_K}, {workers} threads; {same:.2%} of the queries '
-                     'get the same ordered neighbours as cKDTree')
+    found = ours()
+    same = (found.idx[0] == torch.from_numpy(peer()[1])).all(-1).float().mean().item()
+    extra, note = {}, ''
+    if n <= 10_000:  # the plain-torch brute force (GPU / export path) on the same points, for scale
+        extra['torch_backend_s'] = _timed(lambda: find_neighbors(pos, pos, POINT_SCALE_K, backend='torch'))
+        assert torch.equal(find_neighbors(pos, pos, POINT_SCALE_K, backend='torch').idx, found.idx)
+        note = f"; backend='torch' (brute force, same result) {extra['torch_backend_s']:.2f} s"
+    return dict(ours_time=t_ours, peer_time=t_peer, batch=1, rows_equal_to_peer=same, **extra,
+                note=f'{n:,} points uniform in 3-d, k={POINT_SCALE_K}, {workers} threads; {same:.4%} of the queries '
+                     f'get the same ordered neighbours as cKDTree (float64){note}')
 
 
 class _SetAbstraction(nn.Module):
@@ -616,12 +622,22 @@ def _point_layer_step(side: str, n: int) -> Callable[[], Any]:
     return step
 
 
+def _own_peak_rss_mb() -> float:
+    """This process' peak resident memory (MB) since it started: ``VmHWM`` where /proc has it (``ru_maxrss`` also
+    counts what the process held before an ``exec``, e.g. the parent a spawned child started from)."""
+    try:
+        with open('/proc/self/status') as f:
+            return next(int(line.split()[1]) for line in f if line.startswith('VmHWM:')) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _point_layer_peak_child(side: str, n: int, queue) -> None:
     try:
         step = _point_layer_step(side, n)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        before = _own_peak_rss_mb()
         step()
-        queue.put((before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+        queue.put((before, _own_peak_rss_mb()))
     except Exception as e:  # reported in the row
         queue.put((f'{type(e).__name__}: {e}', None))
 
