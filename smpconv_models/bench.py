@@ -33,7 +33,7 @@ process, whose peak resident memory is reported. Rows:
 * ``point_conv_vs_set_abstraction_{10k,100k,1m}``: one ``PointConv`` forward + backward (search included) vs a
   PointNet++-style set-abstraction layer (cKDTree kNN, MLP on ``[f_j, p_j - p_i]``, max) with the same k, channels
   and query chunks; each side's peak RSS from a fresh process;
-* ``fps_subset_vs_fps_{100k,1m}``: farthest-point sampling of 4,096 points on a random subset of 16,384 vs exact,
+* ``fps_subset_vs_fps_{100k,1m}``: farthest-point sampling of 4,096 points on a grid pool of ~16,384 vs exact,
   with both samples' covering radii and one kNN search's time on the same points;
 * ``tcn_mnist_onnxruntime_vs_pytorch``: the reparameterized 784-tap ``smpconv_tcn_mnist`` exported to ONNX and run in
   onnxruntime vs the same model in PyTorch eval, batch 8 (``--onnx-methods`` times every family per FFT export
@@ -671,7 +671,7 @@ def _point_conv_vs_set_abstraction(n: int, quick: bool) -> dict[str, Any]:
 
 
 def _fps_subset_vs_fps(n: int, quick: bool, n_samples: int = 4096) -> dict[str, Any]:
-    """Farthest-point sampling of ``n_samples`` of ``n`` points: on a random subset of 4 x ``n_samples`` points
+    """Farthest-point sampling of ``n_samples`` of ``n`` points: on a grid pool of about 4 x ``n_samples`` points
     (``subset=``, ``sampling='fps_subset'`` in the models) vs the exact sampler (the default), with each sample's
     covering radius (the largest distance from a point to its nearest sample: lower is better) and the time of one
     kNN search (k = 16) on the same points for scale."""
@@ -683,7 +683,7 @@ def _fps_subset_vs_fps(n: int, quick: bool, n_samples: int = 4096) -> dict[str, 
     subset = 4 * n_samples
 
     def ours():
-        return farthest_point_sample(pos, n_samples, subset=subset, generator=torch.Generator().manual_seed(0))
+        return farthest_point_sample(pos, n_samples, subset=subset)
 
     def peer():
         return farthest_point_sample(pos, n_samples)
@@ -698,7 +698,7 @@ def _fps_subset_vs_fps(n: int, quick: bool, n_samples: int = 4096) -> dict[str, 
     cover_ours, cover_peer = cover(ours()), cover(peer())
     return dict(ours_time=t_ours, peer_time=t_peer, batch=1, covering_radius_ours=cover_ours,
                 covering_radius_peer=cover_peer, knn_s=knn_s,
-                note=f'{n_samples} of {n:,} points (uniform, unit density); ours: FPS on {subset:,} random points, '
+                note=f'{n_samples} of {n:,} points (uniform, unit density); ours: FPS on a grid pool of {subset:,}, '
                      f'peer: exact FPS; covering radius {cover_ours:.2f} vs {cover_peer:.2f}; one kNN search on '
                      f'these points {knn_s:.2f} s')
 

@@ -31,8 +31,8 @@ from torch import Tensor
 from .conv import check_float_3d
 from .export_conv import is_exporting
 
-__all__ = ['Neighborhood', 'find_neighbors', 'pair_distances', 'farthest_point_sample', 'random_point_sample',
-           'check_point_set', 'check_point_set_shapes']
+__all__ = ['Neighborhood', 'find_neighbors', 'pair_distances', 'farthest_point_sample', 'grid_pool',
+           'random_point_sample', 'check_point_set', 'check_point_set_shapes']
 
 # Largest pairwise-distance block (elements) the plain-torch search holds at once (16 MiB in float32).
 DIST_BLOCK = 1 << 22
@@ -489,28 +489,35 @@ def find_neighbors(
 
 @torch.no_grad()
 def farthest_point_sample(positions: Tensor, n_samples: int, mask: Tensor | None = None,
-                          subset: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+                          subset: int | None = None) -> Tensor:
     """Indices ``[B, n_samples]`` chosen by farthest-point sampling among real points, starting at the first real
     point. When a set has fewer real points than ``n_samples``, the remaining picks are padded points (so the
     gathered mask marks them); a real point is never picked twice. ``n_samples`` sequential steps of ``O(B N)``.
 
-    ``subset``: run it on ``subset`` random real points (:func:`random_point_sample` with ``generator``) instead of
-    all ``N``: ``n_samples`` steps of ``O(B subset)``, for sets too large for the exact sampler (``None``: exact).
+    ``subset``: run it on a pool of about ``subset`` real points spread over each set instead of all ``N``
+    (:func:`grid_pool`: one point per occupied cell of a grid sized so that at least ``subset`` cells are occupied),
+    ``n_samples`` steps of ``O(B subset)``, for sets where the exact sampler's steps dominate (``None``: exact).
     """
     _check_positions('positions', positions)
-    batch, n, _ = positions.shape
+    batch, n, dim = positions.shape
     _check_mask(mask, batch, n)
     if not 1 <= n_samples <= n:
         raise ValueError(f'n_samples must be in [1, N={n}], got {n_samples}')
-    if subset is not None:
-        if not n_samples <= subset:
-            raise ValueError(f'subset must hold at least n_samples={n_samples} points, got {subset}')
-        if subset < n:
-            real = torch.ones(batch, n, dtype=torch.bool, device=positions.device) if mask is None else mask
-            pool = random_point_sample(real, subset, generator)  # [B, subset]
-            pool_pos = positions.gather(1, pool[..., None].expand(-1, -1, positions.shape[-1]))
-            picks = farthest_point_sample(pool_pos, n_samples, real.gather(1, pool))
-            return pool.gather(1, picks)
+    if subset is not None and not n_samples <= subset:
+        raise ValueError(f'subset must hold at least n_samples={n_samples} points, got {subset}')
+    if subset is not None and subset < n:
+        pools = []
+        for b in range(batch):
+            real = torch.arange(n, device=positions.device) if mask is None else mask[b].nonzero().flatten()
+            if real.numel() > subset:  # ascending: the pool starts at the set's first real point, as FPS does
+                real = real[grid_pool(positions[b, real], subset)].sort().values
+            pools.append(real)
+        sizes = torch.tensor([len(p) for p in pools], device=positions.device)
+        width = max(n_samples, int(sizes.max()))
+        pool = torch.stack([_pad_pool(p, n, width) for p in pools])  # then other points: padded ones if any
+        pool_mask = torch.arange(width, device=positions.device) < sizes[:, None]
+        pool_pos = positions.gather(1, pool[..., None].expand(-1, -1, dim))
+        return pool.gather(1, farthest_point_sample(pool_pos, n_samples, pool_mask))
     real = torch.ones(batch, n, dtype=torch.bool, device=positions.device) if mask is None else mask
     # score: distance to the picked set for unpicked real points (>= 0), -0.25 unpicked padded, -0.5 picked
     score = torch.where(real, math.inf, -0.25).to(positions.dtype)
@@ -523,6 +530,50 @@ def farthest_point_sample(positions: Tensor, n_samples: int, mask: Tensor | None
         score = torch.where(score >= 0, torch.minimum(score, dist), score)
         picks.append(score.argmax(-1))
     return torch.stack(picks, 1)
+
+
+def _pad_pool(pool: Tensor, n: int, width: int) -> Tensor:
+    """``pool`` followed by the lowest indices of ``0..n-1`` outside it, ``width`` in all."""
+    free = torch.ones(n, dtype=torch.bool, device=pool.device)
+    free[pool] = False
+    return torch.cat([pool, free.nonzero().flatten()[:width - len(pool)]])
+
+
+@torch.no_grad()
+def grid_pool(positions: Tensor, size: int, refine: int = 8) -> Tensor:
+    """Indices of about ``size`` (at least ``min(size, n)``) of the points ``positions [n, d]`` spread over space:
+    the lowest-index point of every occupied cell of a regular grid whose cell edge is the largest (found by halving,
+    then ``refine`` bisection steps) that leaves at least ``size`` cells occupied. O(n log n) per step."""
+    n = positions.shape[0]
+    if n <= size:
+        return torch.arange(n, device=positions.device)
+    lo = positions.amin(0)
+    extent = float((positions.amax(0) - lo).amax())
+    if extent == 0:
+        return torch.arange(size, device=positions.device)
+    index = torch.arange(n, device=positions.device)
+
+    def cells(edge: float) -> tuple[int, Tensor]:
+        cell = ((positions - lo) / edge).floor().long()
+        key = torch.zeros(n, dtype=torch.long, device=positions.device)
+        for axis in range(cell.shape[1]):
+            key = key * (int(cell[:, axis].max()) + 1) + cell[:, axis]
+        keys, inverse = torch.unique(key, return_inverse=True)
+        return len(keys), inverse
+
+    high = extent  # one cell holds everything
+    low = extent / 2
+    while cells(low)[0] < size:
+        high, low = low, low / 2
+    for _ in range(refine):  # the largest edge still leaving >= size cells: low works, high does not
+        middle = (low + high) / 2
+        if cells(middle)[0] >= size:
+            low = middle
+        else:
+            high = middle
+    count, inverse = cells(low)
+    first = torch.full((count,), n, dtype=torch.long, device=positions.device)
+    return first.scatter_reduce(0, inverse, index, 'amin')
 
 
 @torch.no_grad()

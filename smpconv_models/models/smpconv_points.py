@@ -1,7 +1,7 @@
 """Point-set classifier from continuous convolutions (Wang et al., CVPR 2018) with SMP or MLP kernels.
 
 A :class:`~smpconv_models.layers.PointConv` stem on the full set, then stages that subsample the points
-(farthest-point, farthest-point on a random subset of 4x the kept count for large sets, or random), convolve from the
+(farthest-point, farthest-point on a grid pool of 4x the kept count for large sets, or random), convolve from the
 previous set onto the kept points and apply residual blocks (``PointConv -> BN -> act -> Linear -> BN``, plus the
 input), then masked global pooling and a linear head. Batch norms only count real points. Neighbourhoods are searched
 once per point set and search parameters (``k``, ``radius``) and handed to every layer there (the stem, a stage that
@@ -30,7 +30,7 @@ from ._common import SMPModelMixin
 
 __all__ = ['SMPPointNet', 'PointSet', 'MaskedBatchNorm1d']
 
-# sampling='fps_subset' runs farthest-point sampling on this many random real points per kept point.
+# sampling='fps_subset' runs farthest-point sampling on a grid pool of this many real points per kept point.
 FPS_SUBSET = 4
 SAMPLINGS = ('fps', 'fps_subset', 'random')
 
@@ -205,8 +205,9 @@ def _unpack(features, positions, mask):
 class SMPPointNet(SMPModelMixin, nn.Module):
     """Point-set classifier: a ``PointConv`` stem, stages of subsampling + ``PointConv`` residual blocks, masked
     global pooling, a linear head. ``kernel='smp' | 'mlp'``; ``kernel_args`` go to every layer's kernel;
-    ``sampling='fps' | 'fps_subset' | 'random'`` (``'fps_subset'``: farthest-point sampling on ``FPS_SUBSET`` times
-    the kept count of random real points, for sets where the exact sampler's ``O(N m)`` steps dominate)."""
+    ``sampling='fps' | 'fps_subset' | 'random'`` (``'fps_subset'``: farthest-point sampling on a pool of ``FPS_SUBSET``
+    times the kept count of real points spread over the set (:func:`~smpconv_models.layers.neighbors.grid_pool`),
+    for sets where the exact sampler's ``O(N m)`` steps dominate)."""
 
     def __init__(
             self,

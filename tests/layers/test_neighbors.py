@@ -14,8 +14,8 @@ from smpconv_models.layers import (
     find_neighbors,
     pair_distances,
     point_conv,
-    random_point_sample,
 )
+from smpconv_models.layers.neighbors import grid_pool
 from smpconv_models.layers import neighbors as nbr
 
 spatial = pytest.importorskip('scipy.spatial')
@@ -206,17 +206,36 @@ def test_given_neighbors_are_checked():
         layer(feats, pos, neighbors=idx)
 
 
-def test_farthest_point_sample_on_a_subset():
+def test_farthest_point_sample_on_a_grid_pool():
     g = torch.Generator().manual_seed(8)
     pos = torch.rand(2, 500, 3, generator=g)
     mask = torch.ones(2, 500, dtype=torch.bool)
     mask[1, 300:] = False
     exact = farthest_point_sample(pos, 20, mask)
     assert torch.equal(farthest_point_sample(pos, 20, mask, subset=500), exact)  # subset >= N: the exact sampler
-    picks = farthest_point_sample(pos, 20, mask, subset=80, generator=torch.Generator().manual_seed(9))
-    pool = random_point_sample(mask, 80, torch.Generator().manual_seed(9))
-    pool_pos = pos.gather(1, pool[..., None].expand(-1, -1, 3))
-    assert torch.equal(picks, pool.gather(1, farthest_point_sample(pool_pos, 20)))  # FPS among the pool
+    picks = farthest_point_sample(pos, 20, mask, subset=80)
+    for b in range(2):  # FPS among the set's grid pool, from the set's first real point
+        real = mask[b].nonzero().flatten()
+        pool = real[grid_pool(pos[b, real], 80)].sort().values
+        assert 80 <= len(pool) < 160 and pool[0] == real[0]
+        assert torch.equal(picks[b], pool[farthest_point_sample(pos[b:b + 1, pool], 20)[0]])
     assert mask.gather(1, picks).all() and all(len(set(p.tolist())) == 20 for p in picks)
+    few = torch.zeros(1, 100, dtype=torch.bool)
+    few[0, :5] = True  # fewer real points than samples: the rest are padded points, as the exact sampler does
+    sparse = farthest_point_sample(pos[:1, :100], 8, few, subset=50)
+    assert torch.equal(sparse[0, :5].sort().values, torch.arange(5)) and not few[0, sparse[0, 5:]].any()
     with pytest.raises(ValueError, match='subset must hold at least'):
         farthest_point_sample(pos, 20, mask, subset=10)
+
+
+def test_grid_pool_spreads_over_space():
+    """One point per occupied cell: on a dense cluster plus a sparse far region, the pool keeps the far region's
+    points instead of sampling the cluster in proportion to its count; the lowest index of every cell."""
+    g = torch.Generator().manual_seed(10)
+    cluster = torch.rand(5000, 2, generator=g) * 0.1
+    far = torch.rand(50, 2, generator=g) * 0.9 + 1.1
+    pos = torch.cat([cluster, far])
+    pool = grid_pool(pos, 60)
+    assert len(pool) >= 60 and len(set(pool.tolist())) == len(pool)
+    assert (pool >= 5000).sum() >= 20  # the far 1% of the points are a third of the pool or more
+    assert torch.equal(grid_pool(pos, 10_000), torch.arange(5050))  # asking for more than n: every point
