@@ -445,8 +445,8 @@ def find_neighbors(
 
     * ``'torch'``: plain torch on any device (exportable), queries in chunks so one ``[B, chunk, N]`` distance
       block holds at most ``DIST_BLOCK`` elements (``chunk_size`` overrides the chunk); O(N M) time;
-    * ``'kdtree'``: CPU, float32 or float64 positions, scipy's ``cKDTree`` (optional: ``pip install "smpconv-models[points]"``); O((N + M k)
-      log N) time, O(N + M k) memory;
+    * ``'kdtree'``: CPU, float32 or float64 positions, scipy's ``cKDTree`` (optional: ``pip install
+      "smpconv-models[points]"``); O((N + M k) log N) time, O(N + M k) memory;
     * ``'torch_cluster'``: the optional ``torch_cluster`` package; *not* the rule above: ties are its own and
       ``radius`` keeps some ``k`` points of the ball, not the nearest;
     * ``'auto'``: ``'kdtree'`` for float32 / float64 CPU sets of at least ``KDTREE_MIN_PAIRS`` support x query

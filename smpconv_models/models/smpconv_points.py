@@ -5,8 +5,9 @@ A :class:`~smpconv_models.layers.PointConv` stem on the full set, then stages th
 previous set onto the kept points and apply residual blocks (``PointConv -> BN -> act -> Linear -> BN``, plus the
 input), then masked global pooling and a linear head. Batch norms only count real points. Neighbourhoods are searched
 once per point set and search parameters (``k``, ``radius``) and handed to every layer there (the stem, a stage that
-keeps every point, the blocks of a stage), as PyG shares ``edge_index``. ``kernel='smp'`` uses SMP kernels (shared points per layer), ``'mlp'`` Wang et al.'s
-MLP kernels; the rest of the network is identical, so the two are compared like for like.
+keeps every point, the blocks of a stage), as PyG shares ``edge_index``. ``kernel='smp'`` uses SMP kernels (shared
+points per layer), ``'mlp'`` Wang et al.'s MLP kernels; the rest of the network is identical, so the two are compared
+like for like.
 
 Input (``forward``, ``forward_features``): ``features [B, N, in_chans]``, ``positions [B, N, dim]`` and an optional
 ``mask [B, N]`` (bool, True = real point) as arguments, as a dict with those keys, or as a tuple

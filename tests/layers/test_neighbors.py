@@ -15,8 +15,8 @@ from smpconv_models.layers import (
     pair_distances,
     point_conv,
 )
-from smpconv_models.layers.neighbors import grid_pool
 from smpconv_models.layers import neighbors as nbr
+from smpconv_models.layers.neighbors import grid_pool
 
 spatial = pytest.importorskip('scipy.spatial')
 
