@@ -20,8 +20,8 @@ from typing import Any
 import timm
 import torch.nn as nn
 
-from . import models as _models  # noqa: F401  (registers the smpconv models)
 from .hub import save_pretrained
+from .models import family_of
 from .models._checkpoint import check_state_dict_matches, load_checkpoint_file, unwrap_state_dict
 
 __all__ = ['convert_checkpoint', 'create_smpconv_model', 'main']
@@ -31,9 +31,7 @@ _logger = logging.getLogger(__name__)
 
 def create_smpconv_model(name: str, **kwargs: Any) -> nn.Module:
     """``timm.create_model`` restricted to registered smpconv models, with a clear error for unknown names."""
-    available = timm.list_models('smpconv_*')
-    if name not in available:
-        raise ValueError(f'unknown model {name!r}; smpconv models: {", ".join(available)}')
+    family_of(name)  # an unknown name is an error listing the registered models
     return timm.create_model(name, **kwargs)
 
 
@@ -54,8 +52,7 @@ def convert_checkpoint(
     checkpoint = load_checkpoint_file(src)
     if use_ema and not any(k in checkpoint for k in ('model_ema', 'state_dict_ema')):
         raise ValueError(f'--ema requested but {src} holds no EMA weights (keys: {", ".join(list(checkpoint)[:8])})')
-    filter_fn = sys.modules[type(model).__module__].checkpoint_filter_fn
-    state_dict = filter_fn(unwrap_state_dict(checkpoint, use_ema=use_ema), model)
+    state_dict = family_of(model).checkpoint_filter(unwrap_state_dict(checkpoint, use_ema=use_ema), model)
     check_state_dict_matches(model, state_dict)
     model.load_state_dict(state_dict)
     source = f'converted from the official checkpoint {Path(src).name}' + (' (EMA weights)' if use_ema else '')

@@ -33,13 +33,10 @@ import timm
 import torch
 import torch.nn as nn
 
-from . import models as _models  # noqa: F401  (registers the smpconv models)
 from .layers.export_conv import EXPORT_FFT_METHODS, export_fft_method
-from .models.smpconv_irregular import SMPConvIrregularTCN
-from .models.smpconv_points import SMPPointNet
+from .models import build_model, family_of
 
-__all__ = ['export_onnx', 'build_export_model', 'example_input', 'example_inputs', 'onnx_relative_error',
-           'ExportCheckError', 'main']
+__all__ = ['export_onnx', 'build_export_model', 'example_inputs', 'onnx_relative_error', 'ExportCheckError', 'main']
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -64,14 +61,12 @@ def build_export_model(name: str, pretrained: bool = False, checkpoint: str | No
                        model_args: dict[str, Any] | None = None, reparameterize: bool = True) -> nn.Module:
     """The eval-mode model to export: ``name`` (a registered smpconv model, or with ``pretrained`` a pretrained tag
     such as ``smpconv_tcn_mnist.digits``) with ``model_args``, weights from ``checkpoint`` (a file or Hub-layout
-    folder, official or ours) if given, reparameterized into plain layers unless ``reparameterize=False`` (never
-    the irregular-series TCNs: their exported graph evaluates the continuous kernels at timestamp differences)."""
-    from .train.modeling import build_model
-
+    folder, official or ours) if given, reparameterized into plain layers unless ``reparameterize=False`` or the
+    family's description says otherwise (the irregular-series TCNs: their exported graph evaluates the continuous
+    kernels at timestamp differences)."""
     model_args = dict(model_args or {})
     base = name.split('.')[0]
-    if base not in timm.list_models('smpconv_*'):
-        raise ValueError(f'unknown model {name!r}; smpconv models: {", ".join(timm.list_models("smpconv_*"))}')
+    family = family_of(name)  # an unknown name is an error listing the registered models
     if pretrained and checkpoint:
         raise ValueError('give either --pretrained or --checkpoint, not both')
     if checkpoint:
@@ -79,51 +74,23 @@ def build_export_model(name: str, pretrained: bool = False, checkpoint: str | No
     else:
         model = timm.create_model(name, pretrained=pretrained, **model_args)
     model.eval()
-    if reparameterize and isinstance(model, SMPConvIrregularTCN):
+    if reparameterize and not family.reparameterize_on_export:
         _logger.info('%s keeps its continuous kernels (it exports the pairwise path, which serves any timestamps)',
                      base)
         reparameterize = False
     return timm.utils.reparameterize_model(model, inplace=True) if reparameterize else model
 
 
-def example_input(model: nn.Module, batch_size: int = 2, seq_len: int | None = None) -> torch.Tensor:
-    """A random input of the model's configured size (``[B, C, L]`` for the sequence models, ``seq_len`` overriding
-    ``L``; ``[B, C, H, W]`` for images)."""
-    c, h, w = model.pretrained_cfg['input_size']
-    p = next(model.parameters())
-    if hasattr(model, 'seq_len'):
-        return torch.randn(batch_size, c, seq_len or w, dtype=p.dtype, device=p.device)
-    if seq_len is not None:
-        raise ValueError(f'--seq-len applies to sequence models, not {type(model).__name__}')
-    return torch.randn(batch_size, c, h, w, dtype=p.dtype, device=p.device)
-
-
 def example_inputs(model: nn.Module, batch_size: int = 2, seq_len: int | None = None,
                    n_points: int | None = None) -> tuple[torch.Tensor, ...]:
-    """Random positional inputs of the model's configured size: ``(x,)`` (:func:`example_input`) for the image and
-    sequence models; for the point-set models ``(features [B, N, C], positions [B, N, d], mask [B, N])`` (``N``:
-    ``n_points`` or the configured count; positions uniform in ``[-1, 1]^d``, the last set's final quarter padded);
-    for the irregular-series models ``(values [B, C, L], timestamps [B, L], mask [B, L])`` (``L``: ``seq_len`` or the
-    kernel length; real timestamps with gaps uniform in ``[0.5, 1.5)``, the last series' final quarter unobserved)."""
-    p = next(model.parameters())
-    dd = dict(dtype=p.dtype, device=p.device)
-    if isinstance(model, SMPPointNet):
-        if seq_len is not None:
-            raise ValueError('--seq-len applies to sequence models, not to point-set models')
-        chans, count, dim = model.pretrained_cfg['input_size']
-        count = n_points or count
-        mask = torch.ones(batch_size, count, dtype=torch.bool, device=p.device)
-        mask[-1, count - count // 4:] = False
-        return (torch.randn(batch_size, count, chans, **dd), torch.rand(batch_size, count, dim, **dd) * 2 - 1, mask)
-    if n_points is not None:
-        raise ValueError(f'n_points applies to point-set models, not {type(model).__name__}')
-    if isinstance(model, SMPConvIrregularTCN):
-        length = seq_len or model.seq_len
-        timestamps = (torch.rand(batch_size, length, **dd) + 0.5).cumsum(1)
-        mask = torch.ones(batch_size, length, dtype=torch.bool, device=p.device)
-        mask[-1, length - length // 4:] = False
-        return torch.randn(batch_size, model.in_chans, length, **dd), timestamps, mask
-    return (example_input(model, batch_size, seq_len),)
+    """Random positional inputs of the model's configured size, as its family makes them
+    (:meth:`~smpconv_models.models.ModelFamily.example_inputs`): ``(x,)`` for the image (``[B, C, H, W]``) and
+    sequence models (``[B, C, L]``, ``seq_len`` overriding ``L``); for the point-set models ``(features [B, N, C],
+    positions [B, N, d], mask [B, N])`` (``N``: ``n_points`` or the configured count; positions uniform in
+    ``[-1, 1]^d``, the last set's final quarter padded); for the irregular-series models ``(values [B, C, L],
+    timestamps [B, L], mask [B, L])`` (``L``: ``seq_len`` or the kernel length; real timestamps with gaps uniform in
+    ``[0.5, 1.5)``, the last series' final quarter unobserved)."""
+    return family_of(model).example_inputs(model, batch_size, length=seq_len, n_points=n_points)
 
 
 def _input_names(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[str]:
@@ -191,9 +158,8 @@ def export_onnx(
                 x2: Inputs = torch.randn((other, *inputs[0].shape[1:]), dtype=inputs[0].dtype,
                                          device=inputs[0].device)
             else:  # the same point count / length (fixed in the graph)
-                size = inputs[0].shape[1 if isinstance(model, SMPPointNet) else -1]
-                x2 = example_inputs(model, other, **({'n_points': size} if isinstance(model, SMPPointNet)
-                                                     else {'seq_len': size}))
+                family = family_of(model)
+                x2 = family.example_inputs(model, other, **family.input_size_of(inputs))
             checks[f'batch_{other}'] = onnx_relative_error(session, model, x2)
         bad = {k: v for k, v in checks.items() if not v <= tolerance}
         if bad:

@@ -42,7 +42,6 @@ Reported numbers (:func:`count_flops`):
 from __future__ import annotations
 
 import argparse
-import difflib
 import functools
 import json
 import logging
@@ -54,10 +53,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import timm
 import torch
 import torch.nn as nn
+from timm.models import get_pretrained_cfg
+from timm.utils import reparameterize_model
 
-from .layers import SMPConvBase
+from .layers import SMPConvBase, SMPReparamConv
+from .models import ModelFamily, family_of
 
 if TYPE_CHECKING:
     from fvcore.nn import FlopCountAnalysis
@@ -264,24 +267,14 @@ class _Counts:
         }
 
 
-def _model_names() -> list[str]:
-    import timm
-
-    from . import models  # noqa: F401 - registers the smpconv_* models
-
-    return timm.list_models('smpconv_*')
-
-
-def _check_name(name: str) -> tuple[int, ...]:
-    """Validate a registered model name; returns its default input size ``(C, H, W)`` (``(C, 1, L)`` sequences)."""
-    from timm.models import get_pretrained_cfg
-
-    names = _model_names()
-    if name.split('.')[0] not in names:
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f'did you mean {", ".join(close)}? ' if close else ''
-        raise ValueError(f'unknown model {name!r}; {hint}available: {", ".join(names)}')
-    return tuple(get_pretrained_cfg(name.split('.')[0]).input_size)
+def _family(name: str, model: str | nn.Module) -> ModelFamily:
+    """The model's family, which must take ``[B, C, H, W]`` images or ``[B, C, L]`` sequences (fvcore traces one
+    tensor input; point sets and irregular series are an error)."""
+    family = family_of(model)  # an unknown name is an error listing the registered models
+    if family.input_kind not in ('image', 'sequence'):
+        raise ValueError(f'{name}: FLOPs are counted for image and sequence models, not for {family.input_kind} '
+                         f'inputs ({family.input_doc})')
+    return family
 
 
 def _resolve_input_size(
@@ -332,32 +325,29 @@ def _count(
         img_size: int | None = None,
         seq_len: int | None = None,
 ) -> _Counts:
-    from .models import SMPConvTCN
-
     if isinstance(model, str):
         name = model
-        default = _check_name(name)
-        sequence = default[1] == 1 and name.startswith('smpconv_tcn')
+        family = _family(name, name)
+        sequence = family.input_kind == 'sequence'
+        default = tuple(get_pretrained_cfg(name.split('.')[0]).input_size)  # (C, H, W); sequences (C, 1, L)
         size = _resolve_input_size(name, sequence, default, input_size, img_size, seq_len)
         _import_fvcore()
-        import timm
-
-        net = timm.create_model(name, **({'seq_len': size[-1]} if sequence else {}))
+        # a sequence model's kernels span the length (its data-implied kwargs: seq_len)
+        net = timm.create_model(name, **{k: size[-1] for k, source in family.data_kwargs.items() if source == 'length'})
         owned = True
     elif isinstance(model, nn.Module):
         cfg = getattr(model, 'pretrained_cfg', None) or {}
         name = cfg.get('architecture') or type(model).__name__
-        sequence = isinstance(model, SMPConvTCN)
+        sequence = _family(name, model).input_kind == 'sequence'
         default = cfg.get('input_size')
-        if sequence:  # the cfg keeps the registered length; the default input is as long as the kernels
-            first = model.blocks[0].conv1
+        if sequence:  # the cfg keeps the registered length; the default input is as long as the (first) kernels
+            first = next(m for m in model.modules() if isinstance(m, SMPReparamConv))
             default = (first.in_channels, first.kernel_size[0])
         size = _resolve_input_size(name, sequence, default, input_size, img_size, seq_len)
         _import_fvcore()
         net, owned = model, False
     else:
         raise TypeError(f'model must be a model name or an nn.Module, got {type(model).__name__}')
-    from timm.utils import reparameterize_model
 
     param = next(net.parameters(), None)
     inputs = torch.randn(1, *size, **({} if param is None else dict(device=param.device, dtype=param.dtype)))

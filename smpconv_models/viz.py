@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 from .layers import MLPKernel, SMPConvBase, SMPPointKernel, kernel_coords
+from .models import load_model
 
 __all__ = ['pyplot', 'plot_kernels', 'plot_smp_kernels', 'plot_point_kernels', 'select_smp_layers', 'layer_kernels',
            'add_l1_balls', 'save_figure', 'load_model', 'main']
@@ -228,38 +229,6 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return path
-
-
-def load_model(spec: str, model: str | None = None, model_args: dict | None = None) -> nn.Module:
-    """A model from a registered name / pretrained tag, a Hub-layout (``local-dir:`` optional) or ``train.py`` run
-    folder, ``hf-hub:REPO``, or a checkpoint file (``model`` names its architecture; official checkpoints go through
-    the family's converter)."""
-    from .train.modeling import build_model
-
-    model_args = dict(model_args or {})
-    if spec.startswith('hf-hub:'):
-        return build_model(model or 'smpconv_tcn_mnist', model_args, spec).eval()
-    path = Path(spec.removeprefix('local-dir:'))
-    if path.is_dir() and not (path / 'config.json').is_file():
-        run = next((path / d for d in ('best', 'last') if (path / d / 'config.json').is_file()), None)
-        if run is None:
-            raise FileNotFoundError(f'{path} is neither a Hub-layout folder (config.json + model.safetensors) nor a '
-                                    'train.py run folder (best/ or last/)')
-        path = run
-    if path.is_dir():
-        return build_model(model or 'smpconv_tcn_mnist', model_args, str(path)).eval()
-    if path.is_file():
-        if model is None:
-            raise ValueError(f'{path} is a checkpoint file: name its architecture with --model (e.g. smpconv_cifar)')
-        return build_model(model, model_args, str(path)).eval()
-    import timm
-
-    name, _, tag = spec.partition('.')
-    if name not in timm.list_models('smpconv_*'):
-        raise ValueError(f'{spec!r} is neither a file, a folder nor a registered model; smpconv models: '
-                         + ', '.join(timm.list_models('smpconv_*')))
-    # a pretrained tag brings its own architecture kwargs (e.g. the digits TCN's seq_len=64)
-    return timm.create_model(spec, pretrained=bool(tag), **model_args).eval()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 import timm
@@ -11,12 +12,13 @@ import torch.nn.functional as F
 
 import smpconv_models  # noqa: F401
 from smpconv_models import bench
-from smpconv_models.layers import SMPConv
+from smpconv_models.bench import cli, peers, timing
+from smpconv_models.layers import MAGNetKernel, SMPConv
 
 
 def test_time_pair_alternates_and_takes_medians(monkeypatch):
     clock, order = [0.0], []
-    monkeypatch.setattr(bench.time, 'perf_counter', lambda: clock[0])
+    monkeypatch.setattr(time, 'perf_counter', lambda: clock[0])
 
     def fn(name, cost):
         def run():
@@ -32,7 +34,7 @@ def test_time_pair_alternates_and_takes_medians(monkeypatch):
 
 def test_alternating_medians(monkeypatch):
     clock, order = [0.0], []
-    monkeypatch.setattr(bench.time, 'perf_counter', lambda: clock[0])
+    monkeypatch.setattr(time, 'perf_counter', lambda: clock[0])
     costs = {'a': [7.0, 1.0, 5.0, 3.0], 'b': [7.0, 2.0, 2.0, 9.0], 'c': [7.0, 4.0, 4.0, 4.0]}
 
     def call(key):
@@ -41,7 +43,7 @@ def test_alternating_medians(monkeypatch):
             clock[0] += costs[key].pop(0)
         return run
 
-    medians = bench._alternating_medians({k: call(k) for k in costs}, reps=3)
+    medians = timing.alternating_medians({k: call(k) for k in costs}, reps=3)
     assert order == ['a', 'b', 'c', 'a', 'b', 'c', 'c', 'b', 'a', 'a', 'b', 'c']
     assert medians == {'a': 3.0, 'b': 2.0, 'c': 4.0}
 
@@ -51,7 +53,7 @@ def test_magnet_peer_replaces_every_smp_conv_with_same_convolution():
     net = timm.create_model('smpconv_cifar', widths=(8,), stem_width=8, kernel_size=9)
     n_smp = sum(isinstance(m, SMPConv) for m in net.modules())
     bench.use_mlp_kernels(net)
-    layers = [m for m in net.modules() if isinstance(m, bench._MLPKernelConv)]
+    layers = [m for m in net.modules() if isinstance(m, peers.MLPKernelConv)]
     assert n_smp >= 2 and len(layers) == n_smp and not any(isinstance(m, SMPConv) for m in net.modules())
     layer = layers[-1]
     x = torch.randn(2, layer.in_channels, 12, 12)
@@ -62,7 +64,7 @@ def test_magnet_peer_replaces_every_smp_conv_with_same_convolution():
 
 def test_magnet_layers_follow_their_formula():
     torch.manual_seed(0)
-    net = bench.MAGNetKernel(2, out_features=6, hidden=4, layers=2)
+    net = MAGNetKernel(2, out_features=6, hidden=4, layers=2)
     x = torch.rand(5, 2) * 2 - 1
 
     def gabor(g):
@@ -80,7 +82,7 @@ REPORT = {'machine': {'processor': 'x86_64', 'cpus': 2, 'torch': '2.x', 'matmul_
 
 
 def test_main_writes_json_and_table(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench, 'run_bench', lambda rows, quick: json.loads(json.dumps(REPORT)))
+    monkeypatch.setattr(cli, 'run_bench', lambda rows, quick: json.loads(json.dumps(REPORT)))
     out = tmp_path / 'r.json'
     assert bench.main(['--json', str(out), '--quick']) == 0
     saved = json.loads(out.read_text())
@@ -103,7 +105,7 @@ def test_deployment_rows_have_targets_and_main_accepts_onnx_methods(monkeypatch,
     for name in ('tcn_mnist_onnxruntime_vs_pytorch', 'smpconv_t_compiled_train_vs_convnext_tiny'):
         assert name in bench.ROWS and bench.TARGETS[name] > 0
     rows = [{'model': 'smpconv_cifar', 'input': [3, 32, 32], 'pytorch_ms': 2.0, 'matmul_ms': 1.0}]
-    monkeypatch.setattr(bench, 'onnx_fft_methods', lambda quick: rows)
+    monkeypatch.setattr(cli, 'onnx_fft_methods', lambda quick: rows)
     assert bench.main(['--onnx-methods', '--quick']) == 0
     assert json.loads(capsys.readouterr().out) == {'onnx_fft_methods': rows}
 
@@ -114,7 +116,7 @@ def test_set_abstraction_peer_is_chunked_like_point_conv(monkeypatch):
     import importlib
 
     torch.manual_seed(0)
-    peer = bench._SetAbstraction(4, 5).double()
+    peer = peers.SetAbstraction(4, 5).double()
     feats, pos = torch.randn(1, 30, 4, dtype=torch.float64), torch.rand(1, 30, 3, dtype=torch.float64)
     idx = torch.randint(0, 30, (30, 6))
     expected = torch.stack([peer.mlp(torch.cat([feats[0, idx[i]], pos[0, idx[i]] - pos[0, i]], -1)).amax(0)

@@ -14,7 +14,7 @@ from timm.models import adapt_input_conv
 import smpconv_models  # noqa: F401
 from smpconv_models import export as export_cli
 from smpconv_models.layers.causal_conv import causal_conv1d
-from smpconv_models.layers.conv import _direct_same_conv
+from smpconv_models.layers.conv import direct_same_conv
 from smpconv_models.layers.export_conv import (
     export_causal_conv1d,
     export_fft_method,
@@ -98,10 +98,10 @@ def test_export_forms_equal_the_direct_convolution(method):
             cin, cout = (6, 6) if groups > 1 else (4, 5)
             x = torch.randn(2, cin, h, wd, **dd)
             w, b = torch.randn(cout, cin // groups, k, k, **dd), torch.randn(cout, **dd)
-            assert _rel(export_same_conv(x, w, b, groups, _direct_same_conv),
+            assert _rel(export_same_conv(x, w, b, groups, direct_same_conv),
                         F.conv2d(x, w, b, padding=k // 2, groups=groups)) < 1e-12
         x, w = torch.randn(2, 3, 20, **dd), torch.randn(4, 3, 9, **dd)
-        assert _rel(export_same_conv(x, w, None, 1, _direct_same_conv), F.conv1d(x, w, padding=4)) < 1e-12
+        assert _rel(export_same_conv(x, w, None, 1, direct_same_conv), F.conv1d(x, w, padding=4)) < 1e-12
 
 
 def test_auto_method_follows_basis_size_and_unknown_method_is_an_error():
@@ -281,11 +281,11 @@ def test_torch_export_multi_input_matches_eager(key):
 def test_irregular_compact_order_is_a_stable_sort():
     """The pairwise path's compact order (observed steps first, written with cumulative sums so that it exports) is
     the stable sort of ``~mask``."""
-    from smpconv_models.models.smpconv_irregular import _observed_first
+    from smpconv_models.layers.irregular_conv import observed_first
 
     g = torch.Generator().manual_seed(0)
     mask = torch.rand(4, 11, generator=g) > 0.4
-    assert torch.equal(_observed_first(mask), torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices)
+    assert torch.equal(observed_first(mask), torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices)
 
 
 def test_irregular_export_refuses_what_needs_a_host_read():

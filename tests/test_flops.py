@@ -290,3 +290,9 @@ def test_missing_fvcore_says_how_to_install(monkeypatch):
             flops.flop_count_analysis(nn.Linear(2, 2), torch.randn(1, 2))
     finally:
         flops._analysis_cls.cache_clear()
+
+
+@pytest.mark.parametrize('name,kind', [('smpconv_points', 'points'), ('smpconv_irregular_tcn', 'irregular')])
+def test_families_with_other_inputs_are_refused_clearly(name, kind):
+    with pytest.raises(ValueError, match=f'{name}: FLOPs are counted for image and sequence models, not for {kind}'):
+        flops.count_flops(name)

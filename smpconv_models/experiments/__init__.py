@@ -6,6 +6,6 @@ The paper's claims, on a CPU in minutes (see ``experiments/README.md``):
 * ``python -m smpconv_models.experiments.ablate``: learnable positions / radii, initial spread and radius, number
   of points (Tables 6-9) on the embedded digits.
 
-Beyond the paper: ``small_data`` (the small-data sequence recipe against ROCKET), ``point_kernels`` and
-``irregular_kernels`` (SMP vs MLP kernels off the grid).
+Beyond the paper: ``small_data`` (the small-data sequence recipe against ROCKET) and ``kernels`` (SMP vs MLP kernels
+off the grid, on irregular series and point sets; also as the ``irregular_kernels`` and ``point_kernels`` commands).
 """

@@ -9,6 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .._io import write_json_atomic
+from ..train import main as train_main
+
 __all__ = ['mean_std', 'train_run', 'seed_row', 'seed_cells', 'write_rows_json', 'torch_threads']
 
 
@@ -21,8 +24,6 @@ def train_run(args: list[str], out: Path, extra: list[str] | None = None) -> dic
     """One ``train.py`` run with ``args`` (then ``extra``) writing to ``out``: ``{'top1', 'best_top1', 'params',
     'items_per_s', 'seconds'}`` (final-epoch and best test top-1, parameters, the loop's throughput as the median
     over epochs)."""
-    from ..train import main as train_main
-
     args = [*args, '--output-dir', str(out), '--plot', 'false', *(extra or [])]
     code = train_main(args)
     if code != 0:
@@ -51,8 +52,6 @@ def seed_cells(row: dict[str, Any], rate_key: str) -> str:
 
 def write_rows_json(path: str | Path, module: str, argv: list[str] | None, rows: list[dict[str, Any]]) -> None:
     """Write ``{'command', 'rows'}`` atomically; ``command`` is ``python -m <module>`` with the arguments given."""
-    from .._io import write_json_atomic
-
     command = ' '.join([f'python -m {module}', *(argv or sys.argv[1:])])
     write_json_atomic(Path(path), {'command': command, 'rows': rows})
 

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from .._io import write_json_atomic, write_text_atomic
 from ..layers import clamp_radii_, smp_param_groups
+from ..train.data import build_data
 from ..viz import plot_smp_kernels
 from ._common import mean_std, torch_threads
 
@@ -85,8 +86,6 @@ class AblateConfig:
 
 def load_digits(kind: str, img_size: int | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(x_train, y_train, x_test, y_test)`` of the embedded digits (train.py's fixed split)."""
-    from ..train.data import build_data
-
     bundle = build_data('digits', kind, img_size=img_size)
 
     def stack(ds) -> tuple[Tensor, Tensor]:

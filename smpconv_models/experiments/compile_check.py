@@ -19,9 +19,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import timm
 import torch
 import torch.nn as nn
+from timm.layers import DropPath
 from torch import Tensor
+
+from .._io import write_json_atomic
+from ..models import family_of
 
 __all__ = ['GRID_FAMILIES', 'compare_compiled', 'deterministic_', 'full_size_inputs', 'main']
 
@@ -43,8 +48,6 @@ def _grads(model: nn.Module) -> dict[str, Tensor]:
 def deterministic_(model: nn.Module) -> nn.Module:
     """In place: dropout and stochastic depth off, BatchNorm momentum 0 (running statistics frozen), so an eager and
     a compiled training pass compute the same function."""
-    from timm.layers import DropPath
-
     for m in model.modules():
         if isinstance(m, nn.modules.dropout._DropoutNd):
             m.p = 0.0
@@ -94,18 +97,12 @@ def compare_compiled(model: nn.Module, inputs: Sequence[tuple[Tensor, ...]]) -> 
 
 def full_size_inputs(model: nn.Module, batch_size: int) -> tuple[Tensor, ...]:
     """Random inputs of the model's registered size (``[B, C, H, W]`` images, ``[B, C, L]`` sequences; the point-set
-    and irregular-series models' input tuples: :func:`~smpconv_models.export.example_inputs`)."""
-    from ..export import example_inputs
-
-    return example_inputs(model, batch_size)
+    and irregular-series models' input tuples), as its family makes them
+    (:meth:`~smpconv_models.models.ModelFamily.example_inputs`)."""
+    return family_of(model).example_inputs(model, batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import timm
-
-    from .. import models  # noqa: F401  (registers the smpconv models)
-    from .._io import write_json_atomic
-
     parser = argparse.ArgumentParser(prog='python -m smpconv_models.experiments.compile_check',
                                      description=__doc__.split('\n\n')[0])
     parser.add_argument('--models', nargs='*', default=list(GRID_FAMILIES), help='registered names')

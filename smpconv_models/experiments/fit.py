@@ -3,7 +3,8 @@
 An SMP function (Eq. 1) of 204 points is fitted to 2-D targets sampled on a 51 x 51 grid over ``[-1, 1]^2``, once
 with moving points (positions trained) and once with fixed points (positions frozen at the same initialisation;
 radii and weights are trained in both), with the same optimizer, step budget and seeds. A MAGNet MLP kernel
-(FlexConv's generator, the peer in ``bench.py``) with a comparable parameter count is the third column.
+(FlexConv's generator, :class:`~smpconv_models.layers.MAGNetKernel`, also the benchmark's peer) with a comparable
+parameter count is the third column.
 
     python -m smpconv_models.experiments.fit --out DIR [--quick]
 
@@ -27,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._io import write_json_atomic, write_text_atomic
-from ..bench import MAGNetKernel
-from ..layers import SMPConv, clamp_radii_, smp_param_groups
+from ..layers import MAGNetKernel, SMPConv, clamp_radii_, smp_param_groups
+from ..viz import add_l1_balls, pyplot, save_figure
 from ._common import mean_std, torch_threads
 
 __all__ = ['TARGETS', 'FitConfig', 'target_grid', 'make_smp', 'make_mlp', 'fit_one', 'run_fit', 'main']
@@ -183,8 +184,6 @@ def fit_table(summary: dict[str, Any]) -> str:
 
 
 def _plot(pictures: dict[str, dict[str, Any]], results: dict[str, Any], path: Path) -> None:
-    from ..viz import add_l1_balls, pyplot, save_figure
-
     plt = pyplot()
 
     fig, axes = plt.subplots(len(pictures), 5, figsize=(16, 3.4 * len(pictures)), squeeze=False)

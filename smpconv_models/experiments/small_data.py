@@ -28,6 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..train.config import TrainConfig
+from ..train.data import build_data
+from ..train.loop import run
 from ._common import torch_threads
 
 __all__ = ['DATASETS', 'make_dataset', 'save_npz', 'rocket_features', 'rocket_accuracy', 'train_accuracy', 'main']
@@ -232,9 +235,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 def train_accuracy(spec: str, out_dir: Path, overrides: dict[str, Any], seed: int = 0,
                    model: str = 'smpconv_tcn_chartraj') -> dict[str, Any]:
     """Train ``model`` on ``spec`` through ``train.py``'s loop; the final test accuracy (not the best epoch's)."""
-    from ..train.config import TrainConfig
-    from ..train.loop import run
-
     cfg = TrainConfig(**{**dict(model=model, data=spec, output_dir=str(out_dir), plot=False, cpu=True, seed=seed),
                          **overrides})
     summary = run(cfg, ['small_data'])
@@ -244,8 +244,6 @@ def train_accuracy(spec: str, out_dir: Path, overrides: dict[str, Any], seed: in
 def _run_set(spec: SetSpec, variants: dict[str, dict[str, Any]], seed: int, kernels: int, threads: int,
              train_seed: int | None = None) -> dict[str, Any]:
     """One table row: generate ``spec``, fit ROCKET, train every variant (one process per set with ``--jobs``)."""
-    from ..train.data import build_data
-
     with torch_threads(threads), _quiet(), tempfile.TemporaryDirectory() as tmp:
         path = save_npz(make_dataset(spec, seed), Path(tmp) / f'{spec.name}.npz')
         data = build_data(f'npz:{path}', 'sequence')

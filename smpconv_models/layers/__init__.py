@@ -1,13 +1,17 @@
-"""SMP layers: the N-d SMP kernel core, SMP convolutions, causal/FFT convolution and reparameterization."""
+"""SMP layers: the N-d SMP kernel core and point set, SMP convolutions (grid, point sets), causal / FFT convolution,
+reparameterization, and the execution-mode switch."""
 from .causal_conv import causal_conv1d, next_fast_len, use_fft_for
 from .conv import check_conv_input, prefers_channels_last, same_conv
 from .conv_bn import ConvBN
 from .fused import conv2d_act
+from .magnet import MAGNetKernel
+from .mode import execution_mode, is_eager, python_only
 from .neighbors import (
     Neighborhood,
     check_point_set,
     farthest_point_sample,
     find_neighbors,
+    grid_pool,
     pair_distances,
     random_point_sample,
 )
@@ -23,15 +27,17 @@ from .reparam import (
     fuse_bn,
     fuse_pre_bn,
 )
-from .smp_conv import SMPCausalConv1d, SMPConv, SMPConvBase, SMPDepthwiseConv2d, share_kernels
-from .smp_kernel import kernel_coords, smp_basis, smp_kernel
+from .smp_conv import SMPCausalConv1d, SMPConv, SMPConvBase, SMPDepthwiseConv2d
+from .smp_kernel import divide_by_count, hat_count, kernel_coords, smp_basis, smp_kernel
+from .smp_points import SMPPoints, share_kernels
 
 __all__ = [
     'ConvBN', 'conv2d_act', 'causal_conv1d', 'next_fast_len', 'use_fft_for', 'check_conv_input',
     'prefers_channels_last', 'same_conv', 'clamp_radii_', 'smp_param_groups', 'rescale_smp_kernels_',
     'scaled_kernel_size', 'CausalConv1d', 'SMPLargeKernelConv2d', 'SMPParallelCausalConv1d', 'SMPParallelConv',
     'SMPReparamConv', 'fold_bn_into_next_conv', 'fuse_bn', 'fuse_pre_bn', 'SMPCausalConv1d', 'SMPConv', 'SMPConvBase',
-    'SMPDepthwiseConv2d', 'share_kernels', 'kernel_coords', 'smp_basis', 'smp_kernel',
+    'SMPDepthwiseConv2d', 'share_kernels', 'kernel_coords', 'smp_basis', 'smp_kernel', 'SMPPoints', 'hat_count',
+    'divide_by_count', 'execution_mode', 'is_eager', 'python_only',
     'MLPKernel', 'SMPPointKernel', 'PointConv', 'point_conv', 'find_neighbors', 'farthest_point_sample',
-    'random_point_sample', 'check_point_set', 'Neighborhood', 'pair_distances',
+    'random_point_sample', 'check_point_set', 'MAGNetKernel', 'Neighborhood', 'pair_distances', 'grid_pool',
 ]

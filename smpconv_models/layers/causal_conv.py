@@ -1,6 +1,4 @@
 """Exact causal 1-d convolution, direct or through the FFT, for sequence SMP kernels as long as the sequence."""
-from __future__ import annotations
-
 import functools
 
 import torch
@@ -8,7 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .conv import mix_channels_fft
-from .export_conv import export_causal_conv1d, is_exporting
+from .export_conv import export_causal_conv1d
+from .mode import execution_mode, is_jit_tracing, python_only
 
 __all__ = ['causal_conv1d', 'next_fast_len', 'use_fft_for']
 
@@ -66,47 +65,52 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, fft: bo
     Returns:
         ``[B, C_out, L]``.
     """
-    if not torch.jit.is_scripting():  # Python-only argument checks
-        _check_inputs(x, weight, bias)
+    _check_inputs(x, weight, bias)
+    mode = execution_mode()
     length, taps = x.shape[-1], weight.shape[-1]
-    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
-        if torch.jit.is_tracing():  # sizes are traced tensors there: the crop and the padding need constants
-            length, taps = int(length), int(taps)
+    if is_jit_tracing():  # sizes are traced tensors there: the crop and the padding need constants
+        length, taps = int(length), int(taps)
     if taps > length:  # taps older than the first input step never meet data
         weight = weight[..., taps - length:]
         taps = length
     use_fft = use_fft_for(length, taps) if fft is None else fft
     if not use_fft:
         return F.conv1d(F.pad(x, (taps - 1, 0)), weight, bias)
-    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
-        if is_exporting():  # ONNX / torch.export: real arithmetic (export_conv.py)
-            return export_causal_conv1d(x, weight, bias)
-    return _fft_causal_conv1d(x, weight, bias)
+    if mode == 'export':  # ONNX / torch.export: real arithmetic (export_conv.py)
+        return _export_causal_conv1d(x, weight, bias)
+    # the lru_cache in eager only (Dynamo would trace through it and warn; TorchScript cannot compile it)
+    n = _cached_fast_len(length + taps - 1) if mode == 'eager' else _next_fast_len(length + taps - 1)
+    return _fft_causal_conv1d(x, weight, bias, n)
 
 
 def _check_inputs(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
         raise TypeError('causal_conv1d expects tensors for x and weight')
     if x.dim() != 3:
-        raise ValueError(f'causal_conv1d expects x of shape [B, C_in, L], got {tuple(x.shape)}')
+        raise ValueError(f'causal_conv1d expects x of shape [B, C_in, L], got {list(x.shape)}')
     if weight.dim() != 3:
-        raise ValueError(f'causal_conv1d expects weight of shape [C_out, C_in, K], got {tuple(weight.shape)}')
+        raise ValueError(f'causal_conv1d expects weight of shape [C_out, C_in, K], got {list(weight.shape)}')
     if not x.is_floating_point() or not weight.is_floating_point():
         raise TypeError(f'causal_conv1d expects floating-point tensors, got x {x.dtype} and weight {weight.dtype}')
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f'weight expects {weight.shape[1]} input channels, x has {x.shape[1]}')
-    if bias is not None and bias.shape != (weight.shape[0],):
-        raise ValueError(f'bias must be [{weight.shape[0]}], got {tuple(bias.shape)}')
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
+        raise ValueError(f'bias must be [{weight.shape[0]}], got {list(bias.shape)}')
 
 
-def _fft_causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    length, taps = x.shape[-1], weight.shape[-1]
-    if torch.jit.is_scripting():  # noqa: SIM114 (TorchScript skips a branch only under this sole condition)
-        n = _next_fast_len(length + taps - 1)
-    elif torch.compiler.is_compiling():  # Dynamo would trace through the lru_cache wrapper (and warn)
-        n = _next_fast_len(length + taps - 1)
-    else:
-        n = next_fast_len(length + taps - 1)
+@python_only
+def _cached_fast_len(n: int) -> int:
+    return next_fast_len(n)
+
+
+@python_only
+def _export_causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return export_causal_conv1d(x, weight, bias)
+
+
+def _fft_causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, n: int) -> Tensor:
+    """The FFT path of :func:`causal_conv1d` at transform length ``n >= L + K - 1``."""
+    length = x.shape[-1]
     out_dtype = torch.promote_types(x.dtype, weight.dtype)
     compute_dtype = torch.promote_types(out_dtype, torch.float32)
     # Linear convolution with the time-reversed kernel: y[t] = sum_m w[K-1-m] x[t-m].

@@ -1,29 +1,30 @@
 """Convolution helpers shared by the SMP layers: input checks and memory-format choice for large kernels."""
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .export_conv import export_same_conv, is_exporting
+from .export_conv import export_same_conv, reachable_offsets
+from .mode import computes_in_half_precision, execution_mode, python_only
 
 __all__ = [
-    'check_conv_input', 'check_float_3d', 'prefers_channels_last', 'same_conv', 'fft_same_conv',
+    'check_conv_input', 'check_float_3d', 'prefers_channels_last', 'fp16_grouped_conv_in_fp32', 'same_conv',
+    'direct_same_conv', 'fft_same_conv',
     'fft_depthwise_weight_grad', 'conv_path', 'use_fft_conv', 'mix_channels_fft',
 ]
 
 
 def check_conv_input(x: Tensor, ndim: int, channels: int, name: str) -> None:
-    """Raise a clear error unless ``x`` is a floating-point ``[B, channels, *spatial(ndim)]`` tensor."""
+    """Raise a clear error unless ``x`` is a floating-point ``[B, channels, *spatial(ndim)]`` tensor (TorchScript
+    compiles it: scripted models check their inputs too)."""
     if not isinstance(x, Tensor):
         raise TypeError(f'{name} expects a torch.Tensor, got {type(x).__name__}')
     if x.dim() != ndim + 2:
         raise ValueError(
-            f'{name} expects a {ndim + 2}-d input [B, C, {ndim} spatial dims], got shape {tuple(x.shape)}')
+            f'{name} expects a {ndim + 2}-d input [B, C, {ndim} spatial dims], got shape {list(x.shape)}')
     if x.shape[1] != channels:
-        raise ValueError(f'{name} expects {channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})')
+        raise ValueError(f'{name} expects {channels} input channels, got {x.shape[1]} (input shape {list(x.shape)})')
     if not x.is_floating_point():
         raise TypeError(f'{name} expects a floating-point input, got dtype {x.dtype}')
 
@@ -41,9 +42,12 @@ def prefers_channels_last(x: Tensor, kernel_size: int) -> bool:
     """Whether a large 2-d convolution of ``x`` should run in channels_last.
 
     On CPU, PyTorch's NCHW path for large (depthwise) kernels is far slower than oneDNN's channels_last one;
-    on tiny maps (7x7) NCHW wins, so small maps and kernels stay as they are.
+    on tiny maps (7x7) NCHW wins, so small maps and kernels stay as they are. In fp16 / bf16 (own dtype or autocast)
+    PyTorch 2.14's channels_last depthwise convolution with a 17x17 or larger kernel on a 32x32 map does not return
+    (minutes on one call), while its NCHW path takes milliseconds: half precision stays NCHW.
     """
-    return x.device.type == 'cpu' and kernel_size >= 7 and x.shape[-1] * x.shape[-2] >= 196
+    return (x.device.type == 'cpu' and kernel_size >= 7 and x.shape[-1] * x.shape[-2] >= 196
+            and not computes_in_half_precision(x))
 
 
 # A dense (groups=1) 'same' convolution switches to the FFT from this many kernel taps on: a 33x33 kernel on 32x32
@@ -104,12 +108,6 @@ def _fft_size(n: int) -> int:
     return best
 
 
-def _reachable(length: int, taps: int) -> tuple[int, int, int]:
-    """Kernel centre and the offsets before / after it that reach an output of a ``length``-long 'same' conv."""
-    centre = taps // 2
-    return centre, min(centre, length - 1), min(taps - 1 - centre, length - 1)
-
-
 class _ContiguousGrad(torch.autograd.Function):
     """Identity whose backward hands on a contiguous gradient (for :func:`mix_channels_fft`'s matmul backward)."""
 
@@ -120,6 +118,11 @@ class _ContiguousGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         return grad.contiguous()
+
+
+@python_only  # eager and torch.compile (Dynamo traces the Function); TorchScript cannot compile it
+def _contiguous_grad(x: Tensor) -> Tensor:
+    return _ContiguousGrad.apply(x)
 
 
 def mix_channels_fft(xf: Tensor, wf: Tensor) -> Tensor:
@@ -134,9 +137,8 @@ def mix_channels_fft(xf: Tensor, wf: Tensor) -> Tensor:
     xm = xf.flatten(2).permute(2, 0, 1).contiguous()
     wm = wf.flatten(2).permute(2, 1, 0).contiguous()
     ym = torch.bmm(xm, wm)  # [F, B, Cout]
-    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
-        if ym.requires_grad:
-            ym = _ContiguousGrad.apply(ym)
+    if ym.requires_grad and execution_mode() in ('eager', 'compile'):
+        ym = _contiguous_grad(ym)
     return ym.permute(1, 2, 0).reshape([xf.shape[0], wf.shape[0]] + fshape)  # noqa: RUF005 (TorchScript)
 
 
@@ -159,7 +161,7 @@ def fft_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups:
     w = weight.to(compute)
     for d in range(nd):
         dim, length = 2 + d, x.shape[2 + d]
-        centre, before, after = _reachable(length, weight.shape[2 + d])
+        centre, before, after = reachable_offsets(length, weight.shape[2 + d])
         n = _fft_size(length + max(before, after))
         w = w.narrow(dim, centre - before, before + after + 1)
         pad = [0, 0] * (nd - 1 - d) + [0, n - (before + after + 1)]  # F.pad lists the last dim first
@@ -188,7 +190,7 @@ def fft_depthwise_weight_grad(x: Tensor, grad_y: Tensor, kernel_size: Sequence[i
     batch summed in the frequency domain so only a ``[C, *n]`` transform is inverted."""
     nd = len(kernel_size)
     dims = list(range(2, 2 + nd))
-    reach = [_reachable(x.shape[2 + d], kernel_size[d]) for d in range(nd)]
+    reach = [reachable_offsets(x.shape[2 + d], kernel_size[d]) for d in range(nd)]
     sizes = [_fft_size(x.shape[2 + d] + max(before, after)) for d, (_, before, after) in enumerate(reach)]
     compute = torch.promote_types(grad_y.dtype, torch.float32)
     xf = torch.fft.rfftn(x.to(compute).contiguous(), s=sizes, dim=dims)
@@ -223,12 +225,30 @@ class _DepthwiseSameConv(torch.autograd.Function):
         return grad_x, grad_w
 
 
+@python_only
+def _export_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
+    return export_same_conv(x, weight, bias, groups, direct_same_conv)
+
+
+@python_only  # eager and torch.compile; TorchScript cannot compile autograd Functions (it runs the direct conv)
+def _hybrid_depthwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    y = _DepthwiseSameConv.apply(x, weight)
+    return y if bias is None else y + bias.reshape([-1] + [1] * (weight.dim() - 2))
+
+
 def _direct_depthwise(x: Tensor, weight: Tensor) -> Tensor:
-    return _direct_same_conv(x, weight, None, x.shape[1])
+    return direct_same_conv(x, weight, None, x.shape[1])
 
 
-def _direct_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
-    """PyTorch's own 'same' convolution, large 2-d kernels in channels_last (:func:`prefers_channels_last`)."""
+def direct_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
+    """PyTorch's own 'same' convolution, large 2-d kernels in channels_last (:func:`prefers_channels_last`), large
+    grouped fp16 kernels on CPU in fp32 (:func:`fp16_grouped_conv_in_fp32`)."""
+    if groups > 1 and fp16_grouped_conv_in_fp32(x, weight):
+        return _fp32_same_conv(x, weight, bias, groups)
+    return _torch_same_conv(x, weight, bias, groups)
+
+
+def _torch_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
     nd = weight.dim() - 2
     padding = [k // 2 for k in weight.shape[2:]]
     if nd == 1:
@@ -241,6 +261,29 @@ def _direct_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: in
     return F.conv3d(x, weight, bias, padding=padding, groups=groups)
 
 
+def fp16_grouped_conv_in_fp32(x: Tensor, weight: Tensor) -> bool:
+    """Whether a grouped CPU convolution of ``x`` computes in fp32 instead of fp16 (own dtype or fp16 autocast):
+    PyTorch 2.14's fp16 depthwise convolution on CPU does not return (minutes on one call) for kernels of 17 or more
+    taps along a dim (1-d on 256 steps, 2-d on 32x32 maps; bf16 and fp32 take milliseconds)."""
+    if x.device.type != 'cpu' or max(weight.shape[2:]) < 17:
+        return False
+    return x.dtype == torch.float16 or (computes_in_half_precision(x) and _autocast_dtype() == torch.float16)
+
+
+@python_only
+def _autocast_dtype():
+    return torch.get_autocast_dtype('cpu')
+
+
+def _fp32_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
+    """:func:`direct_same_conv` in fp32 with autocast off, the result in fp16 (as fp16 autocast would give)."""
+    b = None if bias is None else bias.float()
+    if execution_mode() == 'script':  # no autocast under TorchScript
+        return _torch_same_conv(x.float(), weight.float(), b, groups).half()
+    with torch.autocast('cpu', enabled=False):
+        return _torch_same_conv(x.float(), weight.float(), b, groups).half()
+
+
 def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1) -> Tensor:
     """'Same'-padded N-d cross-correlation (odd kernel sizes, 1-3 spatial dims).
 
@@ -248,15 +291,14 @@ def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int
     depthwise kernels on small maps only their kernel gradient: :func:`conv_path`); other large 2-d depthwise kernels
     run in channels_last.
     """
-    nd = weight.dim() - 2
     path = conv_path(x, weight, groups)
-    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
-        if path != 'direct' and is_exporting():  # ONNX / torch.export: real arithmetic (export_conv.py)
-            return export_same_conv(x, weight, bias, groups, _direct_same_conv)
+    if path == 'direct':
+        return direct_same_conv(x, weight, bias, groups)
+    mode = execution_mode()
+    if mode == 'export':  # ONNX / torch.export: real arithmetic (export_conv.py)
+        return _export_same_conv(x, weight, bias, groups)
+    if path == 'hybrid' and mode in ('eager', 'compile'):
+        return _hybrid_depthwise(x, weight, bias)
     if path == 'fft':
         return fft_same_conv(x, weight, bias, groups)
-    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
-        if path == 'hybrid':
-            y = _DepthwiseSameConv.apply(x, weight)
-            return y if bias is None else y + bias.reshape([-1] + [1] * nd)
-    return _direct_same_conv(x, weight, bias, groups)
+    return direct_same_conv(x, weight, bias, groups)

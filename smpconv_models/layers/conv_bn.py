@@ -13,6 +13,7 @@ from .fused import (
     folds_in_eval,
     pointwise_conv2d,
 )
+from .mode import execution_mode, is_eager, python_only
 from .reparam import fuse_bn
 
 __all__ = ['ConvBN']
@@ -47,12 +48,18 @@ class ConvBN(nn.Module):
         self._eval_cache = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.jit.is_scripting():  # (TorchScript skips a branch only under this sole condition)
-            if self._folds_in_eval(x):
-                weight, bias = cached_eval_value(self, self.folded_weight_bias)
-                return self.conv_act(x, weight, bias)
-            return self.act(self.bn(pointwise_conv2d(self.conv, x)))
-        return self.act(self.bn(self.conv(x)))
+        if execution_mode() == 'script':
+            return self.act(self.bn(self.conv(x)))
+        return self._forward_python(x)
+
+    @python_only
+    def _forward_python(self, x):
+        """Eager eval without autograd: the folded conv (cached) with the activation fused; otherwise the plain
+        layers, a 1x1 conv of a channels_last input as a matmul (:func:`pointwise_conv2d`)."""
+        if is_eager() and self._folds_in_eval(x):
+            weight, bias = cached_eval_value(self, self.folded_weight_bias)
+            return self.conv_act(x, weight, bias)
+        return self.act(self.bn(pointwise_conv2d(self.conv, x)))
 
     def _folds_in_eval(self, x: Tensor) -> bool:
         if activation_name(self.act) is None or not isinstance(self.bn, (nn.Identity, nn.modules.batchnorm._BatchNorm)):

@@ -1,10 +1,10 @@
 """Export forms of the FFT convolutions: real arithmetic only, chosen while a graph is captured for export.
 
 ONNX has no complex tensors, the TorchScript-based ONNX exporter has no form for ``torch.fft`` and the dynamo
-exporter none for a complex batched matmul. While exporting (:func:`is_exporting`: ``torch.onnx.export`` with
-either exporter, ``torch.export.export``), :func:`~smpconv_models.layers.conv.same_conv` and
-:func:`~smpconv_models.layers.causal_conv.causal_conv1d` take one of these forms instead (same values up to
-rounding; the eager, training and ``torch.compile`` paths are untouched):
+exporter none for a complex batched matmul. While exporting (:func:`~smpconv_models.layers.mode.execution_mode` is
+``'export'``: ``torch.onnx.export`` with either exporter, ``torch.export.export``),
+:func:`~smpconv_models.layers.conv.same_conv` and :func:`~smpconv_models.layers.causal_conv.causal_conv1d` take one
+of these forms instead (same values up to rounding; the eager, training and ``torch.compile`` paths are untouched):
 
 * ``'dft'``: the transforms as ONNX's ``DFT`` operator (``torch.fft`` under the dynamo exporter, a symbolic under
   the TorchScript one) at a power-of-two length (onnxruntime runs a radix-2 FFT there and a quadratic, less exact
@@ -29,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .mode import is_torchscript_onnx_export
+
 __all__ = [
-    'is_exporting', 'export_fft_method', 'resolve_export_method', 'EXPORT_FFT_METHODS', 'MATMUL_MAX_BASIS',
+    'export_fft_method', 'reachable_offsets', 'resolve_export_method', 'EXPORT_FFT_METHODS', 'MATMUL_MAX_BASIS',
     'export_causal_conv1d', 'export_same_conv', 'rfft_real', 'irfft_real', 'fft_real', 'mix_channels_real',
 ]
 
@@ -41,17 +43,6 @@ EXPORT_FFT_METHODS = ('auto', 'dft', 'matmul', 'direct')
 MATMUL_MAX_BASIS = 2 ** 22
 
 _METHOD: contextvars.ContextVar[str] = contextvars.ContextVar('smpconv_export_fft_method', default='auto')
-
-
-def is_exporting() -> bool:
-    """Whether a graph is being captured for export (``torch.onnx.export`` with either exporter, or
-    ``torch.export.export``); ``torch.compile`` and eager calls are not exports."""
-    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
-
-
-def _torchscript_onnx() -> bool:
-    """The TorchScript-based ONNX exporter (a ``torch.jit`` trace: ``torch.fft`` needs a symbolic there)."""
-    return torch.onnx.is_in_onnx_export() and not torch.compiler.is_exporting()
 
 
 @contextmanager
@@ -74,6 +65,12 @@ def resolve_export_method(basis_values: int) -> str:
     if method == 'auto':
         return 'matmul' if basis_values <= MATMUL_MAX_BASIS else 'dft'
     return method
+
+
+def reachable_offsets(length: int, taps: int) -> tuple[int, int, int]:
+    """Kernel centre and the offsets before / after it that reach an output of a ``length``-long 'same' conv."""
+    centre = taps // 2
+    return centre, min(centre, length - 1), min(taps - 1 - centre, length - 1)
 
 
 def _pow2(n: int) -> int:
@@ -105,7 +102,7 @@ class _OnnxDFT(torch.autograd.Function):
 
 def rfft_real(x: Tensor, n: int) -> Tensor:
     """``view_as_real(rfft(x, n))`` on the last axis: ``[..., L]`` to ``[..., n // 2 + 1, 2]``."""
-    if _torchscript_onnx():
+    if is_torchscript_onnx_export():
         return _OnnxDFT.apply(x, n, False, True)
     return torch.view_as_real(torch.fft.rfft(x, n=n))
 
@@ -113,7 +110,7 @@ def rfft_real(x: Tensor, n: int) -> Tensor:
 def fft_real(z: Tensor, n: int, inverse: bool = False) -> Tensor:
     """Complex DFT (``inverse``: with ``1/n``) on the second-last axis of a ``[..., m, 2]`` real-form tensor,
     zero-padded to ``n``."""
-    if _torchscript_onnx():
+    if is_torchscript_onnx_export():
         return _OnnxDFT.apply(z, n, inverse, False)
     # zero-pad in the real form: the dynamo exporter has no ONNX form for padding a complex tensor
     c = torch.view_as_complex(F.pad(z, (0, 0, 0, n - int(z.shape[-2]))).contiguous())
@@ -122,7 +119,7 @@ def fft_real(z: Tensor, n: int, inverse: bool = False) -> Tensor:
 
 def irfft_real(z: Tensor, n: int) -> Tensor:
     """``irfft(view_as_complex(z), n)`` on the second-last axis: ``[..., n // 2 + 1, 2]`` to ``[..., n]``."""
-    if _torchscript_onnx():
+    if is_torchscript_onnx_export():
         # the full Hermitian spectrum, then an inverse complex DFT (ONNX's DFT has no one-sided inverse)
         mirror = z.narrow(-2, 1, n - int(z.shape[-2])).flip(-2) * torch.tensor([1.0, -1.0], dtype=z.dtype)
         return _OnnxDFT.apply(torch.cat([z, mirror], -2), n, True, False).select(-1, 0)
@@ -214,11 +211,9 @@ def export_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int
     """A 'same' cross-correlation (1-d or 2-d, dense or depthwise) in its export form; ``direct(x, weight, bias,
     groups)`` is the direct one. Only offsets that reach an output are transformed (as in
     :func:`~smpconv_models.layers.conv.fft_same_conv`)."""
-    from .conv import _reachable
-
     nd = weight.dim() - 2
     lengths = [int(x.shape[2 + d]) for d in range(nd)]  # plain ints under torch.jit.trace too
-    reach = [_reachable(lengths[d], int(weight.shape[2 + d])) for d in range(nd)]
+    reach = [reachable_offsets(lengths[d], int(weight.shape[2 + d])) for d in range(nd)]
     exact = [lengths[d] + max(before, after) for d, (_, before, after) in enumerate(reach)]
     method = resolve_export_method(max(2 * n * (n // 2 + 1) for n in exact))
     if method == 'direct' or nd > 2:

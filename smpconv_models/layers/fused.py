@@ -1,5 +1,6 @@
-"""Inference fast paths: a 2-d convolution with its bias, activation and residual add in one oneDNN call on CPU,
-and per-module caches of eval-mode folded weights (BatchNorms folded on the fly, recomputed only on change)."""
+"""Eager-only inference shortcuts: a 2-d convolution with its bias, activation and residual add in one oneDNN call on
+CPU, the one eval cache of derived tensors (folded weights, SMP kernels: recomputed only when a parameter changes),
+and CPU micro-batching. They apply only when :func:`~smpconv_models.layers.mode.is_eager`."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -11,11 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules import module as _module
 
-from .export_conv import is_exporting
+from .mode import is_eager, is_jit_tracing, python_only
 
 __all__ = [
     'conv2d_act', 'pointwise_conv2d', 'activation_name', 'needs_grad', 'has_forward_hooks', 'bns_have_statistics',
-    'folds_in_eval', 'cached_eval_value', 'micro_batch_size', 'MICRO_BATCH_BYTES',
+    'folds_in_eval', 'cached_eval_value', 'tensor_key', 'micro_batch_size', 'MICRO_BATCH_BYTES',
 ]
 
 # oneDNN post-op names and algorithms of the activations we fuse (exact, erf-based GELU only).
@@ -39,13 +40,11 @@ def needs_grad(x: Tensor, tensors: Sequence[Tensor]) -> bool:
 
 
 def folds_in_eval(module: nn.Module, x: Any) -> bool:
-    """Whether ``module`` may run its folded inference form on ``x``: eval mode, no autograd, not while ``torch.fx``,
-    ``torch.jit.trace``, an exporter (``torch.onnx``, ``torch.export``) or ``torch.compile`` records (traces, exports
-    and FLOP counts see the modules as they are; a compiled graph cannot read the cache's storage pointers, and
-    Inductor fuses the plain ops itself), and no forward hook on a submodule (a hook on an inner conv or BatchNorm
-    still fires: the plain path runs)."""
-    if (not isinstance(x, Tensor) or module.training or torch.jit.is_tracing() or is_exporting()
-            or torch.compiler.is_compiling()):
+    """Whether ``module`` may run its folded inference form on ``x``: eager mode (traces, exports and FLOP counts
+    see the modules as they are; a compiled graph cannot read the cache's storage pointers, and Inductor fuses the
+    plain ops itself), eval mode, no autograd, and no forward hook on a submodule (a hook on an inner conv or
+    BatchNorm still fires: the plain path runs)."""
+    if not isinstance(x, Tensor) or module.training or not is_eager():
         return False
     if needs_grad(x, list(module.parameters())):
         return False
@@ -69,8 +68,8 @@ def _onednn_fusable(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Te
         return False
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False
-    # traced and compiled graphs (fvcore FLOP counts, torch.jit.trace, torch.compile) and autocast see the plain ops
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.is_autocast_enabled('cpu'):
+    # traced, compiled and exported graphs (fvcore FLOP counts, torch.compile) and autocast see the plain ops
+    if not is_eager() or torch.is_autocast_enabled('cpu'):
         return False
     tensors = [weight] + ([bias] if bias is not None else []) + ([residual] if residual is not None else [])
     return not needs_grad(x, tensors)
@@ -85,19 +84,8 @@ def conv2d_act(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int]
     """
     if act not in ('none', 'relu', 'gelu'):
         raise ValueError(f"conv2d_act: act must be 'none', 'relu' or 'gelu', got {act!r}")
-    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
-        if _onednn_fusable(x, weight, bias, residual):
-            name, algorithm = _ONEDNN_ACTS[act]
-            dilation = [1] * len(stride)
-            if residual is None:
-                return torch.ops.mkldnn._convolution_pointwise(
-                    x, weight, bias, padding, stride, dilation, groups, name, [], algorithm)
-            if act == 'none':
-                cl = x.is_contiguous(memory_format=torch.channels_last)
-                fmt = torch.channels_last if cl else torch.contiguous_format
-                return torch.ops.mkldnn._convolution_pointwise.binary(
-                    x, residual.contiguous(memory_format=fmt), weight, bias, padding, stride, dilation, groups, 'add',
-                    None, None, [], None)
+    if _onednn_fusable(x, weight, bias, residual) and (residual is None or act == 'none'):
+        return _onednn_conv2d(x, weight, bias, stride, padding, groups, act, residual)
     y = F.conv2d(x, weight, bias, stride, padding, 1, groups)
     if residual is not None:
         y = y + residual
@@ -108,11 +96,26 @@ def conv2d_act(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int]
     return y
 
 
+@python_only
+def _onednn_conv2d(x, weight, bias, stride, padding, groups, act, residual):
+    """:func:`conv2d_act` as one oneDNN convolution with the activation or the residual add as a post-op."""
+    name, algorithm = _ONEDNN_ACTS[act]
+    dilation = [1] * len(stride)
+    if residual is None:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, weight, bias, padding, stride, dilation, groups, name, [], algorithm)
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return torch.ops.mkldnn._convolution_pointwise.binary(
+        x, residual.contiguous(memory_format=fmt), weight, bias, padding, stride, dilation, groups, 'add', None, None,
+        [], None)
+
+
 def pointwise_conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:
     """``conv(x)``; a 1x1 conv (stride 1, ``groups=1``) of a channels_last ``x`` runs as a matmul over channels on its
     NHWC view (no copies, output channels_last), whose backward was cheaper than oneDNN's 1x1 convolution backward
-    on smpconv_t's shapes. A conv with hooks is called as usual."""
-    if (isinstance(x, Tensor) and not torch.jit.is_tracing() and x.dim() == 4 and conv.kernel_size == (1, 1)
+    on smpconv_t's shapes. A conv with hooks, and every conv ``torch.jit.trace`` records (FLOP counts, the TorchScript
+    ONNX exporter: they see the conv), is called as usual."""
+    if (isinstance(x, Tensor) and not is_jit_tracing() and x.dim() == 4 and conv.kernel_size == (1, 1)
             and not has_forward_hooks(conv)
             and conv.stride == (1, 1) and conv.groups == 1 and conv.padding in ((0, 0), 'valid')
             and x.is_contiguous(memory_format=torch.channels_last)):
@@ -121,7 +124,9 @@ def pointwise_conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:
     return conv(x)
 
 
-def _tensor_key(tensors: Sequence[Tensor]) -> tuple:
+def tensor_key(tensors: Sequence[Tensor]) -> tuple:
+    """What identifies the values of ``tensors``: storage pointer, version counter, dtype, device and shape of each,
+    and whether inference mode is on."""
     key: list[Any] = [torch.is_inference_mode_enabled()]
     for t in tensors:
         key += [t.data_ptr(), t._version, t.dtype, t.device, t.shape]
@@ -135,7 +140,7 @@ def cached_eval_value(module: nn.Module, compute: Callable[[], Any]) -> Any:
     (optimizer step, ``load_state_dict``), ``.data`` replacement and ``.to()`` changes. Stored in the module's
     ``_eval_cache`` attribute (set it to ``None`` in ``__init__``; not part of the state dict).
     """
-    key = _tensor_key(list(module.parameters()) + list(module.buffers()))
+    key = tensor_key(list(module.parameters()) + list(module.buffers()))
     cache = module._eval_cache
     if cache is not None and cache[0] == key:
         return cache[1]

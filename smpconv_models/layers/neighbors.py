@@ -5,8 +5,8 @@ Search result (:class:`Neighborhood`): indices ``idx [B, M, k]`` into the suppor
 
 **The neighbour rule** (every backend returns the same tensors):
 
-* distance: ``sqrt(sum_a (y_a - x_a)^2)`` in the positions' dtype, the coordinate terms added in axis order
-  (:func:`pair_distances`);
+* distance: ``sqrt(sum_a (y_a - x_a)^2)`` in the positions' dtype (half precision, autocast included: float32,
+  :func:`_full_precision`), the coordinate terms added in axis order (:func:`pair_distances`);
 * order: by ``(distance, support index)``: the nearest first, equal distances by the smaller index; a query keeps
   the first ``k`` real points in that order (padded points, ``support_mask`` False, never count);
 * ``radius``: of those ``k``, the ones with ``distance <= radius`` are valid (the nearest at most ``k`` in the
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .conv import check_float_3d
-from .export_conv import is_exporting
+from .mode import execution_mode
 
 __all__ = ['Neighborhood', 'find_neighbors', 'pair_distances', 'farthest_point_sample', 'grid_pool',
            'random_point_sample', 'check_point_set', 'check_point_set_shapes']
@@ -95,13 +95,13 @@ def check_point_set(features: Tensor, positions: Tensor, mask: Tensor | None = N
                     in_channels: int | None = None, dim: int | None = None, k: int | None = None) -> None:
     """Raise a clear error for a malformed point set: shapes, dtypes, batch and point counts, a bad mask, and (one
     host sync) non-finite positions of real points or fewer real points than ``k`` (k-nearest-neighbour search).
-    While a graph is captured for export (:func:`~smpconv_models.layers.export_conv.is_exporting`) only the shape
+    While a graph is captured for export (:func:`~smpconv_models.layers.mode.execution_mode`) only the shape
     and dtype checks run: an exported graph cannot read values on the host."""
     check_point_set_shapes(features, positions, mask, query, in_channels, dim)
     n = features.shape[1]
     if k is not None and k > n:
         raise ValueError(f'k={k} neighbours requested but the sets hold only N={n} points')
-    if is_exporting():
+    if execution_mode() == 'export':
         return
     finite = torch.isfinite(positions).all(-1)
     flags = [(finite if mask is None else finite | ~mask).all()]
@@ -134,6 +134,12 @@ def _check_neighborhood(neighbors: Neighborhood, batch: int, m: int, k: int, n: 
 
 # ------------------------------------------------------------------------------------------------ search
 
+def _full_precision(positions: Tensor) -> Tensor:
+    """Positions for distances: half-precision ones (bf16 / fp16 models, autocast) in float32, so that rounding never
+    reorders neighbours or farthest points (and the kd-tree, float32 / float64 only, serves them too)."""
+    return positions if positions.dtype in (torch.float32, torch.float64) else positions.float()
+
+
 def pair_distances(a: Tensor, b: Tensor) -> Tensor:
     """Euclidean distances between broadcastable ``[..., d]`` coordinates, ``[...]``: the squared coordinate
     differences added in axis order, then the square root. Every search backend ranks with this one formula (plain
@@ -158,11 +164,11 @@ def _distance_from_differences(diffs, in_place: bool = True) -> Tensor:
 def _nearest_in_rows(dist: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The ``k`` smallest of every row of ``dist [..., N]`` (inf: not a candidate) in ``(distance, index)`` order:
     ``(distances [..., k], indices [..., k])``, O(N) per row. Eager: a top-k of ``k + 1`` settles every row whose
-    k-th and (k+1)-th distances differ; rows tied there (and every row while exporting: no data-dependent shapes)
-    take the ties at the k-th distance by index (:func:`_take_ties_by_index`); so does every row in a captured graph
-    (export, compile: no data-dependent branch)."""
+    k-th and (k+1)-th distances differ; rows tied there take the ties at the k-th distance by index
+    (:func:`_take_ties_by_index`); so does every row outside eager mode (export, compile, trace: no data-dependent
+    branch or shape)."""
     n = dist.shape[-1]
-    if k == n or is_exporting() or torch.compiler.is_compiling():
+    if k == n or execution_mode() != 'eager':
         return _rank_by_distance(*_take_ties_by_index(dist, k))
     top, idx = dist.topk(k + 1, dim=-1, largest=False, sorted=True)
     tied = top[..., k - 1] == top[..., k]
@@ -220,7 +226,7 @@ def _neighbors_torch(support: Tensor, query: Tensor, k: int, radius: float | Non
     m = query.shape[1]
     kk = min(k, n)
     # while exporting the batch dimension may be dynamic: chunks sized per set (memory then grows with the batch)
-    chunk = chunk_size or max(1, DIST_BLOCK // max(1, (1 if is_exporting() else batch) * n))
+    chunk = chunk_size or max(1, DIST_BLOCK // max(1, (1 if execution_mode() == 'export' else batch) * n))
     dists, idxs = [], []
     for start in range(0, m, chunk):
         d = pair_distances(query[:, start:start + chunk, None], support[:, None])  # [B, chunk, N]
@@ -233,8 +239,8 @@ def _neighbors_torch(support: Tensor, query: Tensor, k: int, radius: float | Non
 
 
 # The kd-tree path runs on the host in numpy (single-threaded elementwise work: no intra-op thread pool to wait on
-# for its many small steps); its float32 / float64 arithmetic is the same IEEE operations as pair_distances'.
-KDTREE_DTYPES = (torch.float32, torch.float64)
+# for its many small steps); its float32 / float64 arithmetic is the same IEEE operations as pair_distances'
+# (half-precision positions reach it in float32: _full_precision).
 
 
 def _relative_error(dtype) -> float:
@@ -415,8 +421,7 @@ def _pick_backend(backend: str, support: Tensor, query: Tensor) -> str:
     if backend != 'auto':
         return backend
     n, m = support.shape[1], query.shape[1]
-    if (is_exporting() or support.device.type != 'cpu' or support.dtype not in KDTREE_DTYPES
-            or n * m < KDTREE_MIN_PAIRS):
+    if execution_mode() == 'export' or support.device.type != 'cpu' or n * m < KDTREE_MIN_PAIRS:
         return 'torch'
     if _has_scipy():
         return 'kdtree'
@@ -445,13 +450,15 @@ def find_neighbors(
 
     * ``'torch'``: plain torch on any device (exportable), queries in chunks so one ``[B, chunk, N]`` distance
       block holds at most ``DIST_BLOCK`` elements (``chunk_size`` overrides the chunk); O(N M) time;
-    * ``'kdtree'``: CPU, float32 or float64 positions, scipy's ``cKDTree`` (optional: ``pip install
-      "smpconv-models[points]"``); O((N + M k) log N) time, O(N + M k) memory;
+    * ``'kdtree'``: CPU, scipy's ``cKDTree`` (optional: ``pip install "smpconv-models[points]"``);
+      O((N + M k) log N) time, O(N + M k) memory;
     * ``'torch_cluster'``: the optional ``torch_cluster`` package; *not* the rule above: ties are its own and
       ``radius`` keeps some ``k`` points of the ball, not the nearest;
-    * ``'auto'``: ``'kdtree'`` for float32 / float64 CPU sets of at least ``KDTREE_MIN_PAIRS`` support x query
-      points when scipy is installed, else ``'torch'`` (always ``'torch'`` while exporting:
-      :func:`~smpconv_models.layers.export_conv.is_exporting`).
+    * ``'auto'``: ``'kdtree'`` for CPU sets of at least ``KDTREE_MIN_PAIRS`` support x query points when scipy is
+      installed, else ``'torch'`` (always ``'torch'`` while exporting:
+      :func:`~smpconv_models.layers.mode.execution_mode`).
+
+    Half-precision positions (bf16 / fp16, autocast or not) are compared in float32 on every backend.
     """
     if backend not in BACKENDS:
         raise ValueError(f'backend must be one of {", ".join(map(repr, BACKENDS))}, got {backend!r}')
@@ -464,15 +471,13 @@ def find_neighbors(
     _check_mask(support_mask, support.shape[0], support.shape[1], 'support_mask')
     k = int(k)
     radius = None if radius is None else float(radius)
+    support, query = _full_precision(support), _full_precision(query)
     chosen = _pick_backend(backend, support, query)
     if chosen == 'kdtree':
         if support.device.type != 'cpu' or query.device.type != 'cpu':
             raise ValueError(f"backend='kdtree' runs on CPU tensors, got {support.device}; use backend='torch'")
-        if is_exporting():
+        if execution_mode() == 'export':
             raise ValueError("backend='kdtree' cannot be exported (a host-side search); use backend='torch'")
-        if support.dtype not in KDTREE_DTYPES:
-            raise TypeError(f"backend='kdtree' ranks float32 or float64 positions, got {support.dtype}; use "
-                            "backend='torch'")
         if not _has_scipy():
             raise ImportError("backend='kdtree' needs scipy (pip install \"smpconv-models[points]\"); "
                               "backend='torch' needs nothing")
@@ -505,6 +510,7 @@ def farthest_point_sample(positions: Tensor, n_samples: int, mask: Tensor | None
         raise ValueError(f'n_samples must be in [1, N={n}], got {n_samples}')
     if subset is not None and not n_samples <= subset:
         raise ValueError(f'subset must hold at least n_samples={n_samples} points, got {subset}')
+    positions = _full_precision(positions)
     if subset is not None and subset < n:
         pools = []
         for b in range(batch):

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch.nn as nn
 
-from .point_conv import SMPPointKernel
 from .reparam import SMPReparamConv
 from .smp_conv import SMPConvBase
+from .smp_points import SMPPoints
 
 __all__ = ['clamp_radii_', 'smp_param_groups', 'rescale_smp_kernels_', 'scaled_kernel_size']
 
@@ -17,7 +17,7 @@ def clamp_radii_(model: nn.Module) -> nn.Module:
     """Clamp the radii of every SMP layer in ``model`` in place (call after each optimizer step, before EMA); frozen
     radii (``learn_radius=False``) are left as initialised."""
     for module in model.modules():
-        if isinstance(module, (SMPConvBase, SMPPointKernel)):
+        if isinstance(module, SMPPoints):
             module.clamp_radii_()
     return model
 
@@ -41,7 +41,7 @@ def smp_param_groups(
     """
     positions, radii = set(), set()
     for module in model.modules():
-        if isinstance(module, (SMPConvBase, SMPPointKernel)):
+        if isinstance(module, SMPPoints):
             positions.add(id(module.weight_coord))
             radii.add(id(module.radius))
     skip = set(no_weight_decay)

@@ -21,7 +21,7 @@ import torch.nn as nn
 from timm.layers import register_notrace_module
 from torch import Tensor
 
-from .export_conv import is_exporting
+from .mode import execution_mode
 from .neighbors import (
     Neighborhood,
     _check_neighborhood,
@@ -29,7 +29,8 @@ from .neighbors import (
     check_point_set_shapes,
     find_neighbors,
 )
-from .smp_kernel import COUNT_EPS, smp_basis, smp_kernel
+from .smp_kernel import divide_by_count, hat_count, smp_basis, smp_kernel
+from .smp_points import SMPPoints
 
 __all__ = ['MLPKernel', 'SMPPointKernel', 'PointConv', 'point_conv']
 
@@ -121,14 +122,14 @@ def _contract_basis(basis: Tensor, neighbor_features: Tensor, weights: Tensor) -
 
 
 @register_notrace_module
-class SMPPointKernel(nn.Module):
+class SMPPointKernel(SMPPoints):
     """The SMP kernel (Kim & Park, Eq. 1-2) as a point-convolution kernel generator, evaluated at neighbour offsets.
 
-    Parameters as in the grid layers (:class:`~smpconv_models.layers.SMPConvBase`): ``weight_coord`` [G, P, d],
-    ``radius`` [G, P, 1], ``weights`` [F_out, F_in, P]. ``shared_points=True`` gives one set of ``P`` points for all
-    filters (``G = 1``); ``False`` gives every output channel its own points (``G = F_out``, the CIFAR ``SMPConv``
-    layout, whose parameters copy over unchanged). ``kernel_normalize`` applies Eq. 1's ``1 / |N(u)|`` (points whose
-    hat covers the offset ``u``, ``+ 1e-6``), as ``SMPConv`` does. ``learn_positions`` / ``learn_radius`` set
+    An :class:`~smpconv_models.layers.smp_points.SMPPoints` point set: ``weight_coord`` [G, P, d], ``radius``
+    [G, P, 1], ``weights`` [F_out, F_in, P]. ``shared_points=True`` gives one set of ``P`` points for all filters
+    (``G = 1``); ``False`` gives every output channel its own points (``G = F_out``, the CIFAR ``SMPConv`` layout,
+    whose parameters copy over unchanged). ``kernel_normalize`` applies Eq. 1's ``1 / |N(u)|`` (points whose hat
+    covers the offset ``u``, ``+ 1e-6``), as ``SMPConv`` does. ``learn_positions`` / ``learn_radius`` set
     ``requires_grad`` of ``weight_coord`` / ``radius`` (kept in the state dict either way).
 
     Basis: the hat responses :func:`smp_basis` (``[B, M, G, P, k]``). Shared points contract them with the
@@ -152,33 +153,19 @@ class SMPPointKernel(nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
-        for name, value in (('dim', dim), ('in_channels', in_channels), ('out_channels', out_channels),
-                            ('n_points', n_points)):
+        for name, value in (('dim', dim), ('in_channels', in_channels), ('out_channels', out_channels)):
             if int(value) < 1:
                 raise ValueError(f'SMPPointKernel: {name} must be at least 1, got {value}')
-        if not radius > 0 or not coord_std > 0:
-            raise ValueError(f'SMPPointKernel: radius and coord_std must be positive, got {radius}, {coord_std}')
-        dd = dict(device=device, dtype=dtype)
+        groups = 1 if shared_points else int(out_channels)
+        # weights ~ N(0, 1 / (F_in * P)): fan-in scaling of the contraction over inputs and points
+        super().__init__(groups, n_points, int(dim), (int(out_channels), int(in_channels)), radius, coord_std,
+                         radius_bounds, weight_std=(int(in_channels) * max(1, int(n_points))) ** -0.5,
+                         truncate_weights=False, learn_positions=learn_positions, learn_radius=learn_radius,
+                         device=device, dtype=dtype)
         self.dim, self.in_channels, self.out_channels = int(dim), int(in_channels), int(out_channels)
-        self.n_points = self.basis_size = int(n_points)
+        self.basis_size = self.n_points
         self.shared_points = bool(shared_points)
         self.kernel_normalize = bool(kernel_normalize)
-        self.radius_min, self.radius_max = radius_bounds
-        groups = 1 if self.shared_points else self.out_channels
-        self.weight_coord = nn.Parameter(torch.empty(groups, self.n_points, self.dim, **dd),
-                                         requires_grad=learn_positions)
-        self.radius = nn.Parameter(torch.full((groups, self.n_points, 1), float(radius), **dd),
-                                   requires_grad=learn_radius)
-        self.weights = nn.Parameter(torch.empty(self.out_channels, self.in_channels, self.n_points, **dd))
-        with torch.no_grad():
-            nn.init.trunc_normal_(self.weight_coord, std=coord_std, a=-1.0, b=1.0)
-            nn.init.normal_(self.weights, std=(self.in_channels * self.n_points) ** -0.5)
-
-    @torch.no_grad()
-    def clamp_radii_(self) -> None:
-        """Clamp radii in place to ``[radius_min, radius_max]`` (as the grid layers, after each optimizer step)."""
-        self.radius.clamp_(self.radius_min, self.radius_max)
 
     def aggregate(self, offsets: Tensor, neighbor_features: Tensor) -> Tensor:
         """``sum_j g(offsets_j) f_j``: offsets ``[B, M, k, d]``, features ``[B, M, k, F_in]`` -> ``[B, M, F_out]``."""
@@ -186,12 +173,11 @@ class SMPPointKernel(nn.Module):
         if self.shared_points:
             h = h.squeeze(-3)  # [B, M, P, k]
             if self.kernel_normalize:  # 1/|N(u)| depends on the neighbour only: scale its features instead of h
-                count = (h > 0).sum(-2, dtype=h.dtype)  # [B, M, k]
-                neighbor_features = neighbor_features / (count + COUNT_EPS).unsqueeze(-1)
+                neighbor_features = divide_by_count(neighbor_features, hat_count(h).transpose(-1, -2))
             mixed = torch.matmul(h, neighbor_features)  # [B, M, P, F_in]
             return torch.matmul(mixed.flatten(-2), self.weights.permute(2, 1, 0).reshape(-1, self.out_channels))
         if self.kernel_normalize:
-            h = h / ((h > 0).sum(-2, keepdim=True, dtype=h.dtype) + COUNT_EPS)
+            h = divide_by_count(h, hat_count(h))
         w = self.weights.permute(0, 2, 1).reshape(-1, self.in_channels)  # [F_out * P, F_in]
         mapped = torch.matmul(w, neighbor_features.transpose(-1, -2))  # [B, M, F_out * P, k]
         return (mapped.view_as(h) * h).sum((-1, -2))
@@ -210,8 +196,8 @@ class SMPPointKernel(nn.Module):
 
     def extra_repr(self) -> str:
         return (f'dim={self.dim}, in_channels={self.in_channels}, out_channels={self.out_channels}, '
-                f'n_points={self.n_points}, shared_points={self.shared_points}, '
-                f'kernel_normalize={self.kernel_normalize}')
+                f'shared_points={self.shared_points}, kernel_normalize={self.kernel_normalize}, '
+                + super().extra_repr())
 
 
 # ------------------------------------------------------------------------------------------------ convolution
@@ -300,7 +286,7 @@ def point_conv(
     idx, valid = neighbors
     extent = kernel_extent if kernel_extent is not None else radius
     # one pass while exporting (the batch may be dynamic, and the graph holds no backward)
-    chunk = m if is_exporting() else query_chunk or max(1, GATHER_BLOCK // (batch * int(k)))
+    chunk = m if execution_mode() == 'export' else query_chunk or max(1, GATHER_BLOCK // (batch * int(k)))
     if chunk >= m:
         out = _aggregate(features, positions, query_pos, idx, valid, kernel, extent, normalize)
     else:

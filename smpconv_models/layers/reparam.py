@@ -5,9 +5,8 @@ kernel with a 5x5 depthwise conv, the CIFAR ResNet a full 33x33 SMP conv with a 
 causal SMP conv with a causal 5-tap conv. In eval mode ``BN(smp(x)) + BN(small(x))`` is one convolution with the
 folded kernel ``s1 * K_smp + s2 * pad(K_small)`` and bias ``b1 + b2``; ``reparameterize()`` switches to it.
 """
-from __future__ import annotations
-
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -16,8 +15,10 @@ from timm.layers import register_notrace_module
 from torch import Tensor
 
 from .causal_conv import causal_conv1d
-from .conv import check_conv_input, prefers_channels_last, same_conv
+from .conv import check_conv_input, direct_same_conv, prefers_channels_last, same_conv
 from .fused import bns_have_statistics, cached_eval_value, folds_in_eval
+from .irregular_conv import PAIRWISE_CHUNK, observed_parallel_conv
+from .mode import is_eager, python_only
 from .smp_conv import SMPCausalConv1d, SMPConv, SMPConvBase, SMPDepthwiseConv2d
 
 __all__ = [
@@ -90,8 +91,7 @@ class CausalConv1d(nn.Module):
         nn.init.trunc_normal_(self.weight, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.jit.is_scripting():
-            check_conv_input(x, 1, self.in_channels, type(self).__name__)
+        check_conv_input(x, 1, self.in_channels, 'CausalConv1d')
         return causal_conv1d(x, self.weight, self.bias, fft=self.fft)
 
     def extra_repr(self) -> str:
@@ -123,6 +123,7 @@ class SMPReparamConv(nn.Module):
     def _init_branches(self, smp: SMPConvBase | None, small: nn.Module | None, norm_layer, deploy: bool,
                        dd: dict) -> None:
         self._eval_cache = None
+        self.layer_name = type(self).__name__  # for input errors (TorchScript cannot read type names)
         if deploy:
             self.reparam_conv = self._make_deploy_conv(**dd)
             self.smp = None
@@ -143,23 +144,31 @@ class SMPReparamConv(nn.Module):
         return F.pad(weight, pads)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.jit.is_scripting():
-            check_conv_input(x, self.ndim, self.in_channels, type(self).__name__)
+        return self.forward_grid(x)
+
+    def forward_grid(self, x: Tensor) -> Tensor:
+        """The convolution of ``x`` on its grid: the two branches, or the folded kernel (deploy form; in eager eval
+        without autograd the cached fold of the branches)."""
+        check_conv_input(x, self.ndim, self.in_channels, self.layer_name)
         if self.ndim == 2 and prefers_channels_last(x, self.kernel_size[-1]):
             x = x.contiguous(memory_format=torch.channels_last)
         if self.reparam_conv is not None:
             if self.dense_deploy:  # a large dense kernel: same_conv picks the FFT
                 return same_conv(x, self.reparam_conv.weight, self.reparam_conv.bias)
-            return self.reparam_conv(x)
-        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
-            if self._folds_in_eval(x):
-                # eval without autograd: the folded kernel, cached until a parameter or statistic changes
-                weight, bias = cached_eval_value(self, self.fused_kernel_bias)
-                return self._folded_conv(x, weight, bias)
+            return self._folded_conv(x, self.reparam_conv.weight, self.reparam_conv.bias)
+        if is_eager() and self._folds_in_eval(x):  # eval without autograd: the folded kernel, cached
+            return self._cached_folded_conv(x)
         return self.smp(x) + self.small_conv(x)
 
-    def _folds_in_eval(self, x: Tensor) -> bool:
+    @python_only
+    def _folds_in_eval(self, x):
         return folds_in_eval(self, x) and bns_have_statistics(self)
+
+    @python_only
+    def _cached_folded_conv(self, x):
+        """The deploy convolution with the folded kernel, cached until a parameter or statistic changes."""
+        weight, bias = cached_eval_value(self, self.fused_kernel_bias)
+        return self._folded_conv(x, weight, bias)
 
     def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """The deploy convolution with a given folded ``weight`` and ``bias``."""
@@ -247,8 +256,7 @@ class SMPLargeKernelConv2d(SMPReparamConv):
         return nn.Conv2d(self.channels, self.channels, k, padding=k // 2, groups=self.channels, bias=True, **dd)
 
     def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        k = self.kernel_size[0]
-        return F.conv2d(x, weight, bias, padding=k // 2, groups=self.channels)
+        return direct_same_conv(x, weight, bias, self.channels)
 
 
 @register_notrace_module
@@ -309,7 +317,15 @@ class SMPParallelConv(SMPReparamConv):
 @register_notrace_module
 class SMPParallelCausalConv1d(SMPReparamConv):
     """Causal SMP conv + BN beside a small causal conv + BN (the official sequence TCN's
-    ``norm1(cconv1(x)) + norm1s(cconv1s(x))``); deploy form :class:`CausalConv1d` with the folded length-K kernel."""
+    ``norm1(cconv1(x)) + norm1s(cconv1s(x))``); deploy form :class:`CausalConv1d` with the folded length-K kernel.
+
+    ``kernel_layer`` builds the long branch instead of :class:`SMPCausalConv1d` (``kernel_layer(in_channels,
+    out_channels, kernel_size, bias=, fft=, device=, dtype=)``, e.g. a partial of
+    :class:`~smpconv_models.layers.irregular_conv.MLPCausalConv1d`; ``n_points``, ``radius``, ``coord_std`` and the
+    ``learn_*`` switches are then the SMP kernel's and unused). ``forward(x, mask, timestamps)`` takes irregular
+    series too (:func:`~smpconv_models.layers.irregular_conv.observed_parallel_conv`, query chunks of
+    ``pairwise_chunk`` elements).
+    """
 
     def __init__(
             self,
@@ -326,21 +342,43 @@ class SMPParallelCausalConv1d(SMPReparamConv):
             norm_layer: type[nn.Module] = nn.BatchNorm1d,
             learn_positions: bool = True,
             learn_radius: bool = True,
+            kernel_layer: Callable[..., nn.Module] | None = None,
+            pairwise_chunk: int = PAIRWISE_CHUNK,
             device=None,
             dtype=None,
     ):
         super().__init__()
         if not 1 <= small_kernel_size <= kernel_size:
             raise ValueError(f'small_kernel_size must be in [1, kernel_size={kernel_size}], got {small_kernel_size}')
+        if pairwise_chunk < 1:
+            raise ValueError(f'pairwise_chunk must be positive, got {pairwise_chunk}')
         self.in_channels, self.out_channels, self.ndim = int(in_channels), int(out_channels), 1
         self.kernel_size, self.small_kernel_size, self.fft = (int(kernel_size),), int(small_kernel_size), fft
+        self.pairwise_chunk = int(pairwise_chunk)
         dd = dict(device=device, dtype=dtype)
         smp = small = None
         if not deploy:
-            smp = SMPCausalConv1d(in_channels, out_channels, kernel_size, n_points, radius, coord_std, bias, fft,
-                                  learn_positions, learn_radius, **dd)
+            if kernel_layer is None:
+                smp = SMPCausalConv1d(in_channels, out_channels, kernel_size, n_points, radius, coord_std, bias, fft,
+                                      learn_positions, learn_radius, **dd)
+            else:
+                smp = kernel_layer(in_channels, out_channels, kernel_size, bias=bias, fft=fft, **dd)
             small = CausalConv1d(in_channels, out_channels, small_kernel_size, bias=False, **dd)
         self._init_branches(smp, small, norm_layer, deploy, dd)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, timestamps: Tensor | None = None) -> Tensor:
+        """``x [B, C, L]``; with ``mask [B, L]`` (observed steps) the training BatchNorm statistics count observed
+        steps only, and with ``timestamps [B, L]`` the kernels are evaluated at their differences (irregular
+        series; module docstring)."""
+        if mask is None and timestamps is None:
+            return self.forward_grid(x)
+        return self._forward_observed(x, mask, timestamps)
+
+    @python_only
+    def _forward_observed(self, x: Tensor, mask: Tensor | None, timestamps: Tensor | None) -> Tensor:
+        if mask is None:
+            mask = torch.ones(x.shape[0], x.shape[-1], dtype=torch.bool, device=x.device)
+        return observed_parallel_conv(self, x, mask, timestamps, self.pairwise_chunk)
 
     def _pad_small(self, weight: Tensor) -> Tensor:
         # causal kernels align at the current step (the last tap): pad on the past side only

@@ -11,9 +11,7 @@ dicts load after stripping wrapper prefixes.
 """
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -22,10 +20,11 @@ from torch import Tensor
 
 from .causal_conv import causal_conv1d
 from .conv import check_conv_input, same_conv
-from .export_conv import is_exporting
+from .irregular_conv import PAIRWISE_CHUNK, pairwise_smp_causal_conv
 from .smp_kernel import kernel_coords, smp_kernel
+from .smp_points import SMPPoints
 
-__all__ = ['SMPConvBase', 'SMPDepthwiseConv2d', 'SMPConv', 'SMPCausalConv1d', 'share_kernels']
+__all__ = ['SMPConvBase', 'SMPDepthwiseConv2d', 'SMPConv', 'SMPCausalConv1d']
 
 
 def _as_size(kernel_size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
@@ -42,40 +41,17 @@ def _require_odd(size: tuple[int, ...], name: str) -> None:
         raise ValueError(f"{name} needs odd kernel sizes for 'same' padding, got {size}")
 
 
-class _AddPendingGrad(torch.autograd.Function):
-    """Identity on the kernel whose backward adds the kernel gradient accumulated by earlier micro-batches."""
-
-    @staticmethod
-    def forward(ctx, kernel: Tensor, pending: Tensor) -> Tensor:
-        ctx.pending = pending
-        return kernel.view_as(kernel)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return grad + ctx.pending, None
-
-
 @register_notrace_module  # torch.fx leaf (as are the subclasses): kernel cache, custom autograd Function, checks
-class SMPConvBase(nn.Module):
-    """Learnable points (``weight_coord`` [G, P, d], ``radius`` [G, P, 1...], ``weights`` [G, C, P]) and the
-    dense kernel they define on a ``kernel_size`` grid.
+class SMPConvBase(SMPPoints):
+    """An :class:`~smpconv_models.layers.smp_points.SMPPoints` point set (``weight_coord`` [G, P, d], ``radius``
+    [G, P, 1...], ``weights`` [G, C, P]) and the dense kernel it defines on a ``kernel_size`` grid (Eq. 1).
 
-    The dense kernel is generated from the points on every training forward (autograd flows to the points). In
-    eval mode, when no gradient is needed, it is cached and regenerated only when a point parameter changed: the
-    cache key is each parameter's storage pointer and version counter, which every in-place update
-    (optimizer step, ``load_state_dict``, :meth:`clamp_radii_`), ``.data`` replacement and ``.to()`` changes.
-    Under :func:`share_kernels` (gradient accumulation) one kernel serves every micro-batch of an optimizer step.
-    Under ``torch.compile`` and the exporters the kernel is generated inside the graph on every call (neither the
-    cache nor kernel sharing applies there).
-
-    Ablation switches (Tables 6-9 of the paper): ``learn_positions=False`` / ``learn_radius=False`` freeze the
-    positions / radii at their initialisation (``requires_grad=False``: they stay in the state dict, so checkpoints
-    keep their layout, but receive no gradient, no optimizer update and no :meth:`clamp_radii_`); ``coord_std`` and
-    ``radius`` set the initial position spread and radius, ``n_points`` the number of points.
+    The kernel is generated from the points on every training forward (autograd flows to the points); in eval
+    without autograd it is cached until a point parameter changes, and under :func:`share_kernels` one kernel serves
+    every micro-batch of an optimizer step (:meth:`SMPPoints.cached`; eager only: compiled and exported graphs
+    generate it in the graph). ``learn_positions`` / ``learn_radius``, ``coord_std``, ``radius`` and ``n_points``
+    are the ablation switches of Tables 6-9 (see :class:`SMPPoints`).
     """
-
-    # No class-level annotations in the layers: under ``from __future__ import annotations`` they are strings that
-    # TorchScript cannot read (attribute types are inferred from the values instead).
 
     def __init__(
             self,
@@ -93,49 +69,13 @@ class SMPConvBase(nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
-        if int(n_points) < 1:
-            raise ValueError(f'n_points must be at least 1, got {n_points}')
-        if not radius > 0:
-            raise ValueError(f'radius must be positive, got {radius}')
-        if not coord_std > 0:
-            raise ValueError(f'coord_std must be positive, got {coord_std}')
         ndim = len(kernel_size)
-        dd = dict(device=device, dtype=dtype)
+        super().__init__(groups, n_points, ndim, (groups, channels), radius, coord_std, radius_bounds,
+                         radius_dims=ndim, causal=causal, learn_positions=learn_positions, learn_radius=learn_radius,
+                         device=device, dtype=dtype)
         self.kernel_size = kernel_size
-        self.n_points = int(n_points)
         self.normalize = normalize
-        self.radius_min, self.radius_max = radius_bounds
-        self.weight_coord = nn.Parameter(torch.empty(groups, self.n_points, ndim, **dd))
-        self.radius = nn.Parameter(torch.empty(groups, self.n_points, *(1,) * ndim, **dd))
-        self.weights = nn.Parameter(torch.empty(groups, channels, self.n_points, **dd))
         self.register_buffer('kernel_coord', kernel_coords(kernel_size, device=device, dtype=dtype), persistent=False)
-        self._kernel_cache: tuple[tuple, Tensor] | None = None
-        # share_kernels(): None outside it, else whether this micro-batch is the last one before the optimizer step;
-        # _shared = (cache key, kernel with its autograd graph, detached leaf the earlier micro-batches use)
-        self._share_final: bool | None = None
-        self._shared: tuple[tuple, Tensor, Tensor] | None = None
-        self._init_points(radius, coord_std, causal)
-        self.weight_coord.requires_grad_(bool(learn_positions))
-        self.radius.requires_grad_(bool(learn_radius))
-
-    @torch.no_grad()
-    def _init_points(self, radius: float, coord_std: float, causal: bool) -> None:
-        if causal:
-            # Official sequence init: |N(0, std)| folded into [-1, 0], scaled by 2 and moved to end at +1 ("now").
-            nn.init.trunc_normal_(self.weight_coord, std=coord_std, a=-1.0, b=0.0)
-            self.weight_coord.mul_(2.0).add_(1.0)
-        else:
-            nn.init.trunc_normal_(self.weight_coord, std=coord_std, a=-1.0, b=1.0)
-        self.radius.fill_(radius)
-        nn.init.trunc_normal_(self.weights, std=0.02)
-
-    @torch.no_grad()
-    def clamp_radii_(self) -> None:
-        """Clamp radii in place to ``[radius_min, radius_max]`` (the official per-step ``radius_clip``); frozen radii
-        (``learn_radius=False``) are left as initialised."""
-        if self.radius.requires_grad:
-            self.radius.clamp_(self.radius_min, self.radius_max)
 
     @torch.jit.export  # compiled, so smp_weight() can call it on a scripted module too
     def _kernel_layout(self, kernel: Tensor) -> Tensor:
@@ -153,87 +93,27 @@ class SMPConvBase(nn.Module):
         coord = self.kernel_coord
         self.kernel_size = size
         self.kernel_coord = kernel_coords(size, device=coord.device, dtype=coord.dtype)
-        self._kernel_cache = None
+        self._eval_cache = None
 
     def generate_kernel(self) -> Tensor:
         """The dense convolution kernel from the current points, always freshly computed (Eq. 1 on the grid)."""
         kernel = smp_kernel(self.kernel_coord, self.weight_coord, self.radius, self.weights, self.normalize)
         return self._kernel_layout(kernel)
 
-    def _cache_key(self) -> tuple:
-        key = [torch.is_inference_mode_enabled()]
-        for t in (self.weight_coord, self.radius, self.weights, self.kernel_coord):
-            key += [t.data_ptr(), t._version, t.dtype, t.device]
-        return tuple(key)
-
     @torch.jit.ignore
     def smp_weight(self):  # -> Tensor (unannotated: TorchScript cannot read string annotations, assumes Tensor)
-        """The dense kernel: generated with autograd in training, cached while parameters are unchanged in eval.
+        """The dense kernel (:meth:`SMPPoints.cached` of :meth:`generate_kernel`).
 
         Called from Python under TorchScript (``torch.jit.ignore``: the kernel comes from a custom autograd
-        Function and an eval-mode cache), so a scripted SMP model runs but cannot be saved; reparameterize it
-        first (``timm.utils.reparameterize_model``) to script a plain-conv model."""
-        if isinstance(self, torch.jit.ScriptModule):  # called from a scripted model: no cache, compiled methods only
+        Function), so a scripted SMP model runs but cannot be saved; reparameterize it first
+        (``timm.utils.reparameterize_model``) to script a plain-conv model."""
+        if isinstance(self, torch.jit.ScriptModule):  # called from a scripted model: its compiled methods, no cache
             kernel = smp_kernel(self.kernel_coord, self.weight_coord, self.radius, self.weights, self.normalize)
             return self._kernel_layout(kernel)
-        if torch.compiler.is_compiling() or is_exporting():
-            # compiled and exported graphs generate the kernel in the graph: the cache and share_kernels() key on
-            # storage pointers, which a graph cannot read (reparameterize a model for inference instead)
-            return self.generate_kernel()
-        needs_grad = torch.is_grad_enabled() and any(
-            p.requires_grad for p in (self.weight_coord, self.radius, self.weights))
-        if self.training or needs_grad:
-            self._kernel_cache = None
-            if self._share_final is not None and needs_grad:
-                return self._shared_kernel(self._share_final)
-            return self.generate_kernel()
-        key = self._cache_key()
-        if self._kernel_cache is not None and self._kernel_cache[0] == key:
-            return self._kernel_cache[1]
-        with torch.no_grad():
-            kernel = self.generate_kernel()
-        self._kernel_cache = (key, kernel)
-        return kernel
-
-    def _shared_kernel(self, final: bool) -> Tensor:
-        """One kernel per optimizer step: generated (with its graph) at the first micro-batch; earlier micro-batches
-        run on a detached leaf that accumulates their kernel gradient, the final one on the generated kernel, whose
-        backward adds that gradient, so the points receive the whole step's gradient in the final backward (inside
-        DDP's gradient synchronisation)."""
-        key = self._cache_key()
-        shared = self._shared
-        if shared is not None and shared[0] != key:
-            if shared[2].grad is not None:
-                warnings.warn(f'{type(self).__name__}: point parameters changed before the final micro-batch of '
-                              'share_kernels(); the kernel gradient of the earlier micro-batches was discarded '
-                              '(pass final=True on the micro-batch before optimizer.step())', stacklevel=3)
-            shared = self._shared = None
-        if final:
-            self._shared = None
-            if shared is None:
-                return self.generate_kernel()
-            pending = shared[2].grad
-            return shared[1] if pending is None else _AddPendingGrad.apply(shared[1], pending)
-        if shared is None:
-            kernel = self.generate_kernel()
-            shared = self._shared = (key, kernel, kernel.detach().requires_grad_())
-        return shared[2]
-
-    def __getstate__(self) -> dict:
-        # copies and pickles start without cached or shared kernels (a shared one holds an autograd graph, which
-        # deepcopy refuses)
-        state = self.__dict__.copy()
-        state['_kernel_cache'] = state['_shared'] = None
-        return state
-
-    def train(self, mode: bool = True):
-        self._kernel_cache = None
-        return super().train(mode)
+        return self.cached(self.generate_kernel)
 
     def extra_repr(self) -> str:
-        return (f'kernel_size={self.kernel_size}, n_points={self.n_points}, normalize={self.normalize}, '
-                f'radius_bounds=({self.radius_min}, {self.radius_max}), '
-                f'learn_positions={self.weight_coord.requires_grad}, learn_radius={self.radius.requires_grad}')
+        return f'kernel_size={self.kernel_size}, normalize={self.normalize}, ' + super().extra_repr()
 
 
 @register_notrace_module
@@ -276,8 +156,7 @@ class SMPDepthwiseConv2d(SMPConvBase):
         return kernel.reshape(self.channels, 1, -1).unflatten(-1, self.kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.jit.is_scripting():
-            check_conv_input(x, 2, self.channels, type(self).__name__)
+        check_conv_input(x, 2, self.channels, 'SMPDepthwiseConv2d')
         return same_conv(x, self.smp_weight(), None, groups=self.channels)
 
 
@@ -320,8 +199,7 @@ class SMPConv(SMPConvBase):
         return kernel.reshape(self.out_channels, self.in_channels, -1).unflatten(-1, self.kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.jit.is_scripting():
-            check_conv_input(x, self.ndim, self.in_channels, type(self).__name__)
+        check_conv_input(x, self.ndim, self.in_channels, 'SMPConv')
         return same_conv(x, self.smp_weight(), self.bias)
 
 
@@ -365,27 +243,11 @@ class SMPCausalConv1d(SMPConvBase):
         return kernel.reshape(self.out_channels, self.in_channels, self.kernel_size[0])
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.jit.is_scripting():
-            check_conv_input(x, 1, self.in_channels, type(self).__name__)
+        check_conv_input(x, 1, self.in_channels, 'SMPCausalConv1d')
         return causal_conv1d(x, self.smp_weight(), self.bias, fft=self.fft)
 
-
-@contextmanager
-def share_kernels(model: nn.Module, final: bool) -> Iterator[nn.Module]:
-    """Generate every SMP kernel of ``model`` once per optimizer step under gradient accumulation.
-
-    Wrap each micro-batch's forward and backward; ``final`` marks the last micro-batch before ``optimizer.step()``
-    (``accelerator.sync_gradients`` under Accelerate). The point gradients are the same as without sharing and
-    arrive in the final backward, so DDP synchronises them with the rest; earlier micro-batches skip the kernel
-    generation and its backward. With ``final=True`` on every micro-batch it changes nothing.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f'share_kernels expects an nn.Module, got {type(model).__name__}')
-    layers = [m for m in model.modules() if isinstance(m, SMPConvBase)]
-    for layer in layers:
-        layer._share_final = bool(final)
-    try:
-        yield model
-    finally:
-        for layer in layers:
-            layer._share_final = None
+    @torch.jit.ignore
+    def pairwise(self, x: Tensor, timestamps: Tensor, mask: Tensor, chunk_budget: int = PAIRWISE_CHUNK) -> Tensor:
+        """The same kernels at the timestamp differences of irregular series
+        (:func:`~smpconv_models.layers.irregular_conv.pairwise_smp_causal_conv`): ``[B, C_out, L]``."""
+        return pairwise_smp_causal_conv(self, x, timestamps, mask, chunk_budget)

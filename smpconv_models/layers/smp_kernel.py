@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ['smp_kernel', 'smp_basis', 'smp_basis_local', 'kernel_coords', 'COUNT_EPS']
+__all__ = ['smp_kernel', 'smp_basis', 'smp_basis_local', 'kernel_coords', 'hat_count', 'divide_by_count',
+           'COUNT_EPS']
 
 COUNT_EPS = 1e-6  # added to |N(x)| before dividing, as in the official CIFAR / sequence kernels
 
@@ -129,9 +130,25 @@ def smp_kernel(
     if normalize:
         # |N(x)| is piecewise constant (no gradient) and only depends on the query, so it scales kernel columns:
         # W @ (h / n) == (W @ h) / n, which avoids holding a second [G, P, Q] tensor.
-        count = (h > 0).sum(-2, keepdim=True, dtype=h.dtype)
-        kernel = kernel / (count + COUNT_EPS)
+        kernel = divide_by_count(kernel, hat_count(h))
     return kernel
+
+
+def hat_count(h: Tensor, dim: int = -2) -> Tensor:
+    """``|N(x)|``: how many points' hats cover each query, from hat responses ``h`` (points along ``dim``, kept as a
+    size-1 axis), in ``h``'s dtype. Piecewise constant: no gradient."""
+    return (h > 0).sum(dim, keepdim=True, dtype=h.dtype)
+
+
+def divide_by_count(x: Tensor, count: Tensor) -> Tensor:
+    """Eq. 1's average: ``x / (|N(x)| + 1e-6)`` (the official CIFAR / sequence kernels' ``1e-6``), ``count`` from
+    :func:`hat_count` or any other count of the covering points broadcastable to ``x``.
+
+    Where no hat covers a query (``count = 0``) every caller's ``x`` is a sum over zero hat responses, so the value
+    is 0 whatever it is divided by; such a count is taken as 1, which keeps the gradient through the division
+    (``1e6`` times larger otherwise) finite in half precision, where it would overflow and meet a zero hat as
+    ``inf * 0``."""
+    return x / (count.clamp_min(1) + COUNT_EPS)
 
 
 def kernel_coords(

@@ -4,17 +4,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file
-from timm.models import adapt_input_conv
+
+if TYPE_CHECKING:
+    from ._family import ModelFamily
 
 __all__ = [
-    'load_checkpoint_file', 'unwrap_state_dict', 'load_pretrained_file', 'strip_prefixes', 'check_state_dict_matches',
+    'load_checkpoint_file', 'unwrap_state_dict', 'strip_prefixes', 'load_weights_', 'check_state_dict_matches',
     'validate_for_model', 'shipped_weights', 'adapt_input_weight', 'adapt_input_layers',
 ]
 
@@ -72,35 +74,20 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor], prefixes: tuple[str, 
     return out
 
 
-def load_pretrained_file(
-        model: nn.Module,
-        path: str | os.PathLike,
-        filter_fn: Callable[[dict, nn.Module], dict],
-        use_ema: bool = True,
-) -> None:
-    """Load an official or smpconv checkpoint file into ``model`` (what ``timm.create_model(..., pretrained=True,
-    pretrained_cfg_overlay=dict(file=PATH))`` calls through ``model.load_pretrained``).
-
-    The classifier is dropped when the checkpoint's class count (``pretrained_cfg['num_classes']``) differs from the
-    model's, and the first conv is adapted when ``in_chans`` differs, as timm does for its own weights. Every other
-    key must match: missing or unexpected keys and shape mismatches raise ``ValueError`` naming them.
-    """
-    state_dict = filter_fn(unwrap_state_dict(load_checkpoint_file(path), use_ema=use_ema), model)
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    allowed_missing: set[str] = set()
-    classifier = cfg.get('classifier')
-    if classifier and cfg.get('num_classes') is not None and cfg['num_classes'] != model.num_classes:
-        for suffix in ('.weight', '.bias'):
-            state_dict.pop(classifier + suffix, None)
-            allowed_missing.add(classifier + suffix)
-    first_conv = cfg.get('first_conv')
-    if first_conv and first_conv + '.weight' in state_dict:
-        w = state_dict[first_conv + '.weight']
-        target = model.get_submodule(first_conv).weight
-        if w.shape != target.shape and w.dim() == target.dim() and w.shape[1] != target.shape[1]:
-            state_dict[first_conv + '.weight'] = adapt_input_conv(target.shape[1], w)
-    check_state_dict_matches(model, state_dict, allowed_missing)
-    model.load_state_dict(state_dict, strict=False)
+def load_weights_(model: nn.Module, state_dict: Mapping[str, torch.Tensor], family: ModelFamily) -> nn.Module:
+    """Load a checkpoint's ``state_dict`` (official or ours) into ``model`` of ``family`` in place: keys converted by
+    the family's checkpoint filter (which adapts the input layers to ``model.in_chans``), the classifier dropped
+    where its shape differs (a new head), then every remaining key checked (``ValueError`` naming missing /
+    unexpected keys and shape mismatches)."""
+    converted = family.checkpoint_filter(dict(state_dict), model, validate=False)
+    own = model.state_dict()
+    new_head = {k for k, v in converted.items()
+                if k.startswith(family.classifier + '.') and k in own and own[k].shape != v.shape}
+    for k in sorted(new_head):
+        _logger.info('new classifier: dropped %s %s', k, tuple(converted.pop(k).shape))
+    check_state_dict_matches(model, converted, allowed_missing=new_head)
+    model.load_state_dict(converted, strict=False)
+    return model
 
 
 def check_state_dict_matches(

@@ -1,19 +1,41 @@
 """What every smpconv model family shares beyond timm's API: point-parameter helpers and checkpoint loading."""
 from __future__ import annotations
 
-import sys
-
 import torch
+import torch.nn as nn
+from timm.models import checkpoint_seq
 
 from ..layers import rescale_smp_kernels_
-from ._checkpoint import load_pretrained_file
+from ..layers.mode import execution_mode, python_only
+from ._checkpoint import load_checkpoint_file, load_weights_, unwrap_state_dict
 
-__all__ = ['SMPModelMixin']
+__all__ = ['SMPModelMixin', 'CheckpointSequential']
+
+
+class CheckpointSequential(nn.Sequential):
+    """``nn.Sequential`` that recomputes its modules' activations in backward (timm's ``checkpoint_seq``) while
+    ``grad_checkpointing`` is set (``set_grad_checkpointing``), except under TorchScript."""
+
+    def __init__(self, *args: nn.Module):
+        super().__init__(*args)
+        self.grad_checkpointing = False
+
+    def forward(self, x):
+        if self.grad_checkpointing and execution_mode() != 'script':
+            return self._checkpointed(x)
+        for module in self:
+            x = module(x)
+        return x
+
+    @python_only
+    def _checkpointed(self, x):
+        return checkpoint_seq(self, x)
 
 
 class SMPModelMixin:
     """Mixed into the model classes: kernel re-sampling, no weight decay on points, official checkpoint loading
-    through the family's ``checkpoint_filter_fn`` (looked up in the model's module)."""
+    through the family's checkpoint filter. Each model file sets its class's ``family`` (the
+    :class:`~smpconv_models.models._family.ModelFamily` it describes at its bottom)."""
 
     @torch.jit.ignore
     def rescale_kernels(self, scale: float) -> dict[str, tuple[int, ...]]:
@@ -40,9 +62,8 @@ class SMPModelMixin:
 
     @torch.jit.ignore
     def load_pretrained(self, path: str, use_ema: bool = True) -> None:
-        """Load an official checkpoint of this family (``model_ema`` preferred) or one of ours, converting keys."""
-        filter_fn = sys.modules[type(self).__module__].checkpoint_filter_fn
-        load_pretrained_file(self, path, filter_fn, use_ema=use_ema)
-
-
-
+        """Load an official checkpoint of this family (``model_ema`` preferred) or one of ours, converting keys (what
+        ``timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=PATH, custom_load=True))`` calls):
+        a classifier of another class count is replaced, the input layers follow ``in_chans``, every other key must
+        match (:func:`~smpconv_models.models._checkpoint.load_weights_`)."""
+        load_weights_(self, unwrap_state_dict(load_checkpoint_file(path), use_ema=use_ema), type(self).family)

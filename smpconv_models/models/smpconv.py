@@ -17,7 +17,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 from timm.layers import ClassifierHead, DropPath
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor
 
@@ -31,8 +31,10 @@ from ..layers.fused import (
     has_forward_hooks,
     micro_batch_size,
 )
+from ..layers.mode import execution_mode, is_eager, python_only
 from ._checkpoint import adapt_input_layers, unwrap_state_dict, validate_for_model
-from ._common import SMPModelMixin
+from ._common import CheckpointSequential, SMPModelMixin
+from ._family import ModelFamily, TrainingDefaults
 
 __all__ = ['SMPConvNet', 'SMPBlock', 'ConvFFN', 'SMPStage']
 
@@ -40,17 +42,6 @@ __all__ = ['SMPConvNet', 'SMPBlock', 'ConvFFN', 'SMPStage']
 # In place: every ReLU here follows a BatchNorm, a sum or a conv, none of which needs its output for the backward
 # (saves one activation-sized allocation and pass per ReLU; at 112x112 in the stem each is 38.5 MB at batch 8).
 _ReLU = partial(nn.ReLU, inplace=True)
-
-
-def _residual(x: Tensor, out: Tensor, drop_path: nn.Module) -> Tensor:
-    """``x + drop_path(out)``; in training with stochastic depth as one fused multiply-add (one pass fewer)."""
-    if isinstance(drop_path, DropPath) and drop_path.training and drop_path.drop_prob > 0.0 and isinstance(out, Tensor):
-        keep = 1.0 - drop_path.drop_prob
-        mask = out.new_empty((out.shape[0],) + (1,) * (out.dim() - 1)).bernoulli_(keep)
-        if drop_path.scale_by_keep:
-            mask.div_(keep)
-        return torch.addcmul(x, out, mask)
-    return x + drop_path(out)
 
 
 def _fold_pre_bn(module: nn.Module, bn_name: str, conv_bn: ConvBN) -> None:
@@ -64,16 +55,80 @@ def _fold_pre_bn(module: nn.Module, bn_name: str, conv_bn: ConvBN) -> None:
     module._eval_cache = None
 
 
-def _folded(pre_bn: nn.Module, conv_bn: ConvBN) -> tuple[Tensor, Tensor | None]:
-    """Weight and bias of ``conv_bn`` (1x1) with its own BN and the eval-mode BN before it folded in."""
-    weight, bias = conv_bn.folded_weight_bias()
-    if isinstance(pre_bn, nn.Identity):
-        return weight, bias
-    return fuse_pre_bn(weight, bias, pre_bn)
+class _PreBNResidual(nn.Module):
+    """What :class:`SMPBlock` and :class:`ConvFFN` share: ``x + drop_path(pw2(f(pw1(BN(x)))))`` with 1x1 ConvBNs
+    ``pw1`` / ``pw2`` and the pre-BN named ``pre_bn_name`` (the official names differ per block).
+
+    In training with stochastic depth the residual is one fused multiply-add (one pass fewer); in eager eval without
+    autograd the pre-BN and the ConvBNs' BNs fold into the 1x1 convs (cached) and the activation and the residual
+    add fuse into them (:func:`~smpconv_models.layers.fused.conv2d_act`). Subclasses give :meth:`branch` (the plain
+    path) and :meth:`fused_hidden` (the folded one, up to pw2)."""
+
+    pre_bn_name = ''
+    micro_batch = False  # run the folded form in CPU micro-batches when its hidden activation is large
+
+    def forward(self, x: Tensor) -> Tensor:
+        if is_eager() and self._folds(x):
+            return self._fused_forward(x)
+        return self._residual(x, self.branch(x))
+
+    def branch(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _residual(self, x: Tensor, out: Tensor) -> Tensor:
+        if execution_mode() in ('eager', 'compile') and self._drops():
+            return self._residual_addcmul(x, out)
+        return x + self.drop_path(out)
+
+    @python_only
+    def _drops(self):
+        dp = self.drop_path
+        return isinstance(dp, DropPath) and dp.training and dp.drop_prob > 0.0
+
+    @python_only
+    def _residual_addcmul(self, x, out):
+        keep = 1.0 - self.drop_path.drop_prob
+        mask = out.new_empty((out.shape[0],) + (1,) * (out.dim() - 1)).bernoulli_(keep)
+        if self.drop_path.scale_by_keep:
+            mask.div_(keep)
+        return torch.addcmul(x, out, mask)
+
+    @python_only
+    def _folds(self, x):
+        return folds_in_eval(self, x) and bns_have_statistics(self)
+
+    @python_only
+    def _fused_forward(self, x):
+        w1, b1, w2, b2 = cached_eval_value(self, self._folded_weights)
+
+        def fused(part: Tensor) -> Tensor:
+            return self.pw2.conv_act(self.fused_hidden(part, w1, b1), w2, b2, residual=part)
+
+        chunk = x.shape[0]
+        if self.micro_batch:
+            chunk = micro_batch_size(x, w1.shape[0] * x[0].numel() // x.shape[1] * x.element_size())
+        return torch.cat([fused(part) for part in x.split(chunk)]) if chunk < x.shape[0] else fused(x)
+
+    def fused_hidden(self, x: Tensor, w1: Tensor, b1: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def _folded_weights(self) -> tuple:
+        """pw1 with the pre-BN and its own BN folded in, and pw2 with its BN folded in."""
+        pre_bn = getattr(self, self.pre_bn_name)
+        w1, b1 = self.pw1.folded_weight_bias()
+        if not isinstance(pre_bn, nn.Identity):
+            w1, b1 = fuse_pre_bn(w1, b1, pre_bn)
+        return (w1, b1, *self.pw2.folded_weight_bias())
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        _fold_pre_bn(self, self.pre_bn_name, self.pw1)
 
 
-class SMPBlock(nn.Module):
+class SMPBlock(_PreBNResidual):
     """Large-kernel block: BN, 1x1 conv-BN-ReLU, SMP large kernel (+ small kernel), ReLU, 1x1 conv-BN, residual."""
+
+    pre_bn_name = 'prelkb_bn'
 
     def __init__(self, dim: int, kernel_size: int, drop_path: float = 0.0, n_points_divide: int = 4,
                  small_kernel_size: int = 5, deploy: bool = False, smp_args: dict | None = None, device=None,
@@ -90,28 +145,18 @@ class SMPBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self._eval_cache = None
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
-            if folds_in_eval(self, x) and bns_have_statistics(self):
-                # inference: pre-BN and BNs folded (cached), ReLU and the residual add fused into the 1x1 convs
-                w1, b1, w2, b2 = cached_eval_value(self, self._folded_weights)
-                out = torch.relu_(self.large_kernel(self.pw1.conv_act(x, w1, b1)))
-                return self.pw2.conv_act(out, w2, b2, residual=x)
-        out = self.pw2(self.lk_nonlinear(self.large_kernel(self.pw1(self.prelkb_bn(x)))))
-        if not torch.jit.is_scripting():
-            return _residual(x, out, self.drop_path)
-        return x + self.drop_path(out)
+    def branch(self, x: Tensor) -> Tensor:
+        return self.pw2(self.lk_nonlinear(self.large_kernel(self.pw1(self.prelkb_bn(x)))))
 
-    def _folded_weights(self) -> tuple:
-        return _folded(self.prelkb_bn, self.pw1) + self.pw2.folded_weight_bias()
-
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        _fold_pre_bn(self, 'prelkb_bn', self.pw1)
+    def fused_hidden(self, x: Tensor, w1: Tensor, b1: Tensor | None) -> Tensor:
+        return torch.relu_(self.large_kernel(self.pw1.conv_act(x, w1, b1)))
 
 
-class ConvFFN(nn.Module):
+class ConvFFN(_PreBNResidual):
     """ConvFFN: BN, 1x1 conv-BN, GELU, 1x1 conv-BN, residual."""
+
+    pre_bn_name = 'preffn_bn'
+    micro_batch = True  # 4x wider hidden activation
 
     def __init__(self, dim: int, hidden_dim: int, drop_path: float = 0.0, deploy: bool = False, device=None,
                  dtype=None):
@@ -124,30 +169,15 @@ class ConvFFN(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self._eval_cache = None
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
-            if activation_name(self.nonlinear) == 'gelu' and folds_in_eval(self, x) and bns_have_statistics(self):
-                # inference: pre-BN and BNs folded (cached), GELU and the residual add fused into the 1x1 convs
-                w1, b1, w2, b2 = cached_eval_value(self, self._folded_weights)
-                chunk = micro_batch_size(x, w1.shape[0] * x[0].numel() // x.shape[1] * x.element_size())
-                if chunk < x.shape[0]:
-                    return torch.cat([self._fused(part, w1, b1, w2, b2) for part in x.split(chunk)])
-                return self._fused(x, w1, b1, w2, b2)
-        out = self.pw2(self.nonlinear(self.pw1(self.preffn_bn(x))))
-        if not torch.jit.is_scripting():
-            return _residual(x, out, self.drop_path)
-        return x + self.drop_path(out)
+    def branch(self, x: Tensor) -> Tensor:
+        return self.pw2(self.nonlinear(self.pw1(self.preffn_bn(x))))
 
-    def _fused(self, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
-        h = conv2d_act(x, w1, b1, [1, 1], [0, 0], 1, 'gelu')
-        return self.pw2.conv_act(h, w2, b2, residual=x)
+    @python_only
+    def _folds(self, x):  # the fused form computes exact (erf) GELU only
+        return activation_name(self.nonlinear) == 'gelu' and super()._folds(x)
 
-    def _folded_weights(self) -> tuple:
-        return _folded(self.preffn_bn, self.pw1) + self.pw2.folded_weight_bias()
-
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        _fold_pre_bn(self, 'preffn_bn', self.pw1)
+    def fused_hidden(self, x: Tensor, w1: Tensor, b1: Tensor | None) -> Tensor:
+        return conv2d_act(x, w1, b1, [1, 1], [0, 0], 1, 'gelu')
 
 
 class SMPStage(nn.Module):
@@ -159,7 +189,6 @@ class SMPStage(nn.Module):
                  dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.grad_checkpointing = False
         if downsample:
             self.downsample = nn.Sequential(
                 ConvBN(in_chs, out_chs, 1, act_layer=_ReLU, deploy=deploy, **dd),
@@ -172,13 +201,10 @@ class SMPStage(nn.Module):
                 SMPBlock(out_chs, kernel_size, drop_path_rates[i], n_points_divide, small_kernel_size, deploy,
                          smp_args, **dd))
             blocks.append(ConvFFN(out_chs, int(out_chs * ffn_ratio), drop_path_rates[i], deploy, **dd))
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = CheckpointSequential(*blocks)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+        return self.blocks(self.downsample(x))
 
 
 class SMPConvNet(SMPModelMixin, nn.Module):
@@ -239,7 +265,7 @@ class SMPConvNet(SMPModelMixin, nn.Module):
                                    downsample=i > 0, deploy=deploy, smp_args=smp_args, **dd))
             self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f'stages.{i}'))
             prev = dim
-        self.stages = nn.Sequential(*stages)
+        self.stages = CheckpointSequential(*stages)
         self.num_features = self.head_hidden_size = prev
         self.norm = nn.BatchNorm2d(prev, **dd)
         self.head = ClassifierHead(prev, num_classes, pool_type=global_pool, drop_rate=drop_rate).to(**dd)
@@ -268,9 +294,9 @@ class SMPConvNet(SMPModelMixin, nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
+        self.grad_checkpointing = self.stages.grad_checkpointing = enable
         for s in self.stages:
-            s.grad_checkpointing = enable
+            s.blocks.grad_checkpointing = enable
 
     def forward_intermediates(
             self,
@@ -288,15 +314,16 @@ class SMPConvNet(SMPModelMixin, nn.Module):
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         x = self.forward_stem(x)
         last_idx = len(self.stages) - 1
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
-        feat_idx = 0
-        for feat_idx, stage in enumerate(stages):
-            x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(self.norm(x) if norm and feat_idx == last_idx else x)
+        ran = 0  # the last stage run (stop_early: the last one asked for)
+        for feat_idx, stage in enumerate(self.stages):
+            if not stop_early or feat_idx <= max_index:
+                x = stage(x)
+                ran = feat_idx
+                if feat_idx in take_indices:
+                    intermediates.append(self.norm(x) if norm and feat_idx == last_idx else x)
         if intermediates_only:
             return intermediates
-        if feat_idx == last_idx:
+        if ran == last_idx:
             x = self.norm(x)
         return x, intermediates
 
@@ -315,22 +342,22 @@ class SMPConvNet(SMPModelMixin, nn.Module):
         return take_indices
 
     def forward_stem(self, x: Tensor) -> Tensor:
-        """The stem; on CPU in inference in micro-batches when its activations exceed ``MICRO_BATCH_BYTES``."""
-        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips a branch only under this sole condition)
-            if folds_in_eval(self.stem, x) and x.dim() == 4 and not has_forward_hooks(self.stem):
-                c = self.stem[0].conv.out_channels
-                chunk = micro_batch_size(x, c * -(-x.shape[-2] // 2) * -(-x.shape[-1] // 2) * x.element_size())
-                if chunk < x.shape[0]:
-                    return torch.cat([self.stem(part) for part in x.split(chunk)])
+        """The stem; in eager CPU inference in micro-batches when its activations exceed ``MICRO_BATCH_BYTES``."""
+        if is_eager():
+            return self._forward_stem_eager(x)
+        return self.stem(x)
+
+    @python_only
+    def _forward_stem_eager(self, x: Tensor) -> Tensor:
+        if folds_in_eval(self.stem, x) and x.dim() == 4 and not has_forward_hooks(self.stem):
+            c = self.stem[0].conv.out_channels
+            chunk = micro_batch_size(x, c * -(-x.shape[-2] // 2) * -(-x.shape[-1] // 2) * x.element_size())
+            if chunk < x.shape[0]:
+                return torch.cat([self.stem(part) for part in x.split(chunk)])
         return self.stem(x)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self.forward_stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.stages, x)
-        else:
-            x = self.stages(x)
-        return self.norm(x)
+        return self.norm(self.stages(self.forward_stem(x)))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return self.head(x, pre_logits=True) if pre_logits else self.head(x)
@@ -377,7 +404,7 @@ def _create_smpconv(variant: str, pretrained: bool = False, **kwargs) -> SMPConv
         SMPConvNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
-        **kwargs)
+        **FAMILY.check_kwargs(variant, kwargs))  # (FAMILY, below)
 
 
 def _cfg(**kwargs) -> dict:
@@ -411,3 +438,15 @@ def smpconv_b(pretrained: bool = False, **kwargs) -> SMPConvNet:
                       n_points_divide=4, small_kernel_size=5, ffn_ratio=4.0, drop_path_rate=0.5)
     return _create_smpconv('smpconv_b', pretrained=pretrained, **dict(model_args, **kwargs))
 
+
+# The official ImageNet training: AdamW, lr 4e-3 at batch 2048 scaled linearly, cosine with warmup, weight decay
+# 0.05, label smoothing 0.1, mixup 0.8 / cutmix 1.0, RandAugment, random erasing 0.25, EMA.
+FAMILY = ModelFamily(
+    name='smpconv', model_cls=SMPConvNet, variants=('smpconv_t', 'smpconv_b'), input_kind='image',
+    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn,
+    training=TrainingDefaults(recipe=dict(
+        optimizer='adamw', lr=4e-3, lr_ref_batch=2048, batch_size=64, epochs=300, weight_decay=0.05, warmup_epochs=10,
+        label_smoothing=0.1, mixup=0.8, cutmix=1.0, randaugment='rand-m9-mstd0.5-inc1', random_erasing=0.25, ema=True,
+        grad_clip=None)),
+)
+SMPConvNet.family = FAMILY  # the class knows its description (load_pretrained)

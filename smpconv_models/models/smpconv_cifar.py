@@ -10,13 +10,14 @@ Every ``BN(SMP conv) + BN(small conv)`` pair reparameterizes into one dense conv
 import torch
 import torch.nn as nn
 from timm.layers import ClassifierHead
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor
 
 from ..layers import SMPParallelConv
 from ._checkpoint import adapt_input_layers, validate_for_model
-from ._common import SMPModelMixin
+from ._common import CheckpointSequential, SMPModelMixin
+from ._family import ModelFamily, TrainingDefaults
 from ._official import convert_ckconv_keys, linear_from_pointwise, pop_train_lengths
 
 __all__ = ['SMPConvCifar', 'SMPResBlock']
@@ -91,7 +92,7 @@ class SMPConvCifar(SMPModelMixin, nn.Module):
             blocks.append(SMPResBlock(prev, w, drop_rate=drop_rate, conv_bias=conv_bias, deploy=deploy, **args))
             self.feature_info.append(dict(num_chs=w, reduction=1, module=f'blocks.{i}'))
             prev = w
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = CheckpointSequential(*blocks)
         self.num_features = self.head_hidden_size = prev
         self.head = ClassifierHead(prev, num_classes, pool_type=global_pool).to(**dd)
         if isinstance(self.head.fc, nn.Linear):
@@ -108,7 +109,7 @@ class SMPConvCifar(SMPModelMixin, nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
+        self.grad_checkpointing = self.blocks.grad_checkpointing = enable
 
     def forward_intermediates(
             self,
@@ -125,11 +126,11 @@ class SMPConvCifar(SMPModelMixin, nn.Module):
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         x = self.stem_act(self.stem(x))
-        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
-        for i, block in enumerate(blocks):
-            x = block(x)
-            if i in take_indices:
-                intermediates.append(x)
+        for i, block in enumerate(self.blocks):
+            if not stop_early or i <= max_index:
+                x = block(x)
+                if i in take_indices:
+                    intermediates.append(x)
         if intermediates_only:
             return intermediates
         return x, intermediates
@@ -147,10 +148,7 @@ class SMPConvCifar(SMPModelMixin, nn.Module):
         return take_indices
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self.stem_act(self.stem(x))
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+        return self.blocks(self.stem_act(self.stem(x)))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return self.head(x, pre_logits=True) if pre_logits else self.head(x)
@@ -203,4 +201,17 @@ def smpconv_cifar(pretrained: bool = False, **kwargs) -> SMPConvCifar:
     """SMPConv CIFAR-10 ResNet (489,646 params): 33x33 SMP kernels with 16 points per filter."""
     return build_model_with_cfg(
         SMPConvCifar, 'smpconv_cifar', pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3, 4, 5, 6), flatten_sequential=True), **kwargs)
+        feature_cfg=dict(out_indices=(0, 1, 2, 3, 4, 5, 6), flatten_sequential=True),
+        **FAMILY.check_kwargs('smpconv_cifar', kwargs))
+
+
+# The official CIFAR-10 training: Adam with coupled weight decay 1e-5, lr 5e-3, cosine with warmup, no mixing.
+FAMILY = ModelFamily(
+    name='smpconv_cifar', model_cls=SMPConvCifar, variants=('smpconv_cifar',), input_kind='image',
+    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn,
+    refused_kwargs={'drop_path_rate': 'it has no residual drop path (the official model uses dropout: drop_rate)'},
+    training=TrainingDefaults(recipe=dict(
+        optimizer='adam', lr=5e-3, batch_size=64, epochs=210, weight_decay=1e-5, warmup_epochs=10,
+        label_smoothing=0.0, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False)),
+)
+SMPConvCifar.family = FAMILY  # the class knows its description (load_pretrained)

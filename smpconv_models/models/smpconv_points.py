@@ -16,7 +16,6 @@ the neighbourhood radii are in those units. The input's value checks are one hos
 exporting: :func:`~smpconv_models.layers.neighbors.check_point_set`).
 """
 # No ``from __future__ import annotations`` (as the other families: fx copies annotations into generated code).
-import math
 from typing import NamedTuple
 
 import torch
@@ -26,10 +25,12 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import Tensor
 
 from ..layers import Neighborhood, PointConv, check_point_set, farthest_point_sample, random_point_sample
+from ..layers.masked import MaskedBatchNorm1d, masked_pool
 from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import SMPModelMixin
+from ._family import ModelFamily, TrainingDefaults
 
-__all__ = ['SMPPointNet', 'PointSet', 'MaskedBatchNorm1d']
+__all__ = ['SMPPointNet', 'PointSet']
 
 # sampling='fps_subset' runs farthest-point sampling on a grid pool of this many real points per kept point.
 FPS_SUBSET = 4
@@ -42,29 +43,6 @@ class PointSet(NamedTuple):
     features: Tensor
     positions: Tensor
     mask: Tensor | None
-
-
-class MaskedBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm over the channels of ``[B, M, C]`` point features whose training statistics count real points
-    only (``mask`` True); eval uses the running statistics as usual."""
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        if mask is None or not self.training:
-            return super().forward(x.reshape(-1, x.shape[-1])).view_as(x)
-        w = mask.unsqueeze(-1).to(x.dtype)
-        n = w.sum().clamp_min(1.0)
-        mean = (x * w).sum((0, 1)) / n
-        var = ((x - mean).square() * w).sum((0, 1)) / n
-        if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                m = self.momentum if self.momentum is not None else 0.1
-                self.running_mean.lerp_(mean.detach(), m)
-                self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1.0), m)
-                self.num_batches_tracked.add_(1)
-        y = (x - mean) * torch.rsqrt(var + self.eps)
-        if self.affine:
-            y = y * self.weight + self.bias
-        return y
 
 
 class PointHead(nn.Module):
@@ -92,21 +70,8 @@ class PointHead(nn.Module):
             self.pool_type = self._check_pool(pool_type)
         self.fc = self._fc(num_classes)
 
-    def pool(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        if mask is None:
-            avg, mx = x.mean(1), x.amax(1)
-        else:
-            w = mask.unsqueeze(-1)
-            avg = (x * w).sum(1) / w.sum(1).clamp_min(1)
-            mx = x.masked_fill(~w, -math.inf).amax(1)
-        if self.pool_type == 'avg':
-            return avg
-        if self.pool_type == 'max':
-            return mx
-        return torch.cat([avg, mx], -1)
-
     def forward(self, x: Tensor, mask: Tensor | None = None, pre_logits: bool = False) -> Tensor:
-        x = self.drop(self.pool(x, mask))
+        x = self.drop(masked_pool(x, mask, self.pool_type, 1))
         return x if pre_logits else self.fc(x)
 
 
@@ -208,7 +173,8 @@ class SMPPointNet(SMPModelMixin, nn.Module):
     global pooling, a linear head. ``kernel='smp' | 'mlp'``; ``kernel_args`` go to every layer's kernel;
     ``sampling='fps' | 'fps_subset' | 'random'`` (``'fps_subset'``: farthest-point sampling on a pool of ``FPS_SUBSET``
     times the kept count of real points spread over the set (:func:`~smpconv_models.layers.neighbors.grid_pool`),
-    for sets where the exact sampler's ``O(N m)`` steps dominate)."""
+    for sets where the exact sampler's ``O(N m)`` steps dominate); ``learn_positions`` / ``learn_radius`` (False)
+    freeze every SMP kernel's points (paper Tables 6-7)."""
 
     def __init__(
             self,
@@ -230,6 +196,8 @@ class SMPPointNet(SMPModelMixin, nn.Module):
             act_layer: str | type = 'relu',
             drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
+            learn_positions: bool = True,
+            learn_radius: bool = True,
     ):
         super().__init__()
         n_stages = len(widths)
@@ -246,6 +214,13 @@ class SMPPointNet(SMPModelMixin, nn.Module):
         self.grad_checkpointing = False
         if kernel_args is None:  # equal basis sizes: 8 SMP points or 8 last-hidden MLP units per kernel
             kernel_args = dict(n_points=8) if kernel == 'smp' else dict(hidden=8)
+        frozen = {name: False for name, learn in (('learn_positions', learn_positions), ('learn_radius', learn_radius))
+                  if not learn}
+        if frozen:  # every layer's SMP points (kernel_args may freeze them as well)
+            if kernel != 'smp':
+                raise ValueError(f"learn_positions / learn_radius freeze SMP points; kernel={kernel!r} has none (its "
+                                 'MLP kernels learn every weight)')
+            kernel_args = {**kernel_args, **frozen}
         base = dict(kernel=kernel, dim=dim, k=k, normalize=normalize, **kernel_args)
         self.stem = PointConv(in_chans, stem_width, radius=stem_radius or radii[0], bias=False, **base)
         self.stem_bn = MaskedBatchNorm1d(stem_width)
@@ -330,7 +305,8 @@ def smpconv_points(pretrained: bool = False, **kwargs) -> SMPPointNet:
     radius search, at most 16 neighbours), SMP kernels with 8 shared points (``kernel='mlp'``: MLP kernels with 8
     last-hidden units). Sized for sets of tens of points at unit scale (digits-points)."""
     return build_model_with_cfg(SMPPointNet, 'smpconv_points', pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                feature_cfg=dict(flatten_sequential=True), **kwargs)
+                                feature_cfg=dict(flatten_sequential=True),
+                                **FAMILY.check_kwargs('smpconv_points', kwargs))
 
 
 @register_model
@@ -342,4 +318,21 @@ def smpconv_points_3d(pretrained: bool = False, **kwargs) -> SMPPointNet:
                       stage_points=(512, 128, 32), radii=(0.25, 0.5, 1.0), stem_radius=0.2, k=16)
     return build_model_with_cfg(SMPPointNet, 'smpconv_points_3d', pretrained,
                                 pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=dict(flatten_sequential=True),
-                                **dict(model_args, **kwargs))
+                                **dict(model_args, **FAMILY.check_kwargs('smpconv_points_3d', kwargs)))
+
+
+# No official recipe: AdamW, cosine with one warmup epoch, no augmentation.
+FAMILY = ModelFamily(
+    name='smpconv_points', model_cls=SMPPointNet, variants=('smpconv_points', 'smpconv_points_3d'),
+    input_kind='points', input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn,
+    refused_kwargs={
+        'deploy': 'it has nothing to reparameterize (its kernels are evaluated at neighbour offsets, not folded into '
+                  'dense weights) and runs as built',
+        'kernel_scale': 'its kernels are continuous in position space, with no grid to re-sample; scale the '
+                        'neighbourhoods with radii / stem_radius instead',
+    },
+    training=TrainingDefaults(recipe=dict(
+        optimizer='adamw', lr=2e-3, batch_size=32, epochs=20, weight_decay=0.01, warmup_epochs=1, label_smoothing=0.0,
+        mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False)),
+)
+SMPPointNet.family = FAMILY  # the class knows its description (load_pretrained)

@@ -14,17 +14,22 @@ keep the input's layout: unpooled features (``forward_features``, ``global_pool=
 
 
 from collections.abc import Callable
+from types import MappingProxyType
 
 import torch
 import torch.nn as nn
 from timm.layers import register_notrace_function
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor
 
 from ..layers import SMPParallelCausalConv1d
+from ..layers.irregular_conv import PAIRWISE_CHUNK
+from ..layers.masked import masked_pool
+from ..layers.mode import execution_mode, python_only
 from ._checkpoint import adapt_input_layers, shipped_weights, validate_for_model
 from ._common import SMPModelMixin
+from ._family import ModelFamily, TrainingDefaults
 from ._official import convert_ckconv_keys, pop_train_lengths
 
 __all__ = ['SMPConvTCN', 'TCNBlock']
@@ -53,38 +58,37 @@ def apply_mask(x: Tensor, mask: Tensor | None) -> Tensor:
     return x * mask.unsqueeze(1).to(x.dtype)
 
 
-@register_notrace_function
-def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
-    """Mean of ``x`` ``[B, C, L]`` (or ``[B, C, 1, L]``) over time, over the real steps only when ``mask`` ``[B, L]``
-    is given."""
-    x = x.flatten(2)
-    if mask is None:
-        return x.mean(-1)
-    weights = mask.to(x.dtype).unsqueeze(1)
-    return (x * weights).sum(-1) / weights.sum(-1).clamp(min=1.0)
-
-
 class TCNBlock(nn.Module):
-    """``relu(drop(relu(pair2(drop(relu(pair1(x)))))) + shortcut(x))``, pairs = BN(causal SMP) + BN(causal small)."""
+    """``relu(drop(relu(pair2(drop(relu(pair1(x)))))) + shortcut(x))``, pairs = BN(causal SMP) + BN(causal small).
+
+    ``forward(x, mask, timestamps)``: ``mask [B, L]`` zeroes the padded / unobserved steps of every pair's output and
+    of the block's; with ``observed_norm`` the pairs' training BatchNorm statistics count the observed steps only,
+    and ``timestamps [B, L]`` evaluates the kernels at their differences (the irregular-series TCN,
+    :class:`~smpconv_models.layers.reparam.SMPParallelCausalConv1d`). ``kernel_layer`` builds the long branch
+    instead of the SMP kernel (e.g. an MLP kernel)."""
 
     def __init__(self, in_chs: int, out_chs: int, seq_len: int, n_points: int, radius: float, coord_std: float,
                  small_kernel_size: int, conv_bias: bool, use_fft: bool | None, drop_rate: float,
-                 deploy: bool = False, learn_positions: bool = True, learn_radius: bool = True, device=None,
-                 dtype=None):
+                 deploy: bool = False, learn_positions: bool = True, learn_radius: bool = True,
+                 observed_norm: bool = False, kernel_layer: Callable[..., nn.Module] | None = None,
+                 pairwise_chunk: int = PAIRWISE_CHUNK, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         args = dict(kernel_size=seq_len, n_points=n_points, radius=radius, coord_std=coord_std,
                     small_kernel_size=small_kernel_size, bias=conv_bias, fft=use_fft, deploy=deploy,
-                    learn_positions=learn_positions, learn_radius=learn_radius, **dd)
+                    learn_positions=learn_positions, learn_radius=learn_radius, kernel_layer=kernel_layer,
+                    pairwise_chunk=pairwise_chunk, **dd)
         self.conv1 = SMPParallelCausalConv1d(in_chs, out_chs, **args)
         self.conv2 = SMPParallelCausalConv1d(out_chs, out_chs, **args)
         self.act = nn.ReLU()
         self.drop = nn.Dropout(drop_rate)
         self.shortcut = nn.Conv1d(in_chs, out_chs, 1, **dd) if in_chs != out_chs else nn.Identity()
+        self.observed_norm = observed_norm
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        out = apply_mask(self.drop(self.act(self.conv1(x))), mask)
-        out = self.drop(self.act(self.conv2(out)))
+    def forward(self, x: Tensor, mask: Tensor | None = None, timestamps: Tensor | None = None) -> Tensor:
+        norm_mask = mask if self.observed_norm else None
+        out = apply_mask(self.drop(self.act(self.conv1(x, norm_mask, timestamps))), mask)
+        out = apply_mask(self.drop(self.act(self.conv2(out, norm_mask, timestamps))), mask)
         return apply_mask(self.act(out + self.shortcut(x)), mask)
 
 
@@ -208,11 +212,11 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         inp, x = x, as_sequence(x)
-        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
-        for i, block in enumerate(blocks):
-            x = block(x)
-            if i in take_indices:
-                intermediates.append(x.unsqueeze(2) if as_2d else x)
+        for i, block in enumerate(self.blocks):
+            if not stop_early or i <= max_index:
+                x = block(x)
+                if i in take_indices:
+                    intermediates.append(x.unsqueeze(2) if as_2d else x)
         if intermediates_only:
             return intermediates
         return to_layout_of(x, inp), intermediates
@@ -232,18 +236,18 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
         input: with left padding a causal model's outputs on the real steps then equal its outputs on the unpadded
         series (in eval mode), whatever the padding length."""
         seq = apply_mask(as_sequence(x), mask)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            if mask is None:
-                seq = checkpoint_seq(self.blocks, seq)
-            else:
-                for block in self.blocks:
-                    seq = torch.utils.checkpoint.checkpoint(block, seq, mask, use_reentrant=False)
-        elif mask is None:
-            seq = self.blocks(seq)
+        if self.grad_checkpointing and execution_mode() != 'script':
+            seq = self._checkpointed_blocks(seq, mask)
         else:
             for block in self.blocks:
                 seq = block(seq, mask)
         return to_layout_of(seq, x)
+
+    @python_only
+    def _checkpointed_blocks(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        for block in self.blocks:
+            x = torch.utils.checkpoint.checkpoint(block, x, mask, use_reentrant=False)
+        return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Pool the features over time (``global_pool``) and classify. Without pooling (``''``) the features
@@ -264,7 +268,7 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
         :meth:`forward_features`; ``global_pool='avg'`` then averages over the real steps only)."""
         features = self.forward_features(x, mask)
         if self.global_pool == 'avg':
-            return self.head(masked_mean(features, mask))
+            return self.head(masked_pool(features.flatten(2), mask, 'avg', -1))
         return self.forward_head(features)
 
 
@@ -321,14 +325,11 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-# Architecture kwargs that go with a pretrained tag (timm cfgs carry no model kwargs).
-_TAG_ARGS = {'smpconv_tcn_mnist.digits': dict(seq_len=64, radius=0.03)}
-
-
 def _create_tcn(variant: str, pretrained: bool, defaults: dict, **kwargs) -> SMPConvTCN:
+    kwargs = FAMILY.check_kwargs(variant, kwargs)  # (FAMILY, below)
     tag = kwargs.get('pretrained_cfg')
-    if isinstance(tag, str):
-        defaults = dict(defaults, **_TAG_ARGS.get(f'{variant}.{tag}', {}))
+    if isinstance(tag, str):  # the architecture kwargs of those weights
+        defaults = dict(defaults, **FAMILY.tag_args.get(f'{variant}.{tag}', {}))
     args = dict(defaults, **kwargs)
     # the cfg's input size follows the sequence length this model is built for
     overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
@@ -376,3 +377,53 @@ def smpconv_tcn_speech_raw(pretrained: bool = False, **kwargs) -> SMPConvTCN:
     """Speech Commands raw-waveform TCN (370,960 params): 16000-step kernels, radius 0.0002, no conv bias."""
     defaults = dict(in_chans=1, num_classes=10, seq_len=16000, radius=0.0002, conv_bias=False)
     return _create_tcn('smpconv_tcn_speech_raw', pretrained, defaults, **kwargs)
+
+
+# The official sequence training (smp/README.md of the official repository): Adam with coupled weight decay 1e-5,
+# cosine with warmup, no mixing, and the per-task learning rates, batch sizes, epochs and dropout.
+SEQUENCE_RECIPE = MappingProxyType(dict(
+    optimizer='adam', lr=1e-4, batch_size=64, epochs=200, weight_decay=1e-5, warmup_epochs=5, label_smoothing=0.0,
+    mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False))
+# The embedded 64-step digits: the official 784-step point radius (0.002, under one grid spacing of 2/783) would
+# leave most points between taps, so it scales with the spacing.
+DIGITS_MODEL_ARGS = MappingProxyType(dict(radius=0.03))
+
+
+def small_data_model_args(length: int) -> dict:
+    """The small-data recipe's kwargs for a user's series of ``length`` steps (BENCHMARKS.md "Small-data sequence
+    recipe"): the point radius one grid spacing ``2 / (length - 1)``, and each feature's maximum over time
+    (``global_pool='max'``: a pattern counts wherever it occurs, instead of only through the last step's view of it,
+    which a few dozen series cannot teach for every position; the maximum keeps a short motif that an average over
+    hundreds of steps dilutes); the small causal kernel (5 taps) no longer than the series."""
+    args = {'radius': 2.0 / (length - 1), 'global_pool': 'max'}
+    if length < 5:
+        args['small_kernel_size'] = length
+    return args
+
+
+_NO_DROP_PATH = 'the SMPConv TCNs have no residual drop path (the official models use dropout: drop_rate)'
+
+FAMILY = ModelFamily(
+    name='smpconv_tcn', model_cls=SMPConvTCN, input_kind='sequence',
+    variants=('smpconv_tcn_mnist', 'smpconv_tcn_scifar10', 'smpconv_tcn_chartraj', 'smpconv_tcn_speech',
+              'smpconv_tcn_speech_raw'),
+    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn,
+    refused_kwargs={'drop_path_rate': _NO_DROP_PATH},
+    data_kwargs={'seq_len': 'length'},  # the kernels span the training length
+    tag_args={'smpconv_tcn_mnist.digits': dict(seq_len=64, radius=0.03)},
+    training=TrainingDefaults(
+        recipe=SEQUENCE_RECIPE,
+        per_variant={
+            'smpconv_tcn_mnist': dict(lr=1e-4, epochs=200),
+            'smpconv_tcn_scifar10': dict(lr=2e-4, epochs=200),
+            'smpconv_tcn_chartraj': dict(lr=1e-4, epochs=300),
+            'smpconv_tcn_speech': dict(lr=2e-3, batch_size=32, epochs=300, drop_rate=0.2),
+            'smpconv_tcn_speech_raw': dict(lr=1e-3, batch_size=32, epochs=160, warmup_epochs=10, drop_rate=0.1),
+        },
+        digits_model_args=DIGITS_MODEL_ARGS,
+        small_data_model_args=small_data_model_args,
+        official_data={'smpconv_tcn_chartraj': 'CharacterTrajectories'},
+        data_options={'smpconv_tcn_speech_raw': dict(speech='waveform')},
+    ),
+)
+SMPConvTCN.family = FAMILY  # the class knows its description (load_pretrained)

@@ -5,17 +5,21 @@ import argparse
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-__all__ = ['TrainConfig', 'build_parser', 'parse_config', 'RECIPES', 'recipe_for', 'recipe_model_args',
-           'uses_small_data_recipe', 'small_data_schedule']
+from ..models import architecture_of, family_of
+
+__all__ = ['TrainConfig', 'build_parser', 'parse_config', 'recipe_for', 'recipe_model_args', 'uses_small_data_recipe',
+           'small_data_schedule', 'SMALL_DATA_RECIPE']
 
 
 @dataclass
 class TrainConfig:
-    """Every training option; ``None`` means "take it from the model's recipe" (see :data:`RECIPES`)."""
+    """Every training option; ``None`` means "take it from the model's recipe" (:func:`recipe_for`)."""
 
     model: str = 'smpconv_tcn_mnist'
     data: str = 'digits'
@@ -67,56 +71,37 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# Recipes (official training settings). ImageNet: AdamW, lr 4e-3 at batch 2048 scaled linearly, cosine with warmup,
-# weight decay 0.05, label smoothing 0.1, mixup 0.8 / cutmix 1.0, RandAugment, random erasing 0.25, EMA.
-# CIFAR / sequence: Adam, cosine with warmup, weight decay 1e-5, the official per-task learning rates.
-RECIPES: dict[str, dict[str, Any]] = {
-    'imagenet': dict(optimizer='adamw', lr=4e-3, lr_ref_batch=2048, batch_size=64, epochs=300, weight_decay=0.05,
-                     warmup_epochs=10, label_smoothing=0.1, mixup=0.8, cutmix=1.0,
-                     randaugment='rand-m9-mstd0.5-inc1', random_erasing=0.25, ema=True, grad_clip=None),
-    'cifar': dict(optimizer='adam', lr=5e-3, batch_size=64, epochs=210, weight_decay=1e-5, warmup_epochs=10,
-                  label_smoothing=0.0, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False),
-    'sequence': dict(optimizer='adam', lr=1e-4, batch_size=64, epochs=200, weight_decay=1e-5, warmup_epochs=5,
-                     label_smoothing=0.0, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False),
-}
-# Point-set classifiers (smpconv_points; no official recipe): AdamW, cosine with one warmup epoch, no augmentation.
-RECIPES['points'] = dict(optimizer='adamw', lr=2e-3, batch_size=32, epochs=20, weight_decay=0.01, warmup_epochs=1,
-                         label_smoothing=0.0, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False)
-
-# Sequence data a user brings (ts: / npz: / hf:, tens to hundreds of series): chosen on generated data sets, see
-# BENCHMARKS.md "Small-data sequence recipe" (python -m smpconv_models.experiments.small_data). Batch size, epochs and
-# warmup follow the training-set size (small_data_schedule); the point radius follows the length (recipe_model_args).
-SMALL_DATA_RECIPE: dict[str, Any] = dict(
+# Sequence data a user brings (ts: / npz: / hf:, tens to hundreds of series), for the families whose description
+# asks for it (TrainingDefaults.small_data_model_args): chosen on generated data sets, see BENCHMARKS.md "Small-data
+# sequence recipe" (python -m smpconv_models.experiments.small_data). Batch size, epochs and warmup follow the
+# training-set size (small_data_schedule); the model kwargs follow the length (recipe_model_args).
+SMALL_DATA_RECIPE: Mapping[str, Any] = MappingProxyType(dict(
     optimizer='adamw', lr=2e-3, batch_size=None, epochs=None, weight_decay=0.05, warmup_epochs=None,
     label_smoothing=0.1, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False, drop_rate=0.1,
-    seq_augment='shift=0.1,scale=0.1,jitter=0.05', grad_clip=1.0, lr_ref_batch=None)
+    seq_augment='shift=0.1,scale=0.1,jitter=0.05', grad_clip=1.0, lr_ref_batch=None))
+SMALL_DATA_SPECS = ('ts', 'npz', 'hf')
 # optimizer steps the schedule aims for, and the bounds on batch size and epochs
 SMALL_DATA_STEPS = 500
 SMALL_DATA_BATCH = (8, 64)
 SMALL_DATA_EPOCHS = (20, 400)
 
-# Official per-task learning rates / batch sizes / epochs (smp/README.md of the official repository).
-_TASK_OVERRIDES: dict[str, dict[str, Any]] = {
-    'smpconv_tcn_mnist': dict(lr=1e-4, epochs=200),
-    'smpconv_tcn_scifar10': dict(lr=2e-4, epochs=200),
-    'smpconv_tcn_chartraj': dict(lr=1e-4, epochs=300),
-    'smpconv_tcn_speech': dict(lr=2e-3, batch_size=32, epochs=300, drop_rate=0.2),
-    'smpconv_tcn_speech_raw': dict(lr=1e-3, batch_size=32, epochs=160, warmup_epochs=10, drop_rate=0.1),
-}
-
-# The embedded default (digits, no download): small enough for a CPU run of a few minutes.
-_DIGITS_OVERRIDES: dict[str, Any] = dict(lr=3e-3, epochs=12, batch_size=64, warmup_epochs=1)
+# The embedded default (digits, no download), whatever the family: small enough for a CPU run of a few minutes.
+DIGITS_SPECS = ('digits', 'digits-irregular')
+_DIGITS_OVERRIDES: Mapping[str, Any] = MappingProxyType(dict(
+    lr=3e-3, epochs=12, batch_size=64, warmup_epochs=1, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0,
+    label_smoothing=0.0, lr_ref_batch=None))
 
 
 def uses_small_data_recipe(model: str, data: str) -> bool:
-    """Sequence models on user data (``ts:`` / ``npz:`` / ``hf:``) take :data:`SMALL_DATA_RECIPE`, except the named
-    task of a model (``smpconv_tcn_chartraj`` on ``ts:.../CharacterTrajectories`` keeps the official recipe)."""
+    """A family with a small-data recipe (the sequence models) on user data (``ts:`` / ``npz:`` / ``hf:``) takes
+    :data:`SMALL_DATA_RECIPE`, except a variant on its official task (``smpconv_tcn_chartraj`` on
+    ``ts:.../CharacterTrajectories`` keeps the official recipe)."""
     prefix, _, path = data.partition(':')
-    if not model.startswith(('smpconv_tcn', 'smpconv_irregular_tcn')) or prefix.lower() not in ('ts', 'npz', 'hf'):
+    training = family_of(model).training
+    if training.small_data_model_args is None or prefix.lower() not in SMALL_DATA_SPECS:
         return False
-    official = model in ('smpconv_tcn_chartraj', 'smpconv_irregular_tcn_chartraj') and prefix.lower() == 'ts' and \
-        Path(path.rstrip('/')).name.lower() == 'charactertrajectories'
-    return not official
+    official = training.official_data.get(architecture_of(model))
+    return not (official and prefix.lower() == 'ts' and Path(path.rstrip('/')).name.lower() == official.lower())
 
 
 def small_data_schedule(n_train: int, epochs: int | None = None, batch_size: int | None = None) -> dict[str, Any]:
@@ -137,38 +122,24 @@ def small_data_schedule(n_train: int, epochs: int | None = None, batch_size: int
 
 
 def recipe_for(model: str, data: str) -> dict[str, Any]:
-    """Recipe defaults for a model family, with the official per-task values and the digits default on top."""
+    """Recipe defaults: the small-data recipe on a user's sequence data, else the family's recipe with the variant's
+    official per-task values, and the digits default on top on the embedded digits."""
     if uses_small_data_recipe(model, data):
         return dict(SMALL_DATA_RECIPE)
-    if model.startswith(('smpconv_tcn', 'smpconv_irregular_tcn')):
-        recipe = dict(RECIPES['sequence'], **_TASK_OVERRIDES.get(model, {}))
-    elif model == 'smpconv_cifar':
-        recipe = dict(RECIPES['cifar'])
-    elif model.startswith('smpconv_points'):
-        recipe = dict(RECIPES['points'])
-    else:
-        recipe = dict(RECIPES['imagenet'])
-    if data.split(':', 1)[0] in ('digits', 'digits-irregular'):
-        recipe.update(_DIGITS_OVERRIDES, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0,
-                      label_smoothing=0.0, lr_ref_batch=None)
+    recipe = family_of(model).training.recipe_for(architecture_of(model))
+    if data.split(':', 1)[0] in DIGITS_SPECS:
+        recipe.update(_DIGITS_OVERRIDES)
     return recipe
 
 
 def recipe_model_args(model: str, data: str, length: int | None = None) -> dict[str, Any]:
-    """Model kwargs a dataset needs beyond its shape: on the 64-step digits the official 784-step point radius
-    (0.002, under one grid spacing of 2/783) would leave most points between taps, so it scales with the spacing;
-    the small-data recipe sets it to one grid spacing ``2 / (length - 1)`` of the data's ``length`` and takes each
-    feature's maximum over time (``global_pool='max'``: a pattern counts wherever it occurs, instead of only through
-    the last step's view of it, which a few dozen series cannot teach for every position; the maximum keeps a short
-    motif that an average over hundreds of steps dilutes, BENCHMARKS.md "Small-data sequence recipe")."""
-    if model.startswith(('smpconv_tcn', 'smpconv_irregular_tcn')) and data.split(':', 1)[0] in ('digits',
-                                                                                               'digits-irregular'):
-        return {'radius': 0.03}
+    """Model kwargs a dataset needs beyond its shape (from the family's description): those for the embedded 64-step
+    digits, or those of the small-data recipe for a user's series of ``length`` steps."""
+    training = family_of(model).training
+    if data.split(':', 1)[0] in DIGITS_SPECS:
+        return dict(training.digits_model_args)
     if length and length > 1 and uses_small_data_recipe(model, data):
-        args: dict[str, Any] = {'radius': 2.0 / (length - 1), 'global_pool': 'max'}
-        if length < 5:  # the small causal kernel (5 taps) cannot be longer than the sequence
-            args['small_kernel_size'] = length
-        return args
+        return training.small_data_model_args(length)
     return {}
 
 
@@ -214,7 +185,8 @@ _HELP = {
                     'at another resolution or sequence length)',
     'model_args': 'JSON object of extra model kwargs, e.g. \'{"width": 64}\'',
     'pretrained': "initial weights: a registered tag ('smpconv_tcn_mnist.digits'), 'local-dir:PATH', 'hf-hub:REPO', "
-                  'a Hub-layout folder, or an official checkpoint file (.pth / .safetensors)',
+                  'a Hub-layout folder, a train.py run folder (its best/, else last/), or an official checkpoint file '
+                  '(.pth / .safetensors)',
     'resume': 'continue a run: bare --resume uses OUTPUT_DIR/state, --resume PATH another state folder',
     'eval_only': 'evaluate --pretrained (or the model) on the test split, print top-1 / top-5 and exit',
     'push_to_hub': 'Hub repo id to push best/ to at the end (errors are reported, local files are kept)',

@@ -15,11 +15,13 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from .._io import write_json_atomic, write_text_atomic
+from ..hub import push_to_hub, save_pretrained
 from ..layers import SMPConvBase, clamp_radii_, share_kernels, smp_param_groups
+from ..models import build_model, family_of
+from ..viz import plot_kernels
 from .checkpoint import STATE_DIR, load_training_state, save_training_state
 from .config import TrainConfig, recipe_for, recipe_model_args, small_data_schedule, uses_small_data_recipe
 from .data import EpochShuffleSampler, SequenceAugment, build_data, parse_augment
-from .modeling import build_model, model_kind
 from .sync_bn import convert_sync_batchnorm
 
 __all__ = ['run', 'resolve_config', 'evaluate', 'call_model', 'TrainingError']
@@ -135,11 +137,9 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     from timm.utils import ModelEmaV3
     from tqdm.auto import tqdm
 
-    from ..hub import push_to_hub, save_pretrained
-    from ..viz import plot_kernels
-
     cfg = resolve_config(cfg)
-    kind = model_kind(cfg.model)
+    family = family_of(cfg.model)
+    kind = family.input_kind
     accelerator = Accelerator(split_batches=True, mixed_precision=cfg.mixed_precision, cpu=cfg.cpu,
                               gradient_accumulation_steps=cfg.grad_accum)
     main_proc = accelerator.is_main_process
@@ -160,8 +160,8 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
                             f'of {data.name}')
     model_args: dict[str, Any] = {'num_classes': cfg.num_classes or data.num_classes,
                                   'in_chans': cfg.in_chans or data.in_chans}
-    if kind in ('sequence', 'irregular'):
-        model_args['seq_len'] = cfg.seq_len or data.length
+    for kwarg, attribute in family.data_kwargs.items():  # e.g. seq_len from the data's length (--seq-len overrides)
+        model_args[kwarg] = getattr(cfg, kwarg, None) or getattr(data, attribute)
     if cfg.drop_path is not None:
         model_args['drop_path_rate'] = cfg.drop_path
     if cfg.drop_rate is not None:

@@ -99,3 +99,23 @@ def test_fft_same_conv_keeps_channels_last():
     out = fft_same_conv(x, w, None, 4)
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, F.conv2d(x, w, padding=7, groups=4), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('shape, kernel', [((2, 16, 256), (17,)), ((2, 16, 32, 32), (17, 17))])
+def test_fp16_large_depthwise_conv_computes_in_fp32(shape, kernel):
+    """PyTorch 2.14's fp16 CPU depthwise conv does not return for these sizes: same_conv runs it in fp32, rounding
+    only the result (equal to the fp32 conv rounded to fp16), under fp16 autocast too."""
+    from smpconv_models.layers.conv import direct_same_conv, fp16_grouped_conv_in_fp32
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g).half().float()  # values exact in fp16
+    w = torch.randn(shape[1], 1, *kernel, generator=g).half().float()
+    expected = direct_same_conv(x, w, None, shape[1]).half()
+    assert fp16_grouped_conv_in_fp32(x.half(), w.half())
+    assert torch.equal(same_conv(x.half(), w.half(), groups=shape[1]), expected)
+    with torch.autocast('cpu', dtype=torch.float16):
+        assert fp16_grouped_conv_in_fp32(x, w)
+        assert torch.equal(same_conv(x, w, groups=shape[1]), expected)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert not fp16_grouped_conv_in_fp32(x, w)
+    assert not fp16_grouped_conv_in_fp32(x.half(), w[(...,) + (slice(1, -1),) * len(kernel)].half())  # 15 taps

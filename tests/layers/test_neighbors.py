@@ -239,3 +239,59 @@ def test_grid_pool_spreads_over_space():
     assert len(pool) >= 60 and len(set(pool.tolist())) == len(pool)
     assert (pool >= 5000).sum() >= 20  # the far 1% of the points are a third of the pool or more
     assert torch.equal(grid_pool(pos, 10_000), torch.arange(5050))  # asking for more than n: every point
+
+
+def _covering_radius(points: torch.Tensor, centres: torch.Tensor) -> float:
+    """The largest distance from a point of ``points [n, d]`` to its nearest of ``centres [c, d]`` (float64)."""
+    return torch.cdist(points.double(), centres.double()).amin(1).max().item()
+
+
+def test_fps_subset_covering_radius():
+    """Farthest-point sampling on the grid pool keeps FPS's guarantees: every pool point lies within the smallest
+    distance between two picks (the greedy property), and the covering radius of the whole set is at most
+    2 r_exact + 3 r_pool (r_exact: exact FPS's covering radius, itself at most twice the optimal k-centre radius;
+    r_pool: the pool's own covering radius of the set). Uniform and clustered 3-d sets."""
+    g = torch.Generator().manual_seed(11)
+    uniform = torch.rand(2000, 3, generator=g)
+    clustered = torch.cat([torch.rand(1800, 3, generator=g) * 0.2, torch.rand(200, 3, generator=g) + 1.0])
+    for pos in (uniform, clustered):
+        picks = farthest_point_sample(pos[None], 40, subset=160)[0]
+        pool = grid_pool(pos, 160)
+        assert set(picks.tolist()) <= set(pool.tolist())
+        separation = torch.pdist(pos[picks].double()).min().item()
+        assert _covering_radius(pos[pool], pos[picks]) <= separation + 1e-12
+        r_exact = _covering_radius(pos, pos[farthest_point_sample(pos[None], 40)[0]])
+        r_pool = _covering_radius(pos, pos[pool])
+        r_subset = _covering_radius(pos, pos[picks])
+        assert r_subset <= 2 * r_exact + 3 * r_pool
+        assert r_pool < r_exact  # a pool four times the sample is finer than the sample
+
+
+@pytest.mark.parametrize('backend', ['torch', 'kdtree'])
+def test_half_precision_positions_are_searched_in_float32(backend):
+    """bf16 / fp16 positions (a half-precision model) and autocast: the neighbours of the same values in float32,
+    on the kd-tree path too; farthest-point sampling likewise."""
+    g = torch.Generator().manual_seed(12)
+    pos = torch.rand(2, 300, 3, generator=g)
+    mask = torch.ones(2, 300, dtype=torch.bool)
+    mask[1, 250:] = False
+    for dtype in (torch.bfloat16, torch.float16):
+        low = pos.to(dtype)
+        expected = _rule(low.float(), low.float(), 8, 0.2, mask)
+        found = find_neighbors(low, low, 8, 0.2, mask, backend=backend)
+        assert torch.equal(found.idx, expected[0]) and torch.equal(found.valid, expected[1])
+        with torch.autocast('cpu', dtype=dtype):
+            found = find_neighbors(low, low, 8, 0.2, mask, backend=backend)
+        assert torch.equal(found.idx, expected[0])
+        assert torch.equal(farthest_point_sample(low, 20, mask, subset=80),
+                           farthest_point_sample(low.float(), 20, mask, subset=80))
+
+
+def test_missing_scipy_is_a_clear_error(monkeypatch):
+    pos = torch.rand(1, 40, 3, generator=torch.Generator().manual_seed(13))
+    monkeypatch.setattr(nbr, '_has_scipy', lambda: False)
+    with pytest.raises(ImportError, match=r'needs scipy \(pip install "smpconv-models\[points\]"\)'):
+        find_neighbors(pos, pos, 4, backend='kdtree')
+    monkeypatch.setattr(nbr, 'KDTREE_MIN_PAIRS', 1000)
+    expected = _rule(pos, pos, 4)
+    assert torch.equal(find_neighbors(pos, pos, 4).idx, expected[0])  # 'auto' falls back to the plain search

@@ -12,8 +12,8 @@ from torch.utils.data import TensorDataset
 
 import smpconv_models  # noqa: F401
 from smpconv_models.layers import smp_basis, smp_kernel
+from smpconv_models.layers.masked import masked_batch_norm
 from smpconv_models.layers.smp_kernel import smp_basis_local
-from smpconv_models.models.smpconv_irregular import masked_batch_norm
 from smpconv_models.train.data import drop_observations
 
 F64 = torch.float64

@@ -6,7 +6,8 @@ import timm
 import torch
 import torch.nn as nn
 
-from smpconv_models.models.smpconv_points import MaskedBatchNorm1d, PointSet
+from smpconv_models.layers.masked import MaskedBatchNorm1d
+from smpconv_models.models.smpconv_points import PointSet
 
 SMALL = dict(stem_width=8, widths=(8, 16), depths=(1, 1), stage_points=(10, 5), radii=(0.6, 1.0), k=8)
 

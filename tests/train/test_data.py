@@ -9,8 +9,9 @@ from PIL import Image
 
 import smpconv_models  # noqa: F401
 from smpconv_models.hub import save_pretrained
+from smpconv_models.models import build_model
+from smpconv_models.models._checkpoint import adapt_input_weight
 from smpconv_models.train.data import DatasetNotFoundError, EpochShuffleSampler, build_data, sequence_permutation
-from smpconv_models.train.modeling import adapt_channels, build_model
 
 
 def test_digits_as_sequences_and_images():
@@ -88,7 +89,7 @@ def test_in_chans_adaptation_follows_timm_rule(tmp_path):
     w_dst = model.blocks[0].conv1.smp.conv.weights
     assert w_dst.shape == (4, 3, 3)
     torch.testing.assert_close(w_dst, w_src.repeat(1, 3, 1) / 3)
-    torch.testing.assert_close(adapt_channels(torch.ones(2, 3, 5), 1), torch.full((2, 1, 5), 3.0))
+    torch.testing.assert_close(adapt_input_weight(torch.ones(2, 3, 5), 1), torch.full((2, 1, 5), 3.0))
     # the same input repeated on 3 channels gives the original model's output
     x = torch.randn(2, 1, 16)
     with torch.no_grad():

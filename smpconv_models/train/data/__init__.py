@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...models import architecture_of, family_of
 from .archives import TsFile, read_ts, ts_archive
 from .arrays import hf_has_sequences, hf_sequences, npz_arrays
 from .audio import mfcc, read_wav, speech_commands
@@ -41,8 +42,9 @@ def build_data(spec: str, model_kind: str, img_size: int | None = None, seed: in
                test_fraction: float = 0.2, train_transform: Any = None, eval_transform: Any = None,
                model_name: str | None = None, missing_rate: float | None = None) -> DataBundle:
     """Build train / test datasets from a ``--data`` spec (``NAME`` or ``NAME:PATH``, see :data:`DATA_SPECS`) for a
-    ``'sequence'``, ``'irregular'``, ``'points'`` or ``'image'`` model. ``model_name`` picks what some sources give:
-    Speech Commands is the raw waveform for ``*_raw`` models and MFCCs otherwise.
+    ``'sequence'``, ``'irregular'``, ``'points'`` or ``'image'`` model. ``model_name`` picks what some sources give
+    (its family's ``data_options``): Speech Commands is the raw waveform for ``smpconv_tcn_speech_raw`` and MFCCs
+    otherwise.
 
     An ``'irregular'`` model gets any sequence spec as irregular series with ``missing_rate`` of each series'
     observations dropped (:func:`to_irregular`; ``digits-irregular`` is ``digits`` with 0.5 by default)."""
@@ -88,11 +90,18 @@ def build_data(spec: str, model_kind: str, img_size: int | None = None, seed: in
         return ts_archive(root)
     if name == 'speechcommands':
         _sequence_only(name, model_kind)
-        return speech_commands(need_root(name, root), use_mfcc=not (model_name or '').endswith('_raw'))
+        return speech_commands(need_root(name, root), use_mfcc=_data_options(model_name).get('speech') != 'waveform')
     if name == 'npz':
         _sequence_only(name, model_kind)
         return npz_arrays(need_root(name, root))
     raise ValueError(f'unknown dataset {spec!r}: use {", ".join(DATA_SPECS)}')
+
+
+def _data_options(model_name: str | None) -> dict[str, Any]:
+    """What the model's family description asks of the data sources for this variant (e.g. raw audio)."""
+    if not model_name:
+        return {}
+    return dict(family_of(model_name).training.data_options.get(architecture_of(model_name), {}))
 
 
 def _sequence_only(name: str, model_kind: str) -> None:
