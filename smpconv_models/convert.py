@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 import timm
 import torch.nn as nn
 
+from ._io import parse_json_object
 from .hub import save_pretrained
 from .models import family_of
 from .models._checkpoint import check_state_dict_matches, load_checkpoint_file, unwrap_state_dict
@@ -71,11 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
-        model_args = json.loads(args.model_args)
-        if not isinstance(model_args, dict):
-            raise ValueError('--model-args must be a JSON object')
+        model_args = parse_json_object(args.model_args, '--model-args')
         out = convert_checkpoint(args.model, args.src, args.out_dir, use_ema=args.ema, model_args=model_args)
-    except (ValueError, FileNotFoundError, PermissionError, json.JSONDecodeError) as e:
+    except (ValueError, FileNotFoundError, PermissionError) as e:
         _logger.error('error: %s', e)
         return 2
     sys.stdout.write(f'wrote {out} (load with timm.create_model("local-dir:{out}", pretrained=True))\n')

@@ -33,6 +33,7 @@ import timm
 import torch
 import torch.nn as nn
 
+from ._io import parse_json_object
 from .layers.export_conv import EXPORT_FFT_METHODS, export_fft_method
 from .models import build_model, family_of
 
@@ -195,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
-        model_args = json.loads(args.model_args)
-        if not isinstance(model_args, dict):
-            raise ValueError(f'--model-args must be a JSON object, got {args.model_args!r}')
+        model_args = parse_json_object(args.model_args, '--model-args')
         if args.batch_size < 1 or (args.dynamic_batch and args.exporter == 'dynamo' and args.batch_size < 2):
             raise ValueError('--batch-size must be at least 1 (at least 2 with --dynamic-batch: torch.export '
                              'specializes size-1 dimensions)')
@@ -206,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         x = example_inputs(model, args.batch_size, args.seq_len)
         report = export_onnx(model, args.out, x, dynamic_batch=args.dynamic_batch, opset=args.opset,
                              dynamo=args.exporter == 'dynamo', fft_method=args.fft_method, tolerance=args.tolerance)
-    except (ValueError, FileNotFoundError, ImportError, ExportCheckError, json.JSONDecodeError) as e:
+    except (ValueError, FileNotFoundError, ImportError, ExportCheckError) as e:
         _logger.error('error: %s', e)
         return 2
     sys.stdout.write(json.dumps(report) + '\n')

@@ -83,6 +83,7 @@ _ZERO_MAC_OPS = (
     'aten::feature_dropout', 'aten::empty_like', 'aten::ones_like', 'aten::lt', 'aten::le', 'aten::ne',
     'aten::real', 'aten::imag', 'aten::view_as_real', 'aten::view_as_complex', 'aten::conj', 'aten::_conj',
     'aten::roll', 'aten::addcmul', 'aten::unflatten', 'prim::PythonOp._ContiguousGrad',
+    'aten::log_softmax', 'aten::logsumexp',  # an ensemble's mean probability (a few ops per class)
 )
 
 
@@ -340,9 +341,11 @@ def _count(
         name = cfg.get('architecture') or type(model).__name__
         sequence = _family(name, model).input_kind == 'sequence'
         default = cfg.get('input_size')
-        if sequence:  # the cfg keeps the registered length; the default input is as long as the (first) kernels
+        if sequence:  # the cfg keeps the registered length; the default input is the length the (first) kernels
+            # cover: K taps causal, (K + 1) / 2 centred (causal=False: K = 2 L - 1)
             first = next(m for m in model.modules() if isinstance(m, SMPReparamConv))
-            default = (first.in_channels, first.kernel_size[0])
+            taps = first.kernel_size[0]
+            default = (first.in_channels, taps if first.causal else (taps + 1) // 2)
         size = _resolve_input_size(name, sequence, default, input_size, img_size, seq_len)
         _import_fvcore()
         net, owned = model, False

@@ -202,3 +202,51 @@ def test_small_data_quiet_block_restores_the_process_state(monkeypatch):
     with small_data._quiet():
         pass
     assert os.environ['TQDM_DISABLE'] == '0'
+
+
+def test_minirocket_kernels_features_and_accuracy():
+    import numpy as np
+    import torch
+
+    from smpconv_models.experiments.small_data import (
+        _minirocket_dilations,
+        _minirocket_kernels,
+        minirocket_accuracy,
+        minirocket_features,
+    )
+
+    weights = _minirocket_kernels()
+    assert weights.shape == (84, 1, 9) and torch.all(weights.sum(-1) == 0)
+    assert torch.all((weights == 2).sum(-1) == 3) and len({tuple(w.flatten().tolist()) for w in weights}) == 84
+    plan = _minirocket_dilations(300, 10_000)
+    assert plan[0][0] == 1 and plan[-1][0] <= (300 - 1) / 8 and sum(c for _, c in plan) == 10_000 // 84
+    rng = np.random.default_rng(1)
+    y = np.arange(80) % 2
+    t = np.arange(60)
+    x = np.sin(2 * np.pi * (2 + 5 * y[:, None]) * t / 60 + rng.uniform(0, 6.3, (80, 1)))[:, None]
+    x = torch.tensor(x + 0.3 * rng.normal(size=x.shape), dtype=torch.float32)
+    feats, state = minirocket_features(x[:40], x[:40], n_features=840)
+    assert feats.shape == (40, 840) and feats.min() >= 0 and feats.max() <= 1  # proportions of positive values
+    again, _ = minirocket_features(x[:40], state=state)
+    assert torch.equal(feats, again)
+    assert minirocket_accuracy(x[:40], torch.tensor(y[:40]), x[40:], torch.tensor(y[40:]), 840) >= 95.0
+
+
+def test_write_benchmarks_replaces_only_its_section(tmp_path):
+    from smpconv_models.experiments.small_data import BENCHMARKS_BEGIN, BENCHMARKS_END, write_benchmarks
+
+    rows = [dict(set='a', channels=1, length=10, classes=2, n_train=8, rocket=50.0, minirocket=60.0, recipe=70.0,
+                 recipe_s=3.0, recipe_members=3, recipe_member_top1=65.0)]
+    path = tmp_path / 'BENCHMARKS.md'
+    path.write_text('# Benchmarks\n\nbefore\n')
+    write_benchmarks(path, rows, ['recipe'], 'python -m smpconv_models.experiments.small_data')
+    text = path.read_text()
+    assert text.startswith('# Benchmarks\n\nbefore\n') and text.count(BENCHMARKS_BEGIN) == 1
+    assert '| a | 1 | 10 | 2 | 8 | 50.0 | 60.0 | 70.0 | 65.0 |' in text and 'ensemble of 3' in text
+    path.write_text(text + '\n## After\n\nkept\n')
+    rows[0]['recipe'] = 80.0
+    write_benchmarks(path, rows, ['recipe'], 'cmd')
+    text = path.read_text()
+    assert text.count(BENCHMARKS_BEGIN) == 1 and text.count(BENCHMARKS_END) == 1
+    assert '| 80.0 |' in text and '| 70.0 |' not in text and text.endswith('## After\n\nkept\n')
+    assert text.startswith('# Benchmarks\n\nbefore\n')

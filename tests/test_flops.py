@@ -296,3 +296,18 @@ def test_missing_fvcore_says_how_to_install(monkeypatch):
 def test_families_with_other_inputs_are_refused_clearly(name, kind):
     with pytest.raises(ValueError, match=f'{name}: FLOPs are counted for image and sequence models, not for {kind}'):
         flops.count_flops(name)
+
+
+def test_centred_ensemble_costs_n_members_at_the_data_length(caplog):
+    seq = 40
+    args = dict(seq_len=seq, depth=2, width=6, n_points=4, causal=False)
+    torch.manual_seed(0)
+    member = timm.create_model('smpconv_tcn_mnist', **args)
+    ensemble = timm.create_model('smpconv_ensemble', member='smpconv_tcn_mnist', n_members=3, **args)
+    with caplog.at_level(logging.WARNING, logger='smpconv_models.flops'):
+        one, three = flops.count_flops(member), flops.count_flops(ensemble)
+    assert not caplog.records  # every op in the trace has a handle
+    assert one['input_size'] == three['input_size'] == [1, seq]  # not the centred kernels' 2 L - 1 taps
+    assert three['params'] == 3 * one['params']
+    for key in ('gmacs_deploy', 'gmacs_paper', 'gmacs_train'):
+        assert three[key] == pytest.approx(3 * one[key], rel=1e-9)

@@ -31,7 +31,7 @@ def test_layers_block(monkeypatch):
     ns = run_block(1, monkeypatch)
     assert ns['y'].shape == (2, 96, 56, 56) and ns['out'].shape == (8, 30, 784)
     assert ns['block'].reparam_conv is not None and ns['block'].smp is None
-    assert len(BLOCKS) == 5
+    assert len(BLOCKS) == 6
 
 
 def test_irregular_series_block(monkeypatch):
@@ -63,3 +63,29 @@ def test_deployment_block(monkeypatch):
         expected = ns['model'](torch.from_numpy(ns['x']))
     got = torch.from_numpy(ns['logits'])
     assert got.shape == (4, 10) and float((got - expected).norm() / expected.norm()) < 1e-4
+
+
+def test_dense_prediction_block(tmp_path, monkeypatch):
+    """The converted-weights block: run where a converted full-size smpconv_t lies at smpconv_t/model.safetensors;
+    both encoders hold its weights, the timm one at strides 4, 8, 16, 16."""
+    import pytest
+
+    pytest.importorskip('segmentation_models_pytorch')
+    import timm
+    from safetensors.torch import save_file
+
+    import smpconv_models  # noqa: F401
+
+    torch.manual_seed(0)
+    source = timm.create_model('smpconv_t')
+    (tmp_path / 'smpconv_t').mkdir()
+    save_file(source.state_dict(), str(tmp_path / 'smpconv_t' / 'model.safetensors'))
+    monkeypatch.chdir(tmp_path)
+    index = next(i for i, b in enumerate(BLOCKS) if 'DeepLabV3Plus' in b)
+    ns: dict = {}
+    exec(compile(BLOCKS[index], f'README.md python block {index}', 'exec'), ns)
+    assert ns['encoder'].feature_info.reduction() == [4, 8, 16, 16]
+    assert ns['logits'].shape == (2, 21, 128, 128) and ns['logits'].dtype == torch.bfloat16
+    stem = source.stem[0].conv.weight
+    assert torch.equal(ns['encoder'].stem_0.conv.weight, stem)
+    assert torch.equal(ns['model'].encoder.model.stem_0.conv.weight, stem)

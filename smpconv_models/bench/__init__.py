@@ -39,7 +39,14 @@ process, whose peak resident memory is reported. Rows:
   onnxruntime vs the same model in PyTorch eval, batch 8 (``--onnx-methods`` times every family per FFT export
   method instead of the rows);
 * ``smpconv_t_compiled_train_vs_convnext_tiny``: the training step of both models under ``torch.compile`` (default
-  settings), batch 8, 224, NCHW.
+  settings), batch 8, 224, NCHW;
+* ``upernet_smpconv_t_train_vs_convnext_tiny_512`` / ``upernet_smpconv_t_infer_vs_convnext_tiny_512`` (dense
+  prediction; need segmentation_models_pytorch, the ``seg`` extra): ``smpconv_t`` and ``convnext_tiny`` as the
+  encoder of the same segmentation_models_pytorch ``UPerNet`` (``tu-`` encoders, its default 256-channel decoder,
+  150 classes as ADE20K), 512x512, batch 2, each in its faster memory format: one training step (per-pixel
+  cross-entropy, AdamW, stochastic depth 0.1 in both encoders), and inference (eval, both models' BatchNorms
+  calibrated on the input, ours reparameterized). In ``--quick`` mode the format choice takes one timed run per
+  format instead of three.
 
 The machine's fp32 matmul rate (GFLOP/s, 2 flops per multiply-add) is measured too, next to the GMAC/s each model
 achieves (fvcore MACs / time, when fvcore is installed).
@@ -49,13 +56,14 @@ times), :mod:`.peers` (our networks with MAGNet kernels, a PointNet++ set abstra
 per row or small group, registered in ``ROWS`` with its target), :mod:`.report` (each row in its own process; table,
 JSON, plot), :mod:`.profiling` (``--profile``) and :mod:`.cli`.
 """
+from ..layers import calibrate_bn_  # (the eval rows' BatchNorm calibration, kept importable from here)
 from .cli import main
 from .peers import MLPKernelConv, use_mlp_kernels
 from .profiling import run_profile
 from .report import format_table, plot_ratios, run_bench
 from .rows import ROWS, TARGETS, Row
 from .rows.deployment import onnx_fft_methods
-from .steps import calibrate_bn_, train_step
+from .steps import train_step
 from .timing import alternating_medians, matmul_gflops, time_pair
 
 __all__ = [

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from ..layers import SMPConv, smp_param_groups
+from ..layers import SMPConv, calibrate_bn_, smp_param_groups
 from ..layers.conv import _DepthwiseSameConv, fft_same_conv, mix_channels_fft
 from .peers import MLPKernelConv
 from .rows.cifar import cifar_setting
-from .steps import calibrate_bn_, train_step
+from .steps import train_step
 from .timing import alternating_medians
 
 __all__ = ['run_profile']

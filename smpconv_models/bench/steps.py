@@ -1,13 +1,18 @@
-"""What the rows time: a training step, and an eval model with trained-like BatchNorm statistics."""
+"""What the rows time: a training step, an inference step in either memory format, and the optimizer both sides
+use. (Trained-like BatchNorm statistics for eval rows: :func:`~smpconv_models.layers.calibrate_bn_`.)"""
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['train_step', 'calibrate_bn_']
+from ..layers import smp_param_groups
+
+__all__ = ['train_step', 'infer_factory', 'adamw']
 
 
 def train_step(model: nn.Module, x: torch.Tensor | dict[str, torch.Tensor], y: torch.Tensor,
@@ -20,23 +25,20 @@ def train_step(model: nn.Module, x: torch.Tensor | dict[str, torch.Tensor], y: t
     return step
 
 
-@torch.no_grad()
-def calibrate_bn_(model: nn.Module, x: torch.Tensor, passes: int = 2) -> nn.Module:
-    """Set every BatchNorm's running statistics to the statistics of ``model``'s activations on ``x`` (train-mode
-    passes with a cumulative average), then switch to eval.
+def infer_factory(model: nn.Module, x: torch.Tensor) -> Callable[[bool], Callable[[], Any]]:
+    """``make(channels_last)``: an inference-mode forward of a copy of ``model`` on ``x`` in that memory format (for
+    :func:`~smpconv_models.bench.timing.best_format`)."""
+    def make(cl: bool):
+        m = copy.deepcopy(model).to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        xi = x.contiguous(memory_format=torch.channels_last) if cl else x
 
-    A freshly initialised BN network in eval mode (running mean 0, variance 1) shrinks its activations layer by layer
-    (to ~1e-9 in smpconv_t's last stages), where exact GELU takes a several times slower path; trained
-    weights keep activations O(1). Calibrated statistics give the benchmark trained-like activation scales.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    for _ in range(passes):
-        model(x)
-    for bn, momentum in zip(bns, momenta):
-        bn.momentum = momentum
-    return model.eval()
+        def step():
+            with torch.inference_mode():
+                m(xi)
+        return step
+    return make
+
+
+def adamw(model: nn.Module, ours: bool) -> torch.optim.Optimizer:
+    """AdamW at 1e-4; ours in the official parameter groups (no weight decay on points, radius lr x0.1)."""
+    return torch.optim.AdamW(smp_param_groups(model, 0.05, lr=1e-4) if ours else model.parameters(), lr=1e-4)

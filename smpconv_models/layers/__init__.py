@@ -1,6 +1,7 @@
-"""SMP layers: the N-d SMP kernel core and point set, SMP convolutions (grid, point sets), causal / FFT convolution,
-reparameterization, and the execution-mode switch."""
-from .causal_conv import causal_conv1d, next_fast_len, use_fft_for
+"""SMP layers: the N-d SMP kernel core and point set, SMP convolutions (grid, point sets), causal / centred / FFT
+convolution, reparameterization, the execution-mode switch, and BatchNorm recalibration."""
+from .bn_calibration import calibrate_bn_
+from .causal_conv import causal_conv1d, centred_conv1d, next_fast_len, sequence_conv1d, use_fft_for
 from .conv import check_conv_input, prefers_channels_last, same_conv
 from .conv_bn import ConvBN
 from .fused import conv2d_act
@@ -32,7 +33,8 @@ from .smp_kernel import divide_by_count, hat_count, kernel_coords, smp_basis, sm
 from .smp_points import SMPPoints, share_kernels
 
 __all__ = [
-    'ConvBN', 'conv2d_act', 'causal_conv1d', 'next_fast_len', 'use_fft_for', 'check_conv_input',
+    'calibrate_bn_', 'ConvBN', 'conv2d_act', 'causal_conv1d', 'centred_conv1d', 'sequence_conv1d', 'next_fast_len',
+    'use_fft_for', 'check_conv_input',
     'prefers_channels_last', 'same_conv', 'clamp_radii_', 'smp_param_groups', 'rescale_smp_kernels_',
     'scaled_kernel_size', 'CausalConv1d', 'SMPLargeKernelConv2d', 'SMPParallelCausalConv1d', 'SMPParallelConv',
     'SMPReparamConv', 'fold_bn_into_next_conv', 'fuse_bn', 'fuse_pre_bn', 'SMPCausalConv1d', 'SMPConv', 'SMPConvBase',

@@ -1,15 +1,17 @@
-"""Exact causal 1-d convolution, direct or through the FFT, for sequence SMP kernels as long as the sequence."""
+"""Exact 1-d convolutions for sequence SMP kernels as long as the sequence, direct or through the FFT: causal
+(:func:`causal_conv1d`, tap ``K - 1`` = the current step) or centred (:func:`centred_conv1d`, tap ``(K - 1) / 2`` =
+the current step, 'same' length)."""
 import functools
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .conv import mix_channels_fft
+from .conv import _export_same_conv, fft_same_conv, mix_channels_fft
 from .export_conv import export_causal_conv1d
 from .mode import execution_mode, is_jit_tracing, python_only
 
-__all__ = ['causal_conv1d', 'next_fast_len', 'use_fft_for']
+__all__ = ['causal_conv1d', 'centred_conv1d', 'sequence_conv1d', 'next_fast_len', 'use_fft_for']
 
 # Below about this many taps the direct convolution is faster than the FFT on CPU (30 channels, batch 32).
 FFT_MIN_TAPS = 48
@@ -121,3 +123,42 @@ def _fft_causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, n: int) -
     if bias is not None:
         y = y + bias.to(compute_dtype)[:, None]
     return y.to(out_dtype)
+
+
+def centred_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, fft: bool | None = None) -> Tensor:
+    """Centred ('same') convolution ``y[b, o, t] = bias[o] + sum_{i, k} weight[o, i, k] * x[b, i, t + k - (K - 1) / 2]``
+    with zeros outside the sequence: tap ``(K - 1) / 2`` multiplies the current step, taps below it the past, taps
+    above it the future (``K`` odd; a non-causal sequence kernel).
+
+    Only the taps that can reach an output are used (``K`` may exceed ``2 L - 1``). ``fft``: as in
+    :func:`causal_conv1d` (``None`` chooses by the number of reachable taps); the FFT path is
+    :func:`~smpconv_models.layers.conv.fft_same_conv` (a transform of ``L + reach`` rounded up, no wrap-around onto
+    the kept outputs), and while exporting it takes :func:`~smpconv_models.layers.export_conv.export_same_conv`'s
+    real-arithmetic form.
+
+    Returns:
+        ``[B, C_out, L]``.
+    """
+    _check_inputs(x, weight, bias)
+    length, taps = x.shape[-1], weight.shape[-1]
+    if is_jit_tracing():  # sizes are traced tensors there: the crop and the padding need constants
+        length, taps = int(length), int(taps)
+    if taps % 2 == 0:
+        raise ValueError(f'centred_conv1d needs an odd kernel length (tap (K - 1) / 2 is the current step), got {taps}')
+    reach = min((taps - 1) // 2, length - 1)
+    if 2 * reach + 1 < taps:  # offsets of L steps or more never meet data
+        weight = weight[..., (taps - 1) // 2 - reach:(taps - 1) // 2 + reach + 1]
+    use_fft = use_fft_for(length, 2 * reach + 1) if fft is None else fft
+    if not use_fft:
+        return F.conv1d(x, weight, bias, padding=reach)
+    if execution_mode() == 'export':  # ONNX / torch.export: real arithmetic (export_conv.py)
+        return _export_same_conv(x, weight, bias, 1)
+    return fft_same_conv(x, weight, bias)
+
+
+def sequence_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, fft: bool | None = None,
+                    causal: bool = True) -> Tensor:
+    """:func:`causal_conv1d` (``causal=True``) or :func:`centred_conv1d` (``causal=False``)."""
+    if causal:
+        return causal_conv1d(x, weight, bias, fft)
+    return centred_conv1d(x, weight, bias, fft)

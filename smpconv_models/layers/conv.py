@@ -11,7 +11,7 @@ from .mode import computes_in_half_precision, execution_mode, python_only
 __all__ = [
     'check_conv_input', 'check_float_3d', 'prefers_channels_last', 'fp16_grouped_conv_in_fp32', 'same_conv',
     'direct_same_conv', 'fft_same_conv',
-    'fft_depthwise_weight_grad', 'conv_path', 'use_fft_conv', 'mix_channels_fft',
+    'fft_depthwise_weight_grad', 'conv_path', 'use_fft_conv', 'mix_channels_fft', 'dilate_kernel',
 ]
 
 
@@ -203,68 +203,92 @@ def fft_depthwise_weight_grad(x: Tensor, grad_y: Tensor, kernel_size: Sequence[i
     return r.transpose(0, 1).to(grad_y.dtype)
 
 
+def dilate_kernel(weight: Tensor, dilation: int) -> Tensor:
+    """The dense kernel of a ``dilation``-dilated one: ``dilation - 1`` zeros between neighbouring taps on every
+    spatial axis (``K`` taps span ``dilation * (K - 1) + 1``); ``weight`` itself when ``dilation == 1``. A 'same'
+    convolution with it equals the dilated convolution exactly (the FFT and export forms take this route)."""
+    if dilation == 1:
+        return weight
+    w = weight
+    for axis in range(2, weight.dim()):  # interleave zeros along the axis (out-of-place: traced and exported too)
+        k = w.shape[axis]
+        zeros = w.new_zeros(list(w.shape[:axis + 1]) + [dilation - 1] + list(w.shape[axis + 1:]))  # noqa: RUF005
+        w = torch.cat([w.unsqueeze(axis + 1), zeros], axis + 1).flatten(axis, axis + 1)
+        w = w.narrow(axis, 0, dilation * (k - 1) + 1)
+    return w
+
+
 class _DepthwiseSameConv(torch.autograd.Function):
     """Depthwise 'same' conv: forward and input gradient direct (oneDNN is fast there), kernel gradient through the
     FFT (oneDNN's large-kernel depthwise weight gradient is not; ``python -m smpconv_models.bench --profile`` times
-    the three ways)."""
+    the three ways). A dilated kernel's gradient is the zero-inserted dense kernel's (:func:`dilate_kernel`) at its
+    taps."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, dilation: int = 1) -> Tensor:
         ctx.save_for_backward(x, weight)
-        return _direct_depthwise(x, weight)
+        ctx.dilation = dilation
+        return _direct_depthwise(x, weight, dilation)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y: Tensor):
         x, weight = ctx.saved_tensors
+        d = ctx.dilation
         grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _direct_depthwise(grad_y, weight.flip(list(range(2, weight.dim()))))  # the transposed conv
+        if ctx.needs_input_grad[0]:  # the transposed conv
+            grad_x = _direct_depthwise(grad_y, weight.flip(list(range(2, weight.dim()))), d)
         if ctx.needs_input_grad[1]:
-            grad_w = fft_depthwise_weight_grad(x, grad_y, weight.shape[2:])
-        return grad_x, grad_w
+            if d == 1:
+                grad_w = fft_depthwise_weight_grad(x, grad_y, weight.shape[2:])
+            else:
+                dense = fft_depthwise_weight_grad(x, grad_y, [d * (k - 1) + 1 for k in weight.shape[2:]])
+                grad_w = dense[(slice(None), slice(None)) + (slice(None, None, d),) * (weight.dim() - 2)]
+        return grad_x, grad_w, None
 
 
 @python_only
-def _export_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
-    return export_same_conv(x, weight, bias, groups, direct_same_conv)
+def _export_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, dilation: int) -> Tensor:
+    return export_same_conv(x, dilate_kernel(weight, dilation), bias, groups, direct_same_conv)
 
 
 @python_only  # eager and torch.compile; TorchScript cannot compile autograd Functions (it runs the direct conv)
-def _hybrid_depthwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    y = _DepthwiseSameConv.apply(x, weight)
+def _hybrid_depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, dilation: int) -> Tensor:
+    y = _DepthwiseSameConv.apply(x, weight, dilation)
     return y if bias is None else y + bias.reshape([-1] + [1] * (weight.dim() - 2))
 
 
-def _direct_depthwise(x: Tensor, weight: Tensor) -> Tensor:
-    return direct_same_conv(x, weight, None, x.shape[1])
+def _direct_depthwise(x: Tensor, weight: Tensor, dilation: int = 1) -> Tensor:
+    return direct_same_conv(x, weight, None, x.shape[1], dilation)
 
 
-def direct_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
-    """PyTorch's own 'same' convolution, large 2-d kernels in channels_last (:func:`prefers_channels_last`), large
-    grouped fp16 kernels on CPU in fp32 (:func:`fp16_grouped_conv_in_fp32`)."""
+def direct_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, dilation: int = 1) -> Tensor:
+    """PyTorch's own 'same' convolution (``dilation``-dilated, padding ``dilation * (K // 2)``), large 2-d kernels in
+    channels_last (:func:`prefers_channels_last`), large grouped fp16 kernels on CPU in fp32
+    (:func:`fp16_grouped_conv_in_fp32`); both rules read the ``K`` taps, so they hold for dilated kernels too."""
     if groups > 1 and fp16_grouped_conv_in_fp32(x, weight):
-        return _fp32_same_conv(x, weight, bias, groups)
-    return _torch_same_conv(x, weight, bias, groups)
+        return _fp32_same_conv(x, weight, bias, groups, dilation)
+    return _torch_same_conv(x, weight, bias, groups, dilation)
 
 
-def _torch_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
+def _torch_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, dilation: int = 1) -> Tensor:
     nd = weight.dim() - 2
-    padding = [k // 2 for k in weight.shape[2:]]
+    padding = [dilation * (k // 2) for k in weight.shape[2:]]
     if nd == 1:
-        return F.conv1d(x, weight, bias, padding=padding, groups=groups)
+        return F.conv1d(x, weight, bias, padding=padding, dilation=dilation, groups=groups)
     if nd == 2:
         if prefers_channels_last(x, weight.shape[-1]):
             x = x.contiguous(memory_format=torch.channels_last)
             weight = weight.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(x, weight, bias, padding=padding, groups=groups)
-    return F.conv3d(x, weight, bias, padding=padding, groups=groups)
+        return F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=groups)
+    return F.conv3d(x, weight, bias, padding=padding, dilation=dilation, groups=groups)
 
 
 def fp16_grouped_conv_in_fp32(x: Tensor, weight: Tensor) -> bool:
     """Whether a grouped CPU convolution of ``x`` computes in fp32 instead of fp16 (own dtype or fp16 autocast):
     PyTorch 2.14's fp16 depthwise convolution on CPU does not return (minutes on one call) for kernels of 17 or more
-    taps along a dim (1-d on 256 steps, 2-d on 32x32 maps; bf16 and fp32 take milliseconds)."""
+    taps along a dim (1-d on 256 steps, 2-d on 32x32 maps; bf16 and fp32 take milliseconds). The rule reads the taps,
+    not the span, and holds at any dilation (dilated fp16 kernels returned where tried, but one rule is kept)."""
     if x.device.type != 'cpu' or max(weight.shape[2:]) < 17:
         return False
     return x.dtype == torch.float16 or (computes_in_half_precision(x) and _autocast_dtype() == torch.float16)
@@ -275,30 +299,38 @@ def _autocast_dtype():
     return torch.get_autocast_dtype('cpu')
 
 
-def _fp32_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
-    """:func:`direct_same_conv` in fp32 with autocast off, the result in fp16 (as fp16 autocast would give)."""
-    b = None if bias is None else bias.float()
+def _fp32_same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, dilation: int = 1) -> Tensor:
+    """:func:`direct_same_conv` in fp32 (autocast off), the result in fp16 (as fp16 autocast would give)."""
+    if bias is not None:
+        bias = bias.float()
     if execution_mode() == 'script':  # no autocast under TorchScript
-        return _torch_same_conv(x.float(), weight.float(), b, groups).half()
+        return _torch_same_conv(x.float(), weight.float(), bias, groups, dilation).half()
+    return _fp32_same_conv_autocast_off(x, weight, bias, groups, dilation)
+
+
+@python_only  # TorchScript cannot compile the autocast block (an internal assert in PyTorch 2.14's script compiler)
+def _fp32_same_conv_autocast_off(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, dilation: int) -> Tensor:
     with torch.autocast('cpu', enabled=False):
-        return _torch_same_conv(x.float(), weight.float(), b, groups).half()
+        return _torch_same_conv(x.float(), weight.float(), bias, groups, dilation).half()
 
 
-def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1) -> Tensor:
-    """'Same'-padded N-d cross-correlation (odd kernel sizes, 1-3 spatial dims).
+def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1, dilation: int = 1) -> Tensor:
+    """'Same'-padded N-d cross-correlation (odd kernel sizes, 1-3 spatial dims), optionally ``dilation``-dilated
+    (padding ``dilation * (K // 2)``).
 
     Large dense kernels, and large depthwise ones in training, go through the FFT (:func:`fft_same_conv`, or for
     depthwise kernels on small maps only their kernel gradient: :func:`conv_path`); other large 2-d depthwise kernels
-    run in channels_last.
+    run in channels_last. The path is chosen on the ``K`` taps that are multiplied (a direct dilated conv costs what
+    an undilated one does); the FFT and export forms convolve with the zero-inserted kernel (:func:`dilate_kernel`).
     """
     path = conv_path(x, weight, groups)
     if path == 'direct':
-        return direct_same_conv(x, weight, bias, groups)
+        return direct_same_conv(x, weight, bias, groups, dilation)
     mode = execution_mode()
     if mode == 'export':  # ONNX / torch.export: real arithmetic (export_conv.py)
-        return _export_same_conv(x, weight, bias, groups)
+        return _export_same_conv(x, weight, bias, groups, dilation)
     if path == 'hybrid' and mode in ('eager', 'compile'):
-        return _hybrid_depthwise(x, weight, bias)
+        return _hybrid_depthwise(x, weight, bias, dilation)
     if path == 'fft':
-        return fft_same_conv(x, weight, bias, groups)
-    return direct_same_conv(x, weight, bias, groups)
+        return fft_same_conv(x, dilate_kernel(weight, dilation), bias, groups)
+    return direct_same_conv(x, weight, bias, groups, dilation)

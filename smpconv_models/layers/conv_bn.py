@@ -20,7 +20,8 @@ __all__ = ['ConvBN']
 
 
 class ConvBN(nn.Module):
-    """``act(bn(conv(x)))`` with 'same'-style padding ``k // 2``; ``reparameterize()`` folds the BN into the conv.
+    """``act(bn(conv(x)))`` with 'same'-style padding ``dilation * (k // 2)``; ``reparameterize()`` folds the BN into
+    the conv.
 
     Submodule names (``conv``, ``bn``) follow the official checkpoints' ``conv_bn`` / ``conv_bn_relu`` blocks.
     ``deploy=True`` builds the folded form (conv with bias, no BN) directly. In eval mode without autograd the BN is
@@ -37,12 +38,13 @@ class ConvBN(nn.Module):
             act_layer: type[nn.Module] | None = None,
             norm_layer: type[nn.Module] = nn.BatchNorm2d,
             deploy: bool = False,
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups,
-                              bias=deploy, device=device, dtype=dtype)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, dilation * (kernel_size // 2),
+                              dilation=dilation, groups=groups, bias=deploy, device=device, dtype=dtype)
         self.bn = nn.Identity() if deploy else norm_layer(out_channels, device=device, dtype=dtype)
         self.act = act_layer() if act_layer is not None else nn.Identity()
         self._eval_cache = None
@@ -70,7 +72,7 @@ class ConvBN(nn.Module):
         """``act(conv(x) + residual)`` with this layer's geometry and a given (folded) ``weight`` and ``bias``."""
         c = self.conv
         return conv2d_act(x, weight, bias, list(c.stride), list(c.padding), c.groups, activation_name(self.act),
-                          residual)
+                          residual, list(c.dilation))
 
     @torch.no_grad()
     def folded_weight_bias(self) -> tuple[Tensor, Tensor | None]:

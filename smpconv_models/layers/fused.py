@@ -76,17 +76,21 @@ def _onednn_fusable(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Te
 
 
 def conv2d_act(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int], padding: list[int], groups: int,
-               act: str = 'none', residual: Tensor | None = None) -> Tensor:
-    """``act(conv2d(x, weight, bias) + residual)`` (``residual`` optional, ``act`` in ``'none'/'relu'/'gelu'``).
+               act: str = 'none', residual: Tensor | None = None, dilation: list[int] | None = None) -> Tensor:
+    """``act(conv2d(x, weight, bias) + residual)`` (``residual`` optional, ``act`` in ``'none'/'relu'/'gelu'``;
+    ``dilation`` defaults to 1).
 
     On CPU in fp32 without autograd, one oneDNN convolution with the activation / residual add as post-ops (one
     pass over the output instead of two or three); elsewhere the plain ops. Same values either way (up to rounding).
     """
     if act not in ('none', 'relu', 'gelu'):
         raise ValueError(f"conv2d_act: act must be 'none', 'relu' or 'gelu', got {act!r}")
+    dil = [1] * len(stride)
+    if dilation is not None:
+        dil = dilation
     if _onednn_fusable(x, weight, bias, residual) and (residual is None or act == 'none'):
-        return _onednn_conv2d(x, weight, bias, stride, padding, groups, act, residual)
-    y = F.conv2d(x, weight, bias, stride, padding, 1, groups)
+        return _onednn_conv2d(x, weight, bias, stride, padding, dil, groups, act, residual)
+    y = F.conv2d(x, weight, bias, stride, padding, dil, groups)
     if residual is not None:
         y = y + residual
     if act == 'relu':
@@ -97,10 +101,9 @@ def conv2d_act(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int]
 
 
 @python_only
-def _onednn_conv2d(x, weight, bias, stride, padding, groups, act, residual):
+def _onednn_conv2d(x, weight, bias, stride, padding, dilation, groups, act, residual):
     """:func:`conv2d_act` as one oneDNN convolution with the activation or the residual add as a post-op."""
     name, algorithm = _ONEDNN_ACTS[act]
-    dilation = [1] * len(stride)
     if residual is None:
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, bias, padding, stride, dilation, groups, name, [], algorithm)

@@ -2,8 +2,9 @@
 
 Every SMPConv family uses this pattern (Sec. 3.3 of the paper, after RepLKNet): ImageNet blocks pair a depthwise SMP
 kernel with a 5x5 depthwise conv, the CIFAR ResNet a full 33x33 SMP conv with a 3x3 conv, the sequence TCNs a
-causal SMP conv with a causal 5-tap conv. In eval mode ``BN(smp(x)) + BN(small(x))`` is one convolution with the
-folded kernel ``s1 * K_smp + s2 * pad(K_small)`` and bias ``b1 + b2``; ``reparameterize()`` switches to it.
+causal SMP conv with a causal 5-tap conv (or, with ``causal=False``, both centred). In eval mode
+``BN(smp(x)) + BN(small(x))`` is one convolution with the folded kernel ``s1 * K_smp + s2 * pad(K_small)`` and bias
+``b1 + b2``; ``reparameterize()`` switches to it.
 """
 from collections import OrderedDict
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch import Tensor
 
-from .causal_conv import causal_conv1d
+from .causal_conv import sequence_conv1d
 from .conv import check_conv_input, direct_same_conv, prefers_channels_last, same_conv
 from .fused import bns_have_statistics, cached_eval_value, folds_in_eval
 from .irregular_conv import PAIRWISE_CHUNK, observed_parallel_conv
@@ -79,23 +80,27 @@ def fold_bn_into_next_conv(bn: nn.modules.batchnorm._BatchNorm, conv: nn.Conv2d 
 
 @register_notrace_module  # torch.fx leaf: input checks and size-dependent (FFT / direct) paths
 class CausalConv1d(nn.Module):
-    """A dense causal 1-d convolution (tap ``K - 1`` = current step) with a plain ``weight`` [C_out, C_in, K]."""
+    """A dense causal 1-d convolution (tap ``K - 1`` = current step) with a plain ``weight`` [C_out, C_in, K];
+    ``causal=False``: centred ('same' length, odd ``K``, tap ``(K - 1) / 2`` = current step)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
-                 fft: bool | None = None, device=None, dtype=None):
+                 fft: bool | None = None, causal: bool = True, device=None, dtype=None):
         super().__init__()
+        if not causal and int(kernel_size) % 2 == 0:
+            raise ValueError(f'CausalConv1d(causal=False) needs an odd kernel_size (a middle tap), got {kernel_size}')
         self.in_channels, self.out_channels, self.kernel_size = int(in_channels), int(out_channels), int(kernel_size)
-        self.fft = fft
+        self.fft, self.causal = fft, bool(causal)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
         nn.init.trunc_normal_(self.weight, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
         check_conv_input(x, 1, self.in_channels, 'CausalConv1d')
-        return causal_conv1d(x, self.weight, self.bias, fft=self.fft)
+        return sequence_conv1d(x, self.weight, self.bias, fft=self.fft, causal=self.causal)
 
     def extra_repr(self) -> str:
-        return f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, fft={self.fft}'
+        return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, fft={self.fft}, '
+                f'causal={self.causal}')
 
 
 def _conv_bn(conv: nn.Module, channels: int, norm_layer: type[nn.Module], dd: dict) -> nn.Sequential:
@@ -170,7 +175,7 @@ class SMPReparamConv(nn.Module):
         weight, bias = cached_eval_value(self, self.fused_kernel_bias)
         return self._folded_conv(x, weight, bias)
 
-    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """The deploy convolution with a given folded ``weight`` and ``bias``."""
         raise NotImplementedError
 
@@ -219,6 +224,8 @@ class SMPLargeKernelConv2d(SMPReparamConv):
     Submodule names follow the official checkpoints (``smp.conv``, ``smp.bn``, ``small_conv.conv``, ``small_conv.bn``);
     the deploy form is ``nn.Conv2d(C, C, K, groups=C, bias=True)``. ``n_points``, ``radius``, ``coord_std``,
     ``learn_positions`` and ``learn_radius`` go to :class:`SMPDepthwiseConv2d` (the ablation switches).
+    ``dilation`` dilates both branches and the deploy conv alike (the small kernel is zero-padded to the large one in
+    taps, so the folded kernel is exact at any dilation).
     """
 
     def __init__(
@@ -234,29 +241,36 @@ class SMPLargeKernelConv2d(SMPReparamConv):
             coord_std: float = 0.2,
             learn_positions: bool = True,
             learn_radius: bool = True,
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
         super().__init__()
         _check_small(kernel_size, small_kernel_size, type(self).__name__)
+        self.dilation = int(dilation)
         self.in_channels = self.out_channels = self.channels = int(channels)
         self.kernel_size, self.small_kernel_size, self.ndim = (int(kernel_size),) * 2, int(small_kernel_size), 2
         dd = dict(device=device, dtype=dtype)
         smp = small = None
         if not deploy:
             smp = SMPDepthwiseConv2d(channels, kernel_size, n_points, n_points_divide, radius, coord_std,
-                                     learn_positions, learn_radius, **dd)
-            small = nn.Conv2d(channels, channels, small_kernel_size, padding=small_kernel_size // 2, groups=channels,
-                              bias=False, **dd)
+                                     learn_positions, learn_radius, self.dilation, **dd)
+            small = nn.Conv2d(channels, channels, small_kernel_size, padding=self.dilation * (small_kernel_size // 2),
+                              dilation=self.dilation, groups=channels, bias=False, **dd)
         self._init_branches(smp, small, norm_layer, deploy, dd)
 
     def _make_deploy_conv(self, device=None, dtype=None) -> nn.Module:
         k = self.kernel_size[0]
         dd = dict(device=device, dtype=dtype)
-        return nn.Conv2d(self.channels, self.channels, k, padding=k // 2, groups=self.channels, bias=True, **dd)
+        d = self.dilation
+        return nn.Conv2d(self.channels, self.channels, k, padding=d * (k // 2), dilation=d, groups=self.channels,
+                         bias=True, **dd)
 
-    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        return direct_same_conv(x, weight, bias, self.channels)
+    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return direct_same_conv(x, weight, bias, self.channels, self.dilation)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f', dilation={self.dilation}' if self.dilation != 1 else '')
 
 
 @register_notrace_module
@@ -310,7 +324,7 @@ class SMPParallelConv(SMPReparamConv):
         conv_cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self.ndim - 1]
         return conv_cls(self.in_channels, self.out_channels, k, padding=k // 2, bias=True, **dd)
 
-    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return same_conv(x, weight, bias)
 
 
@@ -325,6 +339,10 @@ class SMPParallelCausalConv1d(SMPReparamConv):
     ``learn_*`` switches are then the SMP kernel's and unused). ``forward(x, mask, timestamps)`` takes irregular
     series too (:func:`~smpconv_models.layers.irregular_conv.observed_parallel_conv`, query chunks of
     ``pairwise_chunk`` elements).
+
+    ``causal=False``: both kernels centred on the output step (odd sizes; :class:`SMPCausalConv1d` and
+    :class:`CausalConv1d` with ``causal=False``), the small one folded into the middle of the SMP one; grid series
+    only (the timestamp path and ``kernel_layer`` are causal).
     """
 
     def __init__(
@@ -344,6 +362,7 @@ class SMPParallelCausalConv1d(SMPReparamConv):
             learn_radius: bool = True,
             kernel_layer: Callable[..., nn.Module] | None = None,
             pairwise_chunk: int = PAIRWISE_CHUNK,
+            causal: bool = True,
             device=None,
             dtype=None,
     ):
@@ -352,18 +371,24 @@ class SMPParallelCausalConv1d(SMPReparamConv):
             raise ValueError(f'small_kernel_size must be in [1, kernel_size={kernel_size}], got {small_kernel_size}')
         if pairwise_chunk < 1:
             raise ValueError(f'pairwise_chunk must be positive, got {pairwise_chunk}')
+        if not causal:
+            _check_small(kernel_size, small_kernel_size, f'{type(self).__name__}(causal=False)')
+            if kernel_layer is not None:
+                raise ValueError(f'{type(self).__name__}(causal=False) takes the SMP kernel only: kernel_layer '
+                                 'builds a causal kernel')
         self.in_channels, self.out_channels, self.ndim = int(in_channels), int(out_channels), 1
         self.kernel_size, self.small_kernel_size, self.fft = (int(kernel_size),), int(small_kernel_size), fft
         self.pairwise_chunk = int(pairwise_chunk)
+        self.causal = bool(causal)
         dd = dict(device=device, dtype=dtype)
         smp = small = None
         if not deploy:
             if kernel_layer is None:
                 smp = SMPCausalConv1d(in_channels, out_channels, kernel_size, n_points, radius, coord_std, bias, fft,
-                                      learn_positions, learn_radius, **dd)
+                                      learn_positions, learn_radius, causal=causal, **dd)
             else:
                 smp = kernel_layer(in_channels, out_channels, kernel_size, bias=bias, fft=fft, **dd)
-            small = CausalConv1d(in_channels, out_channels, small_kernel_size, bias=False, **dd)
+            small = CausalConv1d(in_channels, out_channels, small_kernel_size, bias=False, causal=causal, **dd)
         self._init_branches(smp, small, norm_layer, deploy, dd)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, timestamps: Tensor | None = None) -> Tensor:
@@ -376,20 +401,29 @@ class SMPParallelCausalConv1d(SMPReparamConv):
 
     @python_only
     def _forward_observed(self, x: Tensor, mask: Tensor | None, timestamps: Tensor | None) -> Tensor:
+        if timestamps is not None and not self.causal:
+            raise ValueError(f'{type(self).__name__}(causal=False) convolves grid series only: the timestamp path '
+                             'evaluates causal kernels')
         if mask is None:
             mask = torch.ones(x.shape[0], x.shape[-1], dtype=torch.bool, device=x.device)
         return observed_parallel_conv(self, x, mask, timestamps, self.pairwise_chunk)
 
     def _pad_small(self, weight: Tensor) -> Tensor:
+        if not self.causal:  # both centred: pad both sides
+            return super()._pad_small(weight)
         # causal kernels align at the current step (the last tap): pad on the past side only
         return F.pad(weight, (self.kernel_size[0] - weight.shape[-1], 0))
 
     def _make_deploy_conv(self, device=None, dtype=None) -> nn.Module:
         dd = dict(device=device, dtype=dtype)
-        return CausalConv1d(self.in_channels, self.out_channels, self.kernel_size[0], bias=True, fft=self.fft, **dd)
+        return CausalConv1d(self.in_channels, self.out_channels, self.kernel_size[0], bias=True, fft=self.fft,
+                            causal=self.causal, **dd)
 
-    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        return causal_conv1d(x, weight, bias, fft=self.fft)
+    def _folded_conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return sequence_conv1d(x, weight, bias, fft=self.fft, causal=self.causal)
+
+    def extra_repr(self) -> str:
+        return f'{super().extra_repr()}, causal={self.causal}'
 
 
 def _check_small(kernel_size: int, small_kernel_size: int, name: str) -> None:

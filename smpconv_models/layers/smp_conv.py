@@ -4,7 +4,8 @@
   ``SMPConv`` in ``smp_imagenet/models/SMPConv.py``).
 * :class:`SMPConv`: CIFAR form, every output channel has its own points, ``1/|N(x)|`` applied, 'same' padding,
   1-3 spatial dimensions (official ``CKConv`` with ``SMPKernel``).
-* :class:`SMPCausalConv1d`: sequence form, per-filter points initialised near "now", causal (FFT for long kernels).
+* :class:`SMPCausalConv1d`: sequence form, per-filter points initialised near "now", causal (FFT for long kernels);
+  ``causal=False`` centres the kernel on the output step (points initialised around 0, 'same' length).
 
 Parameter names and shapes are the official ones (``weight_coord``, ``radius``, ``weights``), so official state
 dicts load after stripping wrapper prefixes.
@@ -18,7 +19,7 @@ import torch.nn as nn
 from timm.layers import register_notrace_module
 from torch import Tensor
 
-from .causal_conv import causal_conv1d
+from .causal_conv import sequence_conv1d
 from .conv import check_conv_input, same_conv
 from .irregular_conv import PAIRWISE_CHUNK, pairwise_smp_causal_conv
 from .smp_kernel import kernel_coords, smp_kernel
@@ -123,6 +124,8 @@ class SMPDepthwiseConv2d(SMPConvBase):
     ``n_points`` defaults to ``kernel_size**2 // n_points_divide``; radii start at ``radius`` (default
     ``4 / kernel_size``) and are clamped to ``[1e-3, 1]``; positions ~ truncated N(0, ``coord_std`` = 0.2) in
     ``[-1, 1]``; no ``1/|N(x)|`` factor. ``learn_positions`` / ``learn_radius``: see :class:`SMPConvBase`.
+    ``dilation``: the same ``kernel_size`` taps applied ``dilation`` pixels apart (spanning
+    ``dilation * (kernel_size - 1) + 1`` pixels; the dilated stages of ``output_stride < 32`` backbones).
     """
 
     def __init__(
@@ -135,16 +138,19 @@ class SMPDepthwiseConv2d(SMPConvBase):
             coord_std: float = 0.2,
             learn_positions: bool = True,
             learn_radius: bool = True,
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
         size = _as_size(kernel_size, 2)
         _require_odd(size, type(self).__name__)
+        if int(dilation) < 1:
+            raise ValueError(f'dilation must be at least 1, got {dilation}')
         if n_points is None:
             if n_points_divide < 1:
                 raise ValueError(f'n_points_divide must be at least 1, got {n_points_divide}')
             n_points = size[0] * size[1] // n_points_divide
-        self.channels = int(channels)
+        self.channels, self.dilation = int(channels), int(dilation)
         super().__init__(
             groups=1, channels=self.channels, n_points=n_points, kernel_size=size,
             radius=4.0 / size[0] if radius is None else radius, coord_std=coord_std, normalize=False,
@@ -157,7 +163,10 @@ class SMPDepthwiseConv2d(SMPConvBase):
 
     def forward(self, x: Tensor) -> Tensor:
         check_conv_input(x, 2, self.channels, 'SMPDepthwiseConv2d')
-        return same_conv(x, self.smp_weight(), None, groups=self.channels)
+        return same_conv(x, self.smp_weight(), None, groups=self.channels, dilation=self.dilation)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f', dilation={self.dilation}' if self.dilation != 1 else '')
 
 
 @register_notrace_module
@@ -209,7 +218,13 @@ class SMPCausalConv1d(SMPConvBase):
 
     The kernel spans ``kernel_size`` steps (the official models use the training sequence length), positions start
     near ``+1`` (tap ``K - 1`` = the current step), ``1/|N(x)|`` is applied and radii are clamped to ``[1e-4, 1]``.
-    The convolution is :func:`causal_conv1d` (``fft=None`` chooses FFT or direct by size).
+    The convolution is :func:`~smpconv_models.layers.causal_conv.causal_conv1d` (``fft=None`` chooses FFT or direct
+    by size).
+
+    ``causal=False`` (not in the paper; for classifying whole series): the kernel is centred on the output step (odd
+    ``kernel_size``, tap ``(K - 1) / 2`` = the current step, coordinate 0), positions start around 0 (truncated
+    ``N(0, coord_std)`` in ``[-1, 1]``: the past and the future alike) and the convolution is
+    :func:`~smpconv_models.layers.causal_conv.centred_conv1d` ('same' length, FFT or direct as above).
     """
 
     def __init__(
@@ -224,16 +239,21 @@ class SMPCausalConv1d(SMPConvBase):
             fft: bool | None = None,
             learn_positions: bool = True,
             learn_radius: bool = True,
+            causal: bool = True,
             device=None,
             dtype=None,
     ):
         size = _as_size(kernel_size, 1)
+        if not causal:
+            _require_odd(size, f'{type(self).__name__}(causal=False)')
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.fft = fft
         super().__init__(
             groups=self.out_channels, channels=self.in_channels, n_points=n_points, kernel_size=size, radius=radius,
-            coord_std=coord_std, normalize=True, radius_bounds=(1e-4, 1.0), causal=True,
+            coord_std=coord_std, normalize=True, radius_bounds=(1e-4, 1.0), causal=bool(causal),
             learn_positions=learn_positions, learn_radius=learn_radius, device=device, dtype=dtype)
+        self.causal = bool(causal)
+        self.requires_odd_kernel = not self.causal  # a centred kernel needs a middle tap (set_kernel_size_)
         self.bias = nn.Parameter(torch.zeros(self.out_channels, device=device, dtype=dtype)) if bias else None
 
     requires_odd_kernel = False
@@ -244,10 +264,16 @@ class SMPCausalConv1d(SMPConvBase):
 
     def forward(self, x: Tensor) -> Tensor:
         check_conv_input(x, 1, self.in_channels, 'SMPCausalConv1d')
-        return causal_conv1d(x, self.smp_weight(), self.bias, fft=self.fft)
+        return sequence_conv1d(x, self.smp_weight(), self.bias, fft=self.fft, causal=self.causal)
+
+    def extra_repr(self) -> str:
+        return f'{super().extra_repr()}, causal={self.causal}'
 
     @torch.jit.ignore
     def pairwise(self, x: Tensor, timestamps: Tensor, mask: Tensor, chunk_budget: int = PAIRWISE_CHUNK) -> Tensor:
         """The same kernels at the timestamp differences of irregular series
         (:func:`~smpconv_models.layers.irregular_conv.pairwise_smp_causal_conv`): ``[B, C_out, L]``."""
+        if not self.causal:
+            raise ValueError('the irregular-series (pairwise) path evaluates causal kernels only: this '
+                             'SMPCausalConv1d has causal=False')
         return pairwise_smp_causal_conv(self, x, timestamps, mask, chunk_budget)

@@ -4,6 +4,7 @@
 any model with weights (registered name or tag, Hub-layout or ``train.py`` run folder, ``hf-hub:``, checkpoint file).
 """
 from ._family import COMMON_KWARGS, ModelFamily, TrainingDefaults, architecture_of
+from .ensemble import SMPEnsemble, smpconv_ensemble
 from .families import FAMILIES, family_of
 from .loading import build_model, load_model, resolve_pretrained
 from .smpconv import SMPConvNet, smpconv_b, smpconv_t
@@ -23,7 +24,7 @@ __all__ = [
     'SMPConvNet', 'SMPConvCifar', 'SMPConvTCN', 'smpconv_t', 'smpconv_b', 'smpconv_cifar', 'smpconv_tcn_mnist',
     'smpconv_tcn_scifar10', 'smpconv_tcn_chartraj', 'smpconv_tcn_speech', 'smpconv_tcn_speech_raw',
     'SMPConvIrregularTCN', 'smpconv_irregular_tcn', 'smpconv_irregular_tcn_chartraj',
-    'SMPPointNet', 'smpconv_points',
+    'SMPPointNet', 'smpconv_points', 'SMPEnsemble', 'smpconv_ensemble',
     'ModelFamily', 'TrainingDefaults', 'COMMON_KWARGS', 'FAMILIES', 'family_of', 'architecture_of', 'build_model',
     'load_model', 'resolve_pretrained',
 ]

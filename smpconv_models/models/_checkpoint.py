@@ -81,8 +81,9 @@ def load_weights_(model: nn.Module, state_dict: Mapping[str, torch.Tensor], fami
     unexpected keys and shape mismatches)."""
     converted = family.checkpoint_filter(dict(state_dict), model, validate=False)
     own = model.state_dict()
+    heads = (family.classifier,) if isinstance(family.classifier, str) else tuple(family.classifier)  # (ensembles)
     new_head = {k for k, v in converted.items()
-                if k.startswith(family.classifier + '.') and k in own and own[k].shape != v.shape}
+                if k.startswith(tuple(h + '.' for h in heads)) and k in own and own[k].shape != v.shape}
     for k in sorted(new_head):
         _logger.info('new classifier: dropped %s %s', k, tuple(converted.pop(k).shape))
     check_state_dict_matches(model, converted, allowed_missing=new_head)

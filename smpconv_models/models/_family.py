@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +21,24 @@ import torch.nn as nn
 from timm.models import get_pretrained_cfg
 from torch import Tensor
 
-__all__ = ['ModelFamily', 'TrainingDefaults', 'COMMON_KWARGS', 'INPUT_KINDS', 'find_family', 'architecture_of']
+__all__ = ['ModelFamily', 'TrainingDefaults', 'COMMON_KWARGS', 'INPUT_KINDS', 'FEATURE_MAPS', 'DENSE_BACKBONES',
+           'NO_STRIDES', 'find_family', 'architecture_of']
 
 # The kwargs every family documents (README "Models"): each is honoured or refused with an error naming it.
 COMMON_KWARGS = ('num_classes', 'in_chans', 'drop_rate', 'drop_path_rate', 'global_pool', 'deploy', 'kernel_scale',
-                 'learn_positions', 'learn_radius')
-# The values of the refusable common kwargs that change nothing (a family that refuses a kwarg accepts these)
+                 'learn_positions', 'learn_radius', 'output_stride')
+# The values of the refusable common kwargs that change nothing (a family that refuses a kwarg accepts these; None:
+# no value does, only leaving it unset)
 _NO_OP = MappingProxyType({'drop_path_rate': 0.0, 'deploy': False, 'kernel_scale': 1.0, 'learn_positions': True,
-                           'learn_radius': True})
+                           'learn_radius': True, 'output_stride': None})
+# What timm's ``features_only=True`` makes of a family (ModelFamily.feature_maps)
+FEATURE_MAPS = ('pyramid', 'full_resolution', 'refused')
+# The families whose features_only model is a pyramid (README "Dense prediction"), named where another family refuses
+# a dense-prediction kwarg
+DENSE_BACKBONES = 'smpconv_t / smpconv_b (output_stride 8, 16 or 32)'
+# why the families without a pyramid refuse output_stride
+NO_STRIDES = ('it has no strided stages to dilate (every feature_info reduction is 1); the dense-prediction backbones '
+              f'are {DENSE_BACKBONES}')
 # timm's placement kwargs, never architecture
 _PLACEMENT = ('device', 'dtype')
 
@@ -129,6 +140,11 @@ class ModelFamily:
     * ``refused_kwargs``: the :data:`COMMON_KWARGS` the family does not take, each with the reason; its factories
       refuse them (:meth:`check_kwargs`) and it honours the others (:attr:`common_kwargs`); the rest of its
       constructor's kwargs are :attr:`arch_kwargs`;
+    * ``feature_maps``: what timm's ``features_only=True`` makes of it (:meth:`check_kwargs`): ``'pyramid'``
+      (strided stages, 1/4 to 1/32 of the input, ``output_stride`` 8 / 16 dilating the last ones: a segmentation /
+      detection encoder), ``'full_resolution'`` (one input tensor, every stage at its resolution: built, with a
+      warning that it is no encoder pyramid) or ``'refused'`` (several inputs, which timm's feature wrappers do not
+      pass: a ``ValueError``). A family without a pyramid refuses ``output_stride`` (:data:`NO_STRIDES`);
     * ``data_kwargs``: kwarg -> the dataset attribute it is taken from when training (``seq_len`` <- ``length``);
     * ``reparameterize_on_export``: whether export folds the model first (the irregular TCNs keep their continuous
       kernels: the exported graph evaluates them at timestamp differences);
@@ -143,6 +159,7 @@ class ModelFamily:
     input_layers: tuple[str, ...]
     checkpoint_filter: Callable[..., dict[str, Tensor]]
     training: TrainingDefaults
+    feature_maps: str
     refused_kwargs: Mapping[str, str] = field(default_factory=dict)
     data_kwargs: Mapping[str, str] = field(default_factory=dict)
     reparameterize_on_export: bool = True
@@ -154,6 +171,10 @@ class ModelFamily:
         unknown = set(self.refused_kwargs) - set(_NO_OP)
         if unknown:
             raise ValueError(f'{self.name}: only {tuple(_NO_OP)} can be refused, not {sorted(unknown)}')
+        if self.feature_maps not in FEATURE_MAPS:
+            raise ValueError(f'{self.name}: feature_maps must be one of {FEATURE_MAPS}, got {self.feature_maps!r}')
+        if self.feature_maps != 'pyramid' and 'output_stride' not in self.refused_kwargs:
+            raise ValueError(f'{self.name}: a family without a feature pyramid must refuse output_stride')
         object.__setattr__(self, 'refused_kwargs', _frozen(self.refused_kwargs))
         object.__setattr__(self, 'data_kwargs', _frozen(self.data_kwargs))
         object.__setattr__(self, 'tag_args', _frozen(self.tag_args))
@@ -164,13 +185,13 @@ class ModelFamily:
         return _KINDS[self.input_kind][1]
 
     @property
-    def first_conv(self) -> str:
+    def first_conv(self) -> str | tuple[str, ...]:
         """The cfgs' first conv (timm adapts its input channels on loading; :attr:`input_layers` holds every
         tensor this family adapts)."""
         return get_pretrained_cfg(self.variants[0]).first_conv
 
     @property
-    def classifier(self) -> str:
+    def classifier(self) -> str | tuple[str, ...]:
         """The cfgs' classifier module (replaced on loading when the class count differs)."""
         return get_pretrained_cfg(self.variants[0]).classifier
 
@@ -188,14 +209,31 @@ class ModelFamily:
 
     def check_kwargs(self, variant: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """The kwargs of a factory call, checked: a refused kwarg with any value but its no-op one (``0.0``,
-        ``False``, ``1.0``, ``True``) or None (unset, as timm passes it) is a ``ValueError`` naming it, saying why and
-        what the family takes; at those values it is dropped."""
+        ``False``, ``1.0``, ``True``; ``output_stride`` has none) or None (unset, as timm passes it) is a
+        ``ValueError`` naming it, saying why and what the family takes; at those values it is dropped.
+        ``features_only`` is refused or warned about as :attr:`feature_maps` says."""
         for name, reason in self.refused_kwargs.items():
             if kwargs.get(name) is not None and kwargs[name] != _NO_OP[name]:
                 raise ValueError(f'{variant} does not take {name}={kwargs[name]!r}: {reason}. It takes '
                                  f'{", ".join(self.common_kwargs)} and its architecture kwargs '
                                  f'{", ".join(self.arch_kwargs)}')
+        if kwargs.get('features_only'):
+            self._check_features_only(variant)
         return {k: v for k, v in kwargs.items() if k not in self.refused_kwargs}
+
+    def _check_features_only(self, variant: str) -> None:
+        if self.feature_maps == 'refused':
+            raise ValueError(
+                f'{variant} does not take features_only=True: it takes {self.input_doc}, and timm\'s feature wrappers '
+                f'call a model on one tensor, so it cannot serve as a segmentation / detection encoder. '
+                f'Dense-prediction backbones: {DENSE_BACKBONES}.')
+        if self.feature_maps == 'full_resolution':
+            warnings.warn(
+                f'{variant} keeps its input\'s resolution in every stage: its features_only model gives '
+                f'full-resolution maps (feature_info reductions all 1), not the 1/4 to 1/32 pyramid a segmentation / '
+                f'detection encoder needs (segmentation_models_pytorch "tu-" encoders refuse it as an "Unsupported '
+                f'model downsampling pattern"). Dense-prediction backbones: {DENSE_BACKBONES}.', UserWarning,
+                stacklevel=4)
 
     def example_inputs(self, model: nn.Module, batch_size: int = 2, length: int | None = None,
                        n_points: int | None = None) -> tuple[Tensor, ...]:

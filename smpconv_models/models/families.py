@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from . import smpconv, smpconv_cifar, smpconv_irregular, smpconv_points, smpconv_tcn
+from . import ensemble, smpconv, smpconv_cifar, smpconv_irregular, smpconv_points, smpconv_tcn
 from ._family import ModelFamily, find_family
 
 __all__ = ['FAMILIES', 'family_of']
 
 FAMILIES: tuple[ModelFamily, ...] = (smpconv.FAMILY, smpconv_cifar.FAMILY, smpconv_tcn.FAMILY, smpconv_irregular.FAMILY,
-                                     smpconv_points.FAMILY)
+                                     smpconv_points.FAMILY, ensemble.FAMILY)
 
 
 def family_of(name_or_model: str | nn.Module) -> ModelFamily:

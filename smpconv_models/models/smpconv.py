@@ -7,6 +7,16 @@ folds the SMP and small branches into one depthwise conv and every BatchNorm tha
 
 Module names follow the official checkpoints where they can (``stem.{i}.conv/bn``, ``stages.{i}.blocks.{j}``,
 ``large_kernel.smp.conv.weight_coord``, ...); ``checkpoint_filter_fn`` maps the rest (transitions, head).
+
+``output_stride=16`` / ``8`` (dense prediction, as timm's ConvNeXt) replaces the stride 2 of the last one / two
+transitions by dilation: each later stage runs dilated by ``d`` (2, then 4) and the first dilated stage's transition
+keeps the previous dilation for its now stride-1 3x3 conv. The continuous SMP kernel keeps its ``K`` taps, sampled
+where they are sampled now (``linspace(-1, 1, K)``), and is applied with dilation ``d``, spanning ``d * (K - 1) + 1``
+pixels (as are the 5x5 small kernels). On the input grid subsampled by ``d`` this is exactly the
+``output_stride=32`` network (eval mode; map sizes divisible by 32), so an ImageNet-trained encoder gives the
+features it was trained to give, densely. Re-sampling the continuous kernel on the finer grid instead
+(``kernel_scale``-style, ``d * (K - 1) + 1`` taps) would interpolate between the trained taps: a different function
+of the input than the pretrained one, at ``d**2`` times the MACs. State dicts are the same at every output stride.
 """
 # No ``from __future__ import annotations``: torch.fx copies the traced forward's annotations into the code it
 # generates, and string annotations there break scripting an fx-traced model (timm's fx + torchscript test).
@@ -131,15 +141,15 @@ class SMPBlock(_PreBNResidual):
     pre_bn_name = 'prelkb_bn'
 
     def __init__(self, dim: int, kernel_size: int, drop_path: float = 0.0, n_points_divide: int = 4,
-                 small_kernel_size: int = 5, deploy: bool = False, smp_args: dict | None = None, device=None,
-                 dtype=None):
+                 small_kernel_size: int = 5, deploy: bool = False, smp_args: dict | None = None, dilation: int = 1,
+                 device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.prelkb_bn = nn.Identity() if deploy else nn.BatchNorm2d(dim, **dd)
         self.pw1 = ConvBN(dim, dim, 1, act_layer=_ReLU, deploy=deploy, **dd)
         self.large_kernel = SMPLargeKernelConv2d(
             dim, kernel_size, small_kernel_size, n_points_divide=n_points_divide, deploy=deploy, **(smp_args or {}),
-            **dd)
+            dilation=dilation, **dd)
         self.lk_nonlinear = nn.ReLU(inplace=True)
         self.pw2 = ConvBN(dim, dim, 1, deploy=deploy, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
@@ -181,25 +191,30 @@ class ConvFFN(_PreBNResidual):
 
 
 class SMPStage(nn.Module):
-    """Optional transition (1x1 conv-BN-ReLU, 3x3 depthwise stride-2 conv-BN-ReLU), then SMPBlock/ConvFFN pairs."""
+    """Optional transition (1x1 conv-BN-ReLU, 3x3 depthwise stride-2 conv-BN-ReLU), then SMPBlock/ConvFFN pairs.
+
+    ``dilation = (first, blocks)``: the transition's 3x3 conv runs dilated by ``first`` (with ``stride=1`` in a
+    dilated stage), the blocks' large and small kernels by ``blocks`` (``output_stride``: see the module docstring).
+    """
 
     def __init__(self, in_chs: int, out_chs: int, depth: int, kernel_size: int, drop_path_rates: list[float],
                  n_points_divide: int = 4, small_kernel_size: int = 5, ffn_ratio: float = 4.0,
-                 downsample: bool = True, deploy: bool = False, smp_args: dict | None = None, device=None,
-                 dtype=None):
+                 downsample: bool = True, deploy: bool = False, smp_args: dict | None = None, stride: int = 2,
+                 dilation: tuple[int, int] = (1, 1), device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         if downsample:
             self.downsample = nn.Sequential(
                 ConvBN(in_chs, out_chs, 1, act_layer=_ReLU, deploy=deploy, **dd),
-                ConvBN(out_chs, out_chs, 3, stride=2, groups=out_chs, act_layer=_ReLU, deploy=deploy, **dd))
+                ConvBN(out_chs, out_chs, 3, stride=stride, groups=out_chs, act_layer=_ReLU, deploy=deploy,
+                       dilation=dilation[0], **dd))
         else:
             self.downsample = nn.Identity()
         blocks = []
         for i in range(depth):
             blocks.append(
                 SMPBlock(out_chs, kernel_size, drop_path_rates[i], n_points_divide, small_kernel_size, deploy,
-                         smp_args, **dd))
+                         smp_args, dilation[1], **dd))
             blocks.append(ConvFFN(out_chs, int(out_chs * ffn_ratio), drop_path_rates[i], deploy, **dd))
         self.blocks = CheckpointSequential(*blocks)
 
@@ -209,6 +224,9 @@ class SMPStage(nn.Module):
 
 class SMPConvNet(SMPModelMixin, nn.Module):
     """SMPConvNet (ImageNet). Input ``[B, in_chans, H, W]`` (H, W divisible by 32 for the full feature pyramid).
+
+    ``output_stride`` (32, 16 or 8): the last stages dilated instead of strided (module docstring); ``feature_info``
+    reductions follow (e.g. 4, 8, 16, 16 at 16).
 
     Ablation switches (paper Tables 6-9), the same in every stage: ``n_points`` (default ``K*K // n_points_divide``
     per stage), initial ``radius`` (default ``4 / K``) and position spread ``coord_std``, and ``learn_positions`` /
@@ -235,10 +253,13 @@ class SMPConvNet(SMPModelMixin, nn.Module):
             coord_std: float = 0.2,
             learn_positions: bool = True,
             learn_radius: bool = True,
+            output_stride: int = 32,
             device=None,
             dtype=None,
     ):
         super().__init__()
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f'output_stride must be 8, 16 or 32, got {output_stride!r}')
         dd = dict(device=device, dtype=dtype)
         smp_args = dict(n_points=n_points, radius=radius, coord_std=coord_std, learn_positions=learn_positions,
                         learn_radius=learn_radius)
@@ -257,12 +278,15 @@ class SMPConvNet(SMPModelMixin, nn.Module):
         # on the CPU even inside a ``torch.device('meta')`` context (the rates are Python floats)
         dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths), device='cpu').split(list(depths))]
         stages, self.feature_info = [], []
-        prev, reduction = stem_w, 4
+        prev, reduction, dilation = stem_w, 4, 1
         for i, (depth, dim, k) in enumerate(zip(depths, dims, kernel_sizes)):
-            if i > 0:
-                reduction *= 2
+            stride, first_dilation = (2 if i > 0 else 1), dilation
+            if stride > 1 and reduction >= output_stride:  # dilate instead of striding (timm's ConvNeXt rule)
+                stride, dilation = 1, dilation * 2
+            reduction *= stride
             stages.append(SMPStage(prev, dim, depth, k, dpr[i], n_points_divide, small_kernel_size, ffn_ratio,
-                                   downsample=i > 0, deploy=deploy, smp_args=smp_args, **dd))
+                                   downsample=i > 0, deploy=deploy, smp_args=smp_args, stride=stride,
+                                   dilation=(first_dilation, dilation), **dd))
             self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f'stages.{i}'))
             prev = dim
         self.stages = CheckpointSequential(*stages)
@@ -443,7 +467,7 @@ def smpconv_b(pretrained: bool = False, **kwargs) -> SMPConvNet:
 # 0.05, label smoothing 0.1, mixup 0.8 / cutmix 1.0, RandAugment, random erasing 0.25, EMA.
 FAMILY = ModelFamily(
     name='smpconv', model_cls=SMPConvNet, variants=('smpconv_t', 'smpconv_b'), input_kind='image',
-    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn,
+    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn, feature_maps='pyramid',
     training=TrainingDefaults(recipe=dict(
         optimizer='adamw', lr=4e-3, lr_ref_batch=2048, batch_size=64, epochs=300, weight_decay=0.05, warmup_epochs=10,
         label_smoothing=0.1, mixup=0.8, cutmix=1.0, randaugment='rand-m9-mstd0.5-inc1', random_erasing=0.25, ema=True,

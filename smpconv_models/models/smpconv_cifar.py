@@ -17,7 +17,7 @@ from torch import Tensor
 from ..layers import SMPParallelConv
 from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import CheckpointSequential, SMPModelMixin
-from ._family import ModelFamily, TrainingDefaults
+from ._family import NO_STRIDES, ModelFamily, TrainingDefaults
 from ._official import convert_ckconv_keys, linear_from_pointwise, pop_train_lengths
 
 __all__ = ['SMPConvCifar', 'SMPResBlock']
@@ -208,8 +208,9 @@ def smpconv_cifar(pretrained: bool = False, **kwargs) -> SMPConvCifar:
 # The official CIFAR-10 training: Adam with coupled weight decay 1e-5, lr 5e-3, cosine with warmup, no mixing.
 FAMILY = ModelFamily(
     name='smpconv_cifar', model_cls=SMPConvCifar, variants=('smpconv_cifar',), input_kind='image',
-    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn,
-    refused_kwargs={'drop_path_rate': 'it has no residual drop path (the official model uses dropout: drop_rate)'},
+    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn, feature_maps='full_resolution',
+    refused_kwargs={'drop_path_rate': 'it has no residual drop path (the official model uses dropout: drop_rate)',
+                    'output_stride': NO_STRIDES},
     training=TrainingDefaults(recipe=dict(
         optimizer='adam', lr=5e-3, batch_size=64, epochs=210, weight_decay=1e-5, warmup_epochs=10,
         label_smoothing=0.0, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False)),

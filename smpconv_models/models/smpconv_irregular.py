@@ -20,12 +20,13 @@ definition (tested in float64). Otherwise the *pairwise path* evaluates the kern
 hat window instead of ``B G P L^2``; query chunks of at most ``pairwise_chunk`` elements, recomputed in backward).
 
 The logits come from the last observed step of each series (``global_pool='last'``, the grid TCN's last step),
-or from a mean / max over observed steps (``'avg'`` / ``'max'``). With ``kernel='mlp'`` each SMP branch is built as
-the MLP kernel of :class:`~smpconv_models.layers.irregular_conv.MLPCausalConv1d` on the same lags (for the
-side-by-side comparison). One host read per forward checks the inputs and picks the path (the pairwise path reads
-one gather width per SMP layer); none while exporting, where the pairwise path serves every input
+or from a mean / max over observed steps (``'avg'`` / ``'max'``; ``'avgmax'``: both, side by side). With
+``kernel='mlp'`` each SMP branch is built as the MLP kernel of
+:class:`~smpconv_models.layers.irregular_conv.MLPCausalConv1d` on the same lags (for the side-by-side comparison).
+One host read per forward checks the inputs and picks the path (the pairwise path reads one gather width per SMP
+layer); none while exporting, where the pairwise path serves every input
 (:meth:`SMPConvIrregularTCN.forward_features`). The masked BatchNorm statistics are per process (no SyncBatchNorm
-across processes).
+across processes). The kernels are causal (``causal=False`` is refused).
 """
 from __future__ import annotations
 
@@ -44,10 +45,9 @@ from ..layers.masked import masked_pool
 from ..layers.mode import execution_mode
 from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import SMPModelMixin
-from ._family import ModelFamily, TrainingDefaults
+from ._family import NO_STRIDES, ModelFamily, TrainingDefaults
 from .smpconv_tcn import (
     _NO_DROP_PATH,
-    _POOLS,
     DIGITS_MODEL_ARGS,
     SEQUENCE_RECIPE,
     TCNBlock,
@@ -69,7 +69,8 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
     """The SMPConv TCN on irregular series ``values [B, C, L]``, ``timestamps [B, L]``, ``mask [B, L]`` (see the
     module docstring). Its modules are the grid TCN's (:class:`TCNBlock` with :class:`SMPParallelCausalConv1d`), so a
     :class:`~smpconv_models.models.smpconv_tcn.SMPConvTCN` state dict of the same configuration loads unchanged.
-    ``seq_len`` is the kernel length in time units (grid steps)."""
+    ``seq_len`` is the kernel length in time units (grid steps). Its kernels are causal: ``causal=False`` (the grid
+    TCN's centred kernels) is refused with a ``ValueError``."""
 
     def __init__(
             self,
@@ -94,6 +95,7 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
             deploy: bool = False,
             learn_positions: bool = True,
             learn_radius: bool = True,
+            causal: bool = True,
             device=None,
             dtype=None,
     ):
@@ -102,15 +104,14 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
         if kernel == 'mlp' and not (learn_positions and learn_radius):
             raise ValueError("learn_positions / learn_radius freeze SMP points; kernel='mlp' has none (its MLP "
                              'kernels learn every weight)')
-        if global_pool not in _POOLS:
-            raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
+        if not causal:
+            raise ValueError('causal=False is not supported by the irregular-series TCNs (their kernels are evaluated '
+                             'at past timestamp differences only); use causal=True, or the grid TCN (smpconv_tcn_*) '
+                             'for centred kernels')
         if kernel not in _KERNELS:
             raise ValueError(f"kernel must be 'smp' or 'mlp', got {kernel!r}")
-        if seq_len < 1:
-            raise ValueError(f'seq_len must be positive, got {seq_len}')
-        self.num_classes, self.in_chans, self.seq_len = num_classes, in_chans, int(seq_len)
-        self.global_pool, self.drop_rate, self.kernel = global_pool, drop_rate, kernel
-        self.grad_checkpointing = False
+        self._init_classifier(in_chans, num_classes, global_pool, seq_len, drop_rate)
+        self.kernel = kernel
         kernel_layer = functools.partial(MLPCausalConv1d, hidden=mlp_hidden, depth=mlp_depth) \
             if kernel == 'mlp' else None
         self._build_trunk(
@@ -300,8 +301,8 @@ def smpconv_irregular_tcn_chartraj(pretrained: bool = False, **kwargs) -> SMPCon
 FAMILY = ModelFamily(
     name='smpconv_irregular_tcn', model_cls=SMPConvIrregularTCN, input_kind='irregular',
     variants=('smpconv_irregular_tcn', 'smpconv_irregular_tcn_chartraj'),
-    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn,
-    refused_kwargs={'drop_path_rate': _NO_DROP_PATH},
+    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn, feature_maps='refused',
+    refused_kwargs={'drop_path_rate': _NO_DROP_PATH, 'output_stride': NO_STRIDES},
     data_kwargs={'seq_len': 'length'},  # the kernels span the training length in time units
     reparameterize_on_export=False,  # the exported graph evaluates the continuous kernels at timestamp differences
     training=TrainingDefaults(  # the sequence TCNs' (no per-task values of their own)

@@ -28,7 +28,7 @@ from ..layers import Neighborhood, PointConv, check_point_set, farthest_point_sa
 from ..layers.masked import MaskedBatchNorm1d, masked_pool
 from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import SMPModelMixin
-from ._family import ModelFamily, TrainingDefaults
+from ._family import NO_STRIDES, ModelFamily, TrainingDefaults
 
 __all__ = ['SMPPointNet', 'PointSet']
 
@@ -324,12 +324,13 @@ def smpconv_points_3d(pretrained: bool = False, **kwargs) -> SMPPointNet:
 # No official recipe: AdamW, cosine with one warmup epoch, no augmentation.
 FAMILY = ModelFamily(
     name='smpconv_points', model_cls=SMPPointNet, variants=('smpconv_points', 'smpconv_points_3d'),
-    input_kind='points', input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn,
+    input_kind='points', input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn, feature_maps='refused',
     refused_kwargs={
         'deploy': 'it has nothing to reparameterize (its kernels are evaluated at neighbour offsets, not folded into '
                   'dense weights) and runs as built',
         'kernel_scale': 'its kernels are continuous in position space, with no grid to re-sample; scale the '
                         'neighbourhoods with radii / stem_radius instead',
+        'output_stride': NO_STRIDES,
     },
     training=TrainingDefaults(recipe=dict(
         optimizer='adamw', lr=2e-3, batch_size=32, epochs=20, weight_decay=0.01, warmup_epochs=1, label_smoothing=0.0,

@@ -5,6 +5,10 @@ Six residual TCN blocks of two causal SMP convs (per-filter points, kernel as lo
 ``[B, in_chans, L]``. Registered variants carry the official per-task configurations (sMNIST / pMNIST, sCIFAR10,
 Character Trajectories, Speech Commands MFCC and raw).
 
+``causal=False`` (not in the paper; for classifying whole series) centres every kernel on its output step: the SMP
+kernels get ``2 * seq_len - 1`` taps by default (every step sees the whole series, both ways), their points start
+around the current step instead of near it on the past side, and the 5-tap branch is centred too.
+
 The models also take timm's image-shaped ``[B, in_chans, 1, L]`` (their cfgs' ``input_size`` is ``(C, 1, L)``) and
 keep the input's layout: unpooled features (``forward_features``, ``global_pool=''``) are ``[B, C, L]`` or
 ``[B, C, 1, L]``, and ``features_only`` / ``forward_intermediates(output_fmt='NCHW')`` give ``[B, C, 1, L]`` maps.
@@ -13,7 +17,7 @@ keep the input's layout: unpooled features (``forward_features``, ``global_pool=
 # generates, and string annotations there break scripting an fx-traced model (timm's fx + torchscript test).
 
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import MappingProxyType
 
 import torch
@@ -29,12 +33,14 @@ from ..layers.masked import masked_pool
 from ..layers.mode import execution_mode, python_only
 from ._checkpoint import adapt_input_layers, shipped_weights, validate_for_model
 from ._common import SMPModelMixin
-from ._family import ModelFamily, TrainingDefaults
+from ._family import NO_STRIDES, ModelFamily, TrainingDefaults
 from ._official import convert_ckconv_keys, pop_train_lengths
 
 __all__ = ['SMPConvTCN', 'TCNBlock']
 
-_POOLS = ('last', 'avg', 'max', '')
+# pooling over time (layers/masked.py's masked_pool): 'avgmax' is the average and the maximum side by side (timm's
+# 'catavgmax'; the head then takes twice the features), as for the point sets
+_POOLS = ('last', 'avg', 'max', 'avgmax', '')
 
 
 # Leaves for torch.fx (the layout tests are data-dependent control flow); fx only auto-wraps public names.
@@ -59,7 +65,8 @@ def apply_mask(x: Tensor, mask: Tensor | None) -> Tensor:
 
 
 class TCNBlock(nn.Module):
-    """``relu(drop(relu(pair2(drop(relu(pair1(x)))))) + shortcut(x))``, pairs = BN(causal SMP) + BN(causal small).
+    """``relu(drop(relu(pair2(drop(relu(pair1(x)))))) + shortcut(x))``, pairs = BN(causal SMP) + BN(causal small)
+    (``causal=False``: both centred; ``seq_len`` is the SMP kernel's length in taps).
 
     ``forward(x, mask, timestamps)``: ``mask [B, L]`` zeroes the padded / unobserved steps of every pair's output and
     of the block's; with ``observed_norm`` the pairs' training BatchNorm statistics count the observed steps only,
@@ -71,13 +78,13 @@ class TCNBlock(nn.Module):
                  small_kernel_size: int, conv_bias: bool, use_fft: bool | None, drop_rate: float,
                  deploy: bool = False, learn_positions: bool = True, learn_radius: bool = True,
                  observed_norm: bool = False, kernel_layer: Callable[..., nn.Module] | None = None,
-                 pairwise_chunk: int = PAIRWISE_CHUNK, device=None, dtype=None):
+                 pairwise_chunk: int = PAIRWISE_CHUNK, causal: bool = True, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         args = dict(kernel_size=seq_len, n_points=n_points, radius=radius, coord_std=coord_std,
                     small_kernel_size=small_kernel_size, bias=conv_bias, fft=use_fft, deploy=deploy,
                     learn_positions=learn_positions, learn_radius=learn_radius, kernel_layer=kernel_layer,
-                    pairwise_chunk=pairwise_chunk, **dd)
+                    pairwise_chunk=pairwise_chunk, causal=causal, **dd)
         self.conv1 = SMPParallelCausalConv1d(in_chs, out_chs, **args)
         self.conv2 = SMPParallelCausalConv1d(out_chs, out_chs, **args)
         self.act = nn.ReLU()
@@ -95,7 +102,18 @@ class TCNBlock(nn.Module):
 class TCNClassifierMixin:
     """What :class:`SMPConvTCN` and :class:`~smpconv_models.models.smpconv_irregular.SMPConvIrregularTCN` share: the
     trunk of blocks with its ``feature_info``, the linear head, the pooling switch and timm's classifier / grouping
-    hooks. The model sets ``global_pool`` (one of ``_POOLS``) and calls :meth:`_build_trunk`."""
+    hooks. The model calls :meth:`_init_classifier`, then :meth:`_build_trunk`."""
+
+    def _init_classifier(self, in_chans: int, num_classes: int, global_pool: str, seq_len: int,
+                         drop_rate: float) -> None:
+        """Check and keep the classifier settings both TCNs take (``seq_len``: the training length)."""
+        if global_pool not in _POOLS:
+            raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
+        if seq_len < 1:
+            raise ValueError(f'seq_len must be positive, got {seq_len}')
+        self.num_classes, self.in_chans, self.seq_len = num_classes, in_chans, int(seq_len)
+        self.global_pool, self.drop_rate = global_pool, drop_rate
+        self.grad_checkpointing = False
 
     def _build_trunk(self, make_block: Callable[[int], nn.Module], in_chans: int, depth: int, width: int,
                      num_classes: int, device=None, dtype=None) -> None:
@@ -107,13 +125,18 @@ class TCNClassifierMixin:
             self.feature_info.append(dict(num_chs=width, reduction=1, module=f'blocks.{i}'))
             prev = width
         self.blocks = nn.Sequential(*blocks)
-        self.num_features = self.head_hidden_size = width
+        self.num_features = width
+        self.head_hidden_size = self._pooled_features()
         self.head = self._make_head(num_classes, device=device, dtype=dtype)
+
+    def _pooled_features(self) -> int:
+        """Features after pooling: ``global_pool='avgmax'`` (average and maximum side by side) doubles them."""
+        return 2 * self.num_features if self.global_pool == 'avgmax' else self.num_features
 
     def _make_head(self, num_classes: int, device=None, dtype=None) -> nn.Module:
         if num_classes <= 0:
             return nn.Identity()
-        head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
+        head = nn.Linear(self.head_hidden_size, num_classes, device=device, dtype=dtype)
         nn.init.normal_(head.weight, std=0.01)
         nn.init.zeros_(head.bias)
         return head
@@ -135,6 +158,7 @@ class TCNClassifierMixin:
             if global_pool not in _POOLS:
                 raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
             self.global_pool = global_pool
+            self.head_hidden_size = self._pooled_features()
         self.num_classes = num_classes
         p = next(self.parameters(), None)  # a new head follows the model's device, dtype and train / eval mode
         self.head = self._make_head(num_classes, **({} if p is None else dict(device=p.device, dtype=p.dtype)))
@@ -143,10 +167,14 @@ class TCNClassifierMixin:
 
 class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
     """SMPConv TCN for sequences ``[B, in_chans, L]`` (or ``[B, in_chans, 1, L]``, see the module docstring);
-    ``seq_len`` is the kernel length (the training length).
+    ``seq_len`` is the training length, which sets the kernel length.
+
+    ``causal=False`` centres every kernel on its output step (module docstring); ``kernel_size`` overrides the SMP
+    kernels' length in taps (default ``seq_len`` when causal, ``2 * seq_len - 1`` when centred, which must be odd).
 
     Ablation switches (paper Tables 6-9): ``n_points`` per filter, initial ``radius`` and position spread
-    ``coord_std``, and ``learn_positions`` / ``learn_radius`` (False freezes them at their initialisation).
+    ``coord_std`` (one value, or one per block: points spread over several scales, e.g. growing with depth as the
+    dilations of a TCN), and ``learn_positions`` / ``learn_radius`` (False freezes them at their initialisation).
     """
 
     def __init__(
@@ -159,7 +187,7 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
             width: int = 30,
             n_points: int = 30,
             radius: float = 0.002,
-            coord_std: float = 0.1,
+            coord_std: float | Sequence[float] = 0.1,
             small_kernel_size: int = 5,
             conv_bias: bool = False,
             use_fft: bool | None = None,
@@ -169,6 +197,8 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
             deploy: bool = False,
             learn_positions: bool = True,
             learn_radius: bool = True,
+            causal: bool = True,
+            kernel_size: int | None = None,
             device=None,
             dtype=None,
     ):
@@ -176,19 +206,20 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
         dd = dict(device=device, dtype=dtype)
         if drop_path_rate:
             raise ValueError('the SMPConv TCNs have no residual drop path (the official models use dropout: drop_rate)')
-        if global_pool not in _POOLS:
-            raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
-        if seq_len < 1:
-            raise ValueError(f'seq_len must be positive, got {seq_len}')
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.seq_len = int(seq_len)
-        self.global_pool = global_pool
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
-        self._build_trunk(lambda prev: TCNBlock(prev, width, seq_len, n_points, radius, coord_std, small_kernel_size,
-                                                conv_bias, use_fft, drop_rate, deploy, learn_positions, learn_radius,
-                                                **dd), in_chans, depth, width, num_classes, **dd)
+        self._init_classifier(in_chans, num_classes, global_pool, seq_len, drop_rate)
+        if kernel_size is None:
+            kernel_size = seq_len if causal else 2 * seq_len - 1
+        if kernel_size < 1:
+            raise ValueError(f'kernel_size must be positive, got {kernel_size}')
+        self.causal = bool(causal)
+        stds = [float(coord_std)] * depth if isinstance(coord_std, (int, float)) else [float(c) for c in coord_std]
+        if len(stds) != depth:
+            raise ValueError(f'coord_std must be one value or one per block ({depth}), got {coord_std}')
+        block_std = iter(stds)
+        self._build_trunk(lambda prev: TCNBlock(prev, width, int(kernel_size), n_points, radius, next(block_std),
+                                                small_kernel_size, conv_bias, use_fft, drop_rate, deploy,
+                                                learn_positions, learn_radius, causal=causal, **dd),
+                          in_chans, depth, width, num_classes, **dd)
         if kernel_scale != 1.0:
             self.rescale_kernels(kernel_scale)
 
@@ -233,8 +264,9 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
         """Unpooled features ``[B, C, L]``, or ``[B, C, 1, L]`` for a ``[B, C, 1, L]`` input.
 
         ``mask`` ``[B, L]`` (true on real steps) zeroes the padded steps of the input and of every convolution's
-        input: with left padding a causal model's outputs on the real steps then equal its outputs on the unpadded
-        series (in eval mode), whatever the padding length."""
+        input: with left padding a model's outputs on the real steps then equal its outputs on the unpadded series
+        (in eval mode), whatever the padding length; for a centred model (``causal=False``) too, since its 'same'
+        convolutions see zeros beyond the series either way."""
         seq = apply_mask(as_sequence(x), mask)
         if self.grad_checkpointing and execution_mode() != 'script':
             seq = self._checkpointed_blocks(seq, mask)
@@ -253,22 +285,21 @@ class SMPConvTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
         """Pool the features over time (``global_pool``) and classify. Without pooling (``''``) the features
         stay unpooled and the head gives per-step logits, channels first (``[B, num_classes, L]`` or
         ``[B, num_classes, 1, L]``)."""
-        if self.global_pool == 'last':
-            x = x.flatten(2)[:, :, -1]
-        elif self.global_pool == 'avg':
-            x = x.flatten(2).mean(-1)
-        elif self.global_pool == 'max':
-            x = x.flatten(2).amax(-1)
+        if self.global_pool:
+            x = masked_pool(x.flatten(2), None, self.global_pool, -1)
         elif not pre_logits:
             return self.head(x.movedim(1, -1)).movedim(-1, 1)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Logits for ``x``; ``mask`` ``[B, L]`` marks the real steps of left-padded series (see
-        :meth:`forward_features`; ``global_pool='avg'`` then averages over the real steps only)."""
+        :meth:`forward_features`; ``global_pool='avg'`` and ``'avgmax'`` then average over the real steps only; the
+        maximum is unaffected: padded features are zero and real ones non-negative)."""
         features = self.forward_features(x, mask)
         if self.global_pool == 'avg':
             return self.head(masked_pool(features.flatten(2), mask, 'avg', -1))
+        if self.global_pool == 'avgmax':
+            return self.head(masked_pool(features.flatten(2), mask, 'avgmax', -1))
         return self.forward_head(features)
 
 
@@ -407,8 +438,8 @@ FAMILY = ModelFamily(
     name='smpconv_tcn', model_cls=SMPConvTCN, input_kind='sequence',
     variants=('smpconv_tcn_mnist', 'smpconv_tcn_scifar10', 'smpconv_tcn_chartraj', 'smpconv_tcn_speech',
               'smpconv_tcn_speech_raw'),
-    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn,
-    refused_kwargs={'drop_path_rate': _NO_DROP_PATH},
+    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn, feature_maps='full_resolution',
+    refused_kwargs={'drop_path_rate': _NO_DROP_PATH, 'output_stride': NO_STRIDES},
     data_kwargs={'seq_len': 'length'},  # the kernels span the training length
     tag_args={'smpconv_tcn_mnist.digits': dict(seq_len=64, radius=0.03)},
     training=TrainingDefaults(

@@ -1,6 +1,7 @@
 """Training and fine-tuning (``train.py``): configuration, data, model building, the loop and checkpoints."""
 from .config import TrainConfig, build_parser, parse_config
-from .loop import TrainingError, evaluate, run
+from .loop import TrainingError, evaluate
+from .runner import run
 
 __all__ = ['TrainConfig', 'build_parser', 'parse_config', 'run', 'evaluate', 'TrainingError', 'main']
 

@@ -6,7 +6,8 @@ import sys
 
 from .config import parse_config
 from .data import DatasetNotFoundError
-from .loop import TrainingError, run
+from .loop import TrainingError
+from .runner import run
 
 __all__ = ['main']
 

@@ -38,6 +38,7 @@ class TrainConfig:
     randaugment: str | None = None
     random_erasing: float | None = None
     seq_augment: str | None = None
+    series_norm: bool | None = None
     ema: bool | None = None
     ema_decay: float = 0.9998
     drop_path: float | None = None
@@ -46,6 +47,8 @@ class TrainConfig:
     grad_accum: int = 1
     mixed_precision: str = 'no'
     seed: int = 0
+    data_seed: int | None = None
+    ensemble: int | None = None
     workers: int = 0
     img_size: int | None = None
     seq_len: int | None = None
@@ -170,6 +173,8 @@ _HELP = {
     'seq_augment': "training augmentation of sequences, e.g. 'shift=0.1,scale=0.1,jitter=0.05,cutout=0.1' (shift: "
                    "delay by up to this fraction of the length; scale: per-channel gain 1+scale*N(0,1); jitter: "
                    "noise std; cutout: zero a window up to this fraction) or 'none' (small-data recipe default)",
+    'series_norm': 'z-normalise every sequence on its own (per channel, over its real steps; the UCR archives\' '
+                   'convention) after the per-channel normalisation; ts: / npz: / hf: data',
     'ema': 'keep an EMA of the weights (best/ then holds the EMA weights)',
     'ema_decay': 'EMA decay per optimizer step',
     'drop_path': 'stochastic depth rate (ImageNet models)', 'drop_rate': 'dropout rate',
@@ -177,6 +182,11 @@ _HELP = {
     'grad_accum': 'gradient accumulation steps',
     'mixed_precision': "'no', 'fp16' or 'bf16' (Accelerate)",
     'seed': 'random seed (data split, init, shuffling)', 'workers': 'data loader workers',
+    'data_seed': 'seed of the data split and of dropped observations (default: --seed; --ensemble members share it '
+                 'while their --seed differs)',
+    'ensemble': 'train N members with seeds SEED..SEED+N-1 one after the other in OUTPUT_DIR/members/ and save their '
+                'probability-averaging ensemble (smpconv_ensemble) as one checkpoint in OUTPUT_DIR/last/; resumable '
+                'member by member; members are grid TCNs (default 1: one model)',
     'img_size': 'image size for image models (default: the dataset native size, 224 for image folders)',
     'seq_len': 'sequence length / kernel length for sequence models (default: the dataset length)',
     'num_classes': 'classes (default: the dataset class count); replaces the head of a pretrained model',

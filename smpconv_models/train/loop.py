@@ -21,7 +21,7 @@ from ..models import build_model, family_of
 from ..viz import plot_kernels
 from .checkpoint import STATE_DIR, load_training_state, save_training_state
 from .config import TrainConfig, recipe_for, recipe_model_args, small_data_schedule, uses_small_data_recipe
-from .data import EpochShuffleSampler, SequenceAugment, build_data, parse_augment
+from .data import EpochShuffleSampler, SequenceAugment, build_data, parse_augment, standardise_series
 from .sync_bn import convert_sync_batchnorm
 
 __all__ = ['run', 'resolve_config', 'evaluate', 'call_model', 'TrainingError']
@@ -138,6 +138,9 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     cfg = resolve_config(cfg)
+    if (cfg.ensemble or 1) > 1:
+        raise TrainingError(f'this loop trains one model; --ensemble {cfg.ensemble} runs through '
+                            'smpconv_models.train.run (train.py)')
     family = family_of(cfg.model)
     kind = family.input_kind
     accelerator = Accelerator(split_batches=True, mixed_precision=cfg.mixed_precision, cpu=cfg.cpu,
@@ -146,12 +149,15 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     train_tf, eval_tf = _transforms(cfg, cfg.data, kind)
-    data = build_data(cfg.data, kind, img_size=cfg.img_size, seed=cfg.seed, test_fraction=cfg.test_fraction,
+    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    data = build_data(cfg.data, kind, img_size=cfg.img_size, seed=data_seed, test_fraction=cfg.test_fraction,
                       train_transform=train_tf, eval_transform=eval_tf, model_name=cfg.model,
                       missing_rate=cfg.missing_rate)
     if uses_small_data_recipe(cfg.model, cfg.data):  # schedule from the training-set size where not given
         schedule = small_data_schedule(len(data.train), cfg.epochs, cfg.batch_size)
         cfg = TrainConfig(**{**cfg.to_dict(), **{k: v for k, v in schedule.items() if getattr(cfg, k) is None}})
+    if cfg.series_norm and kind == 'sequence':
+        data.train, data.test = standardise_series(data.train), standardise_series(data.test)
     augment = parse_augment(cfg.seq_augment) if kind == 'sequence' else {}
     if any(augment.values()):  # training split only, drawn from (seed, epoch, index): resumable
         data.train = SequenceAugment(data.train, cfg.seed, **augment)
@@ -347,5 +353,6 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
 
 def _recipe_card(cfg: TrainConfig) -> dict[str, Any]:
     keys = ('optimizer', 'lr', 'batch_size', 'epochs', 'weight_decay', 'warmup_epochs', 'radius_lr_scale',
-            'label_smoothing', 'mixup', 'cutmix', 'seq_augment', 'drop_rate', 'grad_clip', 'ema', 'seed')
+            'label_smoothing', 'mixup', 'cutmix', 'seq_augment', 'series_norm', 'drop_rate', 'grad_clip', 'ema',
+            'seed')
     return {k: getattr(cfg, k) for k in keys}

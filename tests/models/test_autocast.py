@@ -43,6 +43,9 @@ FAMILIES = {
     # 3-d, 256 points per set: the stem's search (256 x 256 pairs) takes the kd-tree path, the stages the plain one
     'smpconv_points_3d': (dict(stem_width=8, widths=(8, 16), depths=(1, 1), stage_points=(64, 16), radii=(0.5, 1.0),
                                stem_radius=0.4), lambda g: _points(g, 256, 3)),
+    'smpconv_ensemble': (dict(member='smpconv_tcn_mnist', n_members=2, seq_len=64, depth=2, width=8, causal=False,
+                              global_pool='avgmax'),
+                         lambda g: dict(x=torch.randn(2, 1, 64, generator=g))),
 }
 
 
@@ -116,6 +119,9 @@ def _smp_layer(kind: str):
         return SMPParallelConv(8, 8, 33, 16, 0.12, 0.05), (torch.randn(2, 8, 32, 32, generator=g),)
     if kind == 'causal':  # the TCNs' (FFT at this length)
         return SMPParallelCausalConv1d(8, 8, 256, 30, 0.01, 0.1), (torch.randn(2, 8, 256, generator=g),)
+    if kind == 'centred':  # the TCNs' with causal=False (a 511-tap kernel on 256 steps: the FFT 'same' conv)
+        return (SMPParallelCausalConv1d(8, 8, 511, 30, 0.01, 0.1, causal=False),
+                (torch.randn(2, 8, 256, generator=g),))
     if kind == 'irregular':
         values, timestamps, mask = _irregular(g).values()
         layer = SMPParallelCausalConv1d(1, 8, 32, 30, 0.03, 0.1)
@@ -127,7 +133,7 @@ def _smp_layer(kind: str):
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
 @pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
-@pytest.mark.parametrize('kind', ['depthwise', 'dense', 'causal', 'irregular', 'points'])
+@pytest.mark.parametrize('kind', ['depthwise', 'dense', 'causal', 'centred', 'irregular', 'points'])
 def test_smp_layers_under_autocast(kind, train, dtype):
     torch.manual_seed(0)
     layer, inputs = _smp_layer(kind)

@@ -15,6 +15,7 @@ import smpconv_models  # noqa: F401
 from smpconv_models.hub import save_pretrained
 from smpconv_models.layers import SMPConvBase, scaled_kernel_size
 from smpconv_models.models import COMMON_KWARGS, FAMILIES, build_model, family_of
+from smpconv_models.models._family import DENSE_BACKBONES
 from tests.helpers import randomize_bn_
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -29,12 +30,14 @@ SMALL = {
     'smpconv_tcn': dict(seq_len=16, depth=2, width=4, n_points=3),
     'smpconv_irregular_tcn': dict(seq_len=12, depth=2, width=4, n_points=3, radius=0.15),
     'smpconv_points': dict(stem_width=4, widths=(6, 8), depths=(1, 1), stage_points=(12, 6), radii=(0.8, 1.0)),
+    'smpconv_ensemble': dict(member='smpconv_tcn_mnist', n_members=2, seq_len=16, depth=2, width=4, n_points=3),
 }
 # the value each kwarg is checked with
 VALUES = dict(learn_positions=False, learn_radius=False, kernel_scale=2, deploy=True, in_chans=2, num_classes=3,
-              drop_rate=0.1, global_pool='avg', drop_path_rate=0.1)
-# the values of the refusable kwargs that change nothing
-NO_OP = dict(drop_path_rate=0.0, deploy=False, kernel_scale=1.0, learn_positions=True, learn_radius=True)
+              drop_rate=0.1, global_pool='avg', drop_path_rate=0.1, output_stride=8)
+# the values of the refusable kwargs that change nothing (output_stride: none but unset)
+NO_OP = dict(drop_path_rate=0.0, deploy=False, kernel_scale=1.0, learn_positions=True, learn_radius=True,
+             output_stride=None)
 
 
 def build(name: str, **kwargs) -> nn.Module:
@@ -133,6 +136,21 @@ def check_honoured(name: str, kwarg: str) -> None:
         model = build(name, drop_path_rate=value, drop_rate=0.0)
         assert max(m.drop_prob for m in model.modules() if isinstance(m, DropPath)) == pytest.approx(value)
         assert stochastic(model, x) and not stochastic(build(name, drop_path_rate=0.0, drop_rate=0.0), x)
+    elif kwarg == 'output_stride':
+        # a third stage, so that output stride 8 dilates it (two stages end at stride 8 anyway); float64: exact
+        deeper = dict(depths=(1, 1, 1), dims=(8, 16, 24), kernel_sizes=(9, 7, 7))
+        base = build(name, **deeper).double().eval()
+        randomize_bn_(base)
+        model = build(name, output_stride=value, **deeper).double().eval()
+        model.load_state_dict(base.state_dict())  # the same parameters at every output stride
+        assert [f['reduction'] for f in base.feature_info] == [4, 8, 16]
+        assert [f['reduction'] for f in model.feature_info] == [4, 8, 8]
+        x = torch.randn(2, base.in_chans, 64, 64, dtype=torch.float64)
+        with torch.no_grad():
+            dense, strided = model.forward_features(x), base.forward_features(x)
+        assert dense.shape[-2:] == (8, 8) and strided.shape[-2:] == (4, 4)
+        # the dilated stage on the full grid is the strided one on every other pixel
+        torch.testing.assert_close(dense[..., ::2, ::2], strided, rtol=1e-10, atol=1e-10)
     elif kwarg == 'global_pool':
         model = build(name, global_pool=value).eval()
         with torch.no_grad():
@@ -164,6 +182,13 @@ def test_every_registered_model_has_one_family():
     for family in FAMILIES:
         for variant in family.variants:
             assert type(timm.create_model(variant, **SMALL[family.name])) is family.model_cls
+
+
+def test_dense_backbones_are_the_pyramid_families():
+    pyramids = {v for f in FAMILIES if f.feature_maps == 'pyramid' for v in f.variants}
+    assert set(re.findall(r'smpconv_\w+', DENSE_BACKBONES)) == pyramids == {'smpconv_t', 'smpconv_b'}
+    for family in FAMILIES:  # output_stride: taken by the pyramids, refused with the reason by the others
+        assert ('output_stride' in family.common_kwargs) == (family.feature_maps == 'pyramid')
 
 
 def test_family_lookup(tmp_path):

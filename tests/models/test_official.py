@@ -23,6 +23,7 @@ PARAMS = {
     'smpconv_tcn_speech_raw': 370_960,
     'smpconv_irregular_tcn': 370_960, 'smpconv_irregular_tcn_chartraj': 373_790,
     'smpconv_points': 68_706, 'smpconv_points_3d': 1_126_056,
+    'smpconv_ensemble': 5 * 373_790,  # five smpconv_tcn_chartraj members by default
 }
 
 

@@ -32,6 +32,12 @@ EXCLUDED.update({(test, 'smpconv_irregular_tcn*'): _IRREGULAR_REASON for test in
     'test_model_forward_fx', 'test_model_backward_fx', 'test_model_forward_fx_torchscript',
     'test_model_load_pretrained', 'test_model_features_pretrained', 'test_prune_intermediate_layers_contract')})
 
+# An ensemble has no single feature pyramid: features_only is refused with a clear error (members have theirs).
+_ENSEMBLE_REASON = 'ensemble of members: no single feature pyramid (features_only refused; members have their own)'
+EXCLUDED.update({(test, 'smpconv_ensemble'): _ENSEMBLE_REASON for test in (
+    'test_model_forward_features', 'test_model_forward_intermediates_features', 'test_model_forward_intermediates',
+    'test_model_features_pretrained', 'test_prune_intermediate_layers_contract')})
+
 
 def our_models(list_models=timm.list_models) -> list[str]:
     """Registered models whose entrypoints live in ``smpconv_models`` (narrowed by ``$SMPCONV_TIMM_MODELS``)."""

@@ -326,3 +326,26 @@ def test_generated_sets_and_the_rocket_baseline():
     x = torch.tensor(x + 0.3 * rng.normal(size=x.shape), dtype=torch.float32)
     y = torch.tensor(y)
     assert rocket_accuracy(x[:40], y[:40], x[40:], y[40:], n_kernels=300) >= 95.0
+
+
+def test_series_norm_standardises_each_series_over_its_real_steps():
+    from smpconv_models.train.data import standardise_series
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 10, generator=g) * torch.tensor([[[5.0]], [[0.1]], [[2.0]]]) + 3.0
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[1, :4] = False
+    x[1, :, :4] = 0
+    x[2, 1] = 7.0  # a constant channel
+    out = standardise_series(SequenceSet(x, torch.arange(3), mask))
+    z = out.x.double()
+    for i in range(3):
+        real = z[i][:, mask[i]]
+        ref = x[i][:, mask[i]].double()
+        expected = (ref - ref.mean(-1, keepdim=True)) / ref.std(-1, unbiased=False, keepdim=True)
+        if i == 2:
+            expected[1] = 0.0
+        torch.testing.assert_close(real, expected, rtol=1e-5, atol=1e-5)
+    assert z[1][:, :4].abs().sum() == 0 and torch.equal(out.mask, mask) and torch.equal(out.y, torch.arange(3))
+    with pytest.raises(ValueError, match='in-memory sequences'):
+        standardise_series(torch.utils.data.TensorDataset(x))

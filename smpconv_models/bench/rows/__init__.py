@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from . import cifar, deployment, irregular, points, smpconv_t, tcn
+from . import cifar, deployment, irregular, points, segmentation, smpconv_t, tcn
 
 __all__ = ['Row', 'ROWS', 'TARGETS']
 
@@ -36,6 +36,8 @@ ROWS: Mapping[str, Row] = MappingProxyType({
     'irregular_tcn_train_smp_vs_mlp': Row(irregular.train_smp_vs_mlp, 0.9),
     'points_train_smp_vs_mlp': Row(points.train_smp_vs_mlp, 1.0),
     'point_conv_scaling': Row(points.point_conv_scaling),
+    'upernet_smpconv_t_train_vs_convnext_tiny_512': Row(segmentation.upernet_train_vs_convnext, 0.75),
+    'upernet_smpconv_t_infer_vs_convnext_tiny_512': Row(segmentation.upernet_infer_vs_convnext, 1.0),
     **{name: Row(run, target) for name, (run, target) in points.SCALE_ROWS.items()},
 })
 

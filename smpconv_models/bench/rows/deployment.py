@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ...export import export_onnx
-from ..steps import calibrate_bn_
+from ...layers import calibrate_bn_
 from ..timing import alternating_medians, reps, time_pair
 
 __all__ = ['ort_session', 'tcn_onnxruntime_vs_pytorch', 'onnx_fft_methods']

@@ -2,36 +2,16 @@
 cached eval form against the reparameterized one; batch 8, 224, each model in its faster memory format."""
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
 from typing import Any
 
 import timm
 import torch
-import torch.nn as nn
 
-from ...layers import smp_param_groups
-from ..steps import calibrate_bn_, train_step
+from ...layers import calibrate_bn_
+from ..steps import adamw, infer_factory, train_step
 from ..timing import best_format, gmacs, reps, time_pair
 
 __all__ = ['infer_vs_convnext', 'train_vs_convnext', 'eval_cached_vs_reparam', 'compiled_train_vs_convnext']
-
-
-def _infer_factory(model: nn.Module, x: torch.Tensor) -> Callable[[bool], Callable[[], Any]]:
-    def make(cl: bool):
-        m = copy.deepcopy(model).to(memory_format=torch.channels_last if cl else torch.contiguous_format)
-        xi = x.contiguous(memory_format=torch.channels_last) if cl else x
-
-        def step():
-            with torch.inference_mode():
-                m(xi)
-        return step
-    return make
-
-
-def _adamw(model: nn.Module, ours: bool) -> torch.optim.Optimizer:
-    """AdamW at 1e-4; ours in the official parameter groups (no weight decay on points, radius lr x0.1)."""
-    return torch.optim.AdamW(smp_param_groups(model, 0.05, lr=1e-4) if ours else model.parameters(), lr=1e-4)
 
 
 def infer_vs_convnext(quick: bool) -> dict[str, Any]:
@@ -40,8 +20,8 @@ def infer_vs_convnext(quick: bool) -> dict[str, Any]:
     torch.manual_seed(0)
     ours_model = timm.utils.reparameterize_model(calibrate_bn_(timm.create_model('smpconv_t'), x))
     peer_model = timm.create_model('convnext_tiny').eval()
-    ours, ours_fmt = best_format(_infer_factory(ours_model, x))
-    peer, peer_fmt = best_format(_infer_factory(peer_model, x))
+    ours, ours_fmt = best_format(infer_factory(ours_model, x))
+    peer, peer_fmt = best_format(infer_factory(peer_model, x))
     t_ours, t_peer = time_pair(ours, peer, *reps(quick, 9))
     return dict(ours_time=t_ours, peer_time=t_peer, note=f'ours {ours_fmt}, convnext_tiny {peer_fmt}',
                 ours_gmacs=gmacs(ours_model, x[:1]), peer_gmacs=gmacs(peer_model, x[:1]), batch=8)
@@ -57,7 +37,7 @@ def train_vs_convnext(quick: bool) -> dict[str, Any]:
             m = timm.create_model(name, drop_path_rate=0.1).train()  # both papers' ImageNet recipes
             if cl:
                 m = m.to(memory_format=torch.channels_last)
-            return train_step(m, x.contiguous(memory_format=torch.channels_last) if cl else x, y, _adamw(m, ours))
+            return train_step(m, x.contiguous(memory_format=torch.channels_last) if cl else x, y, adamw(m, ours))
         return make
 
     ours, ours_fmt = best_format(factory('smpconv_t', ours=True))
@@ -72,8 +52,8 @@ def eval_cached_vs_reparam(quick: bool) -> dict[str, Any]:
     torch.manual_seed(0)
     cached = calibrate_bn_(timm.create_model('smpconv_t'), x)
     deployed = timm.utils.reparameterize_model(cached)  # a copy
-    ours, ours_fmt = best_format(_infer_factory(cached, x))
-    peer, peer_fmt = best_format(_infer_factory(deployed, x))
+    ours, ours_fmt = best_format(infer_factory(cached, x))
+    peer, peer_fmt = best_format(infer_factory(deployed, x))
     t_ours, t_peer = time_pair(ours, peer, *reps(quick, 9))
     return dict(ours_time=t_ours, peer_time=t_peer, batch=8,
                 note=f'ours: eval, not reparameterized (kernels and folded BNs cached), {ours_fmt}; '
@@ -87,7 +67,7 @@ def compiled_train_vs_convnext(quick: bool) -> dict[str, Any]:
     def make(name, ours):
         torch.manual_seed(0)
         m = timm.create_model(name, drop_path_rate=0.1).train()
-        return train_step(torch.compile(m), x, y, _adamw(m, ours))
+        return train_step(torch.compile(m), x, y, adamw(m, ours))
 
     t_ours, t_peer = time_pair(make('smpconv_t', ours=True), make('convnext_tiny', ours=False), *reps(quick, 3))
     return dict(ours_time=t_ours, peer_time=t_peer, batch=8, note='both torch.compile(model), default settings')

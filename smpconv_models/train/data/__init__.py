@@ -21,13 +21,13 @@ from .digits import digits
 from .images import hf_images, image_folder, sequence_permutation, sequential_set, torchvision_set
 from .irregular import drop_observations, to_irregular
 from .points import digits_points
-from .sequences import SequenceAugment, SequenceSet, parse_augment
+from .sequences import SequenceAugment, SequenceSet, parse_augment, standardise_series
 from .shapes3d import parse_point_range, shapes3d
 
 __all__ = ['DataBundle', 'build_data', 'EpochShuffleSampler', 'DatasetNotFoundError', 'sequence_permutation',
            'fixed_split', 'need_root', 'DATA_SPECS', 'read_ts', 'TsFile', 'SequenceSet', 'SequenceAugment',
-           'parse_augment', 'mfcc', 'read_wav', 'drop_observations', 'to_irregular', 'digits_points',
-           'shapes3d']
+           'parse_augment', 'standardise_series', 'mfcc', 'read_wav', 'drop_observations', 'to_irregular',
+           'digits_points', 'shapes3d']
 
 # The --data specs, in the order the error message and --help list them.
 DATA_SPECS = ('digits', 'digits-irregular', 'cifar10:ROOT', 'cifar100:ROOT', 'mnist:ROOT', 'smnist:ROOT',

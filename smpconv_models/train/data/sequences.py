@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from .common import DataBundle
 
 __all__ = ['pad_left', 'channel_stats', 'normalise', 'class_indices', 'sequences_bundle', 'SequenceSet',
-           'SequenceAugment', 'parse_augment', 'AUGMENT_KEYS']
+           'SequenceAugment', 'parse_augment', 'AUGMENT_KEYS', 'standardise_series']
 
 
 def pad_left(series: Sequence[np.ndarray], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +109,22 @@ class SequenceSet(Dataset):
         if self.mask is None:
             return self.x[i], self.y[i]
         return {'x': self.x[i], 'mask': self.mask[i]}, self.y[i]
+
+
+def standardise_series(dataset: Dataset, eps: float = 1e-8) -> SequenceSet:
+    """Per-series z-normalisation (``--series-norm``): each series and channel of a :class:`SequenceSet` minus its
+    mean, over its std, both over its real steps (the mask's); padding stays zero and a constant channel becomes 0.
+    The UCR archives' convention; it removes each series' offset and scale, which a class may not depend on."""
+    if not isinstance(dataset, SequenceSet):
+        raise ValueError(f'per-series normalisation needs in-memory sequences (ts: / npz: / hf: data), got '
+                         f'{type(dataset).__name__}')
+    x = dataset.x.double()
+    weights = torch.ones_like(x[:, :1]) if dataset.mask is None else dataset.mask[:, None].double()
+    count = weights.sum(-1, keepdim=True).clamp(min=1.0)
+    mean = (x * weights).sum(-1, keepdim=True) / count
+    std = (((x - mean) * weights).square().sum(-1, keepdim=True) / count).sqrt()
+    z = torch.where(std > eps, (x - mean) / std.clamp(min=eps), torch.zeros_like(x)) * weights
+    return SequenceSet(z.to(dataset.x.dtype), dataset.y, dataset.mask)
 
 
 # The augmentations of the small-data recipe, each a strength (0 disables it).
