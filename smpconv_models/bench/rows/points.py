@@ -4,7 +4,6 @@ PointNet++ set abstraction, and farthest-point sampling on a grid pool against t
 from __future__ import annotations
 
 import functools
-import resource
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +13,7 @@ import torch
 
 from ...layers import PointConv, farthest_point_sample, find_neighbors
 from ...train.data.points import digits_point_sets
-from ..memory import peak_rss_in_child
+from ..memory import own_peak_rss_mb, peak_rss_in_child
 from ..peers import SetAbstraction
 from ..steps import train_step
 from ..timing import reps, time_pair, timed
@@ -59,7 +58,7 @@ def point_conv_scaling(quick: bool) -> dict[str, Any]:
     N = 1k, 10k, 100k points (query = support): neighbour search time, forward + backward time (search included),
     points / s, and the process peak RSS after each size (sizes run in increasing order, so it is that size's peak)."""
     sizes = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base_rss = own_peak_rss_mb()
     out = []
     for n in sizes:
         torch.manual_seed(0)
@@ -77,7 +76,7 @@ def point_conv_scaling(quick: bool) -> dict[str, Any]:
         search_s = statistics.median(timed(search) for _ in range(repeats))
         step_s = statistics.median(timed(step) for _ in range(repeats))
         out.append(dict(n=n, search_s=search_s, fwd_bwd_s=step_s, points_per_s=n / step_s,
-                        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+                        peak_rss_mb=own_peak_rss_mb()))
     return dict(scaling=out, base_rss_mb=base_rss, note='PointConv smp, F 32->32, k=16, d=3, batch 1, default '
                                                           'search (kd-tree on CPU)')
 
