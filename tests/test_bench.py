@@ -108,3 +108,36 @@ def test_deployment_rows_have_targets_and_main_accepts_onnx_methods(monkeypatch,
     monkeypatch.setattr(cli, 'onnx_fft_methods', lambda quick: rows)
     assert bench.main(['--onnx-methods', '--quick']) == 0
     assert json.loads(capsys.readouterr().out) == {'onnx_fft_methods': rows}
+
+
+def test_set_abstraction_peer_is_chunked_like_point_conv(monkeypatch):
+    """The point-layer rows' peer: max over neighbours of an MLP on [f_j, p_j - p_i]; its query chunks (recomputed
+    in backward) give the same outputs and gradients as one pass."""
+    import importlib
+
+    torch.manual_seed(0)
+    peer = peers.SetAbstraction(4, 5).double()
+    feats, pos = torch.randn(1, 30, 4, dtype=torch.float64), torch.rand(1, 30, 3, dtype=torch.float64)
+    idx = torch.randint(0, 30, (30, 6))
+    expected = torch.stack([peer.mlp(torch.cat([feats[0, idx[i]], pos[0, idx[i]] - pos[0, i]], -1)).amax(0)
+                            for i in range(30)])[None]
+    whole = peer(feats, pos, idx)
+    torch.testing.assert_close(whole, expected)
+    grads = torch.autograd.grad(whole.square().sum(), list(peer.parameters()))
+    point_conv_module = importlib.import_module('smpconv_models.layers.point_conv')
+    monkeypatch.setattr(point_conv_module, 'GATHER_BLOCK', 6 * 7)  # chunks of 7 queries
+    chunked = peer(feats, pos, idx)
+    torch.testing.assert_close(chunked, expected)
+    for a, b in zip(torch.autograd.grad(chunked.square().sum(), list(peer.parameters())), grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_table_shows_rows_without_a_ratio_target():
+    report = {'machine': {'processor': 'cpu', 'cpus': 2, 'torch': '2', 'matmul_fp32_gflops': 1.0},
+              'rows': [{'name': 'a', 'ours_time': 1.0, 'peer_time': 2.0, 'ratio': 2.0, 'target': None,
+                        'peak_rss_mb': 10.0, 'note': 'n'},
+                       {'name': 'b', 'ours_time': 1.0, 'peer_time': 0.5, 'ratio': 0.5, 'target': 0.25,
+                        'peak_rss_mb': 10.0, 'note': 'm'}]}
+    table = bench.format_table(report)
+    assert '| a | 1.0000 | 2.0000 | 2.00 | - | 10 | n |' in table
+    assert '| b | 1.0000 | 0.5000 | 0.50 | >= 0.25 |' in table

@@ -40,6 +40,7 @@ FAMILIES = {
     'smpconv_tcn_speech': dict(depth=1, width=8, seq_len=49),
     'smpconv_tcn_speech_raw': dict(depth=1, width=8, seq_len=64),
     'smpconv_points': dict(stem_width=8, widths=(8,), depths=(1,), stage_points=(10,), radii=(0.8,), k=8),
+    'smpconv_points_3d': dict(stem_width=8, widths=(8,), depths=(1,), stage_points=(10,), radii=(0.8,), k=8),
     'smpconv_irregular_tcn': dict(depth=1, width=6, n_points=4, seq_len=16, radius=0.15),
     'smpconv_irregular_tcn_chartraj': dict(depth=1, width=6, n_points=4, seq_len=20),
 }

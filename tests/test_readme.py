@@ -51,6 +51,7 @@ def test_point_set_block(monkeypatch):
     index = next(i for i, b in enumerate(BLOCKS) if 'PointConv(' in b)
     ns = run_block(index, monkeypatch)
     assert ns['h'].shape == (8, 38, 32) and ns['h_query'].shape == (8, 5, 32) and ns['logits'].shape == (8, 10)
+    assert torch.equal(ns['h_shared'], ns['h']) and ns['nbrs'].idx.shape == (8, 38, 16)
     # outputs at the support points equal the outputs when the same positions are passed as the query
     torch.testing.assert_close(ns['conv'](ns['features'][:8], ns['positions'][:8], query=ns['positions'][:8],
                                           mask=ns['mask'][:8]), ns['h'])

@@ -26,8 +26,15 @@ process, whose peak resident memory is reported. Rows:
   of each series' steps dropped), SMP kernels vs MLP kernels (Wang et al.'s kernel MLP) in the same network;
 * ``points_train_smp_vs_mlp``: ``smpconv_points`` training step on digits point sets (batch 32), SMP kernels vs MLP
   kernels with the same basis size, same network;
-* ``point_conv_scaling`` (no peer): one ``PointConv`` layer at N = 1k, 10k, 100k points (k = 16): neighbour search
-  and forward + backward time, points / s, peak RSS;
+* ``point_conv_scaling`` (no peer): one ``PointConv`` layer at N = 1k, 10k, 100k points (k = 16, default search):
+  neighbour search and forward + backward time, points / s, peak RSS;
+* ``knn_vs_ckdtree_{10k,100k,1m}``: ``find_neighbors`` (k = 16, 3-d, default backend) vs scipy's ``cKDTree`` build +
+  query on the same points;
+* ``point_conv_vs_set_abstraction_{10k,100k,1m}``: one ``PointConv`` forward + backward (search included) vs a
+  PointNet++-style set-abstraction layer (cKDTree kNN, MLP on ``[f_j, p_j - p_i]``, max) with the same k, channels
+  and query chunks; each side's peak RSS from a fresh process (no ratio target);
+* ``fps_subset_vs_fps_{100k,1m}``: farthest-point sampling of 4,096 points on a grid pool of ~16,384 vs exact,
+  with both samples' covering radii and one kNN search's time on the same points (no ratio target);
 * ``tcn_mnist_onnxruntime_vs_pytorch``: the reparameterized 784-tap ``smpconv_tcn_mnist`` exported to ONNX and run in
   onnxruntime vs the same model in PyTorch eval, batch 8 (``--onnx-methods`` times every family per FFT export
   method instead of the rows);
@@ -44,10 +51,10 @@ process, whose peak resident memory is reported. Rows:
 The machine's fp32 matmul rate (GFLOP/s, 2 flops per multiply-add) is measured too, next to the GMAC/s each model
 achieves (fvcore MACs / time, when fvcore is installed).
 
-The package: :mod:`.timing` (alternation, medians, rates), :mod:`.steps` (what a row times), :mod:`.peers` (our
-networks with MAGNet kernels), :mod:`.rows` (one module per row or small group, registered in ``ROWS`` with its
-target), :mod:`.report` (each row in its own process; table, JSON, plot), :mod:`.profiling` (``--profile``) and
-:mod:`.cli`.
+The package: :mod:`.timing` (alternation, medians, rates), :mod:`.memory` (peak RSS), :mod:`.steps` (what a row
+times), :mod:`.peers` (our networks with MAGNet kernels, a PointNet++ set abstraction), :mod:`.rows` (one module
+per row or small group, registered in ``ROWS`` with its target), :mod:`.report` (each row in its own process; table,
+JSON, plot), :mod:`.profiling` (``--profile``) and :mod:`.cli`.
 """
 from ..layers import calibrate_bn_  # (the eval rows' BatchNorm calibration, kept importable from here)
 from .cli import main

@@ -1,5 +1,5 @@
-"""Peers built from our own networks: the same network with MLP-generated kernels (FlexConv's MAGNet,
-:class:`~smpconv_models.layers.MAGNetKernel`) in place of the SMP kernels."""
+"""Peers: the same network with MLP-generated kernels (FlexConv's MAGNet, :class:`~smpconv_models.layers.MAGNetKernel`)
+in place of the SMP kernels, and a PointNet++ set-abstraction layer for the point-layer rows."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from ..layers import MAGNetKernel, SMPConv, same_conv
 
-__all__ = ['MLPKernelConv', 'use_mlp_kernels']
+__all__ = ['MLPKernelConv', 'use_mlp_kernels', 'SetAbstraction']
 
 
 class MLPKernelConv(nn.Module):
@@ -35,3 +35,32 @@ def use_mlp_kernels(model: nn.Module) -> nn.Module:
             if isinstance(child, SMPConv):
                 setattr(module, child_name, MLPKernelConv(child))
     return model
+
+
+class SetAbstraction(nn.Module):
+    """The peer point layer (PointNet++ set abstraction, PyG's ``PointNetConv`` with max aggregation) in plain torch:
+    ``h_i = max_j MLP([f_j, p_j - p_i])`` over given neighbours ``idx [M, k]`` (batch 1), MLP
+    ``F_in + d -> F_out -> F_out``, in the same query chunks (recomputed in backward) as
+    :func:`~smpconv_models.layers.point_conv`."""
+
+    def __init__(self, in_chans: int, out_chans: int, dim: int = 3):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_chans + dim, out_chans), nn.ReLU(), nn.Linear(out_chans, out_chans))
+
+    def block(self, features: torch.Tensor, positions: torch.Tensor, query: torch.Tensor, idx: torch.Tensor
+              ) -> torch.Tensor:
+        f = features[0, idx]  # [M, k, F]
+        offsets = positions[0, idx] - query[0, :, None]
+        return self.mlp(torch.cat([f, offsets], -1)).amax(1)[None]
+
+    def forward(self, features: torch.Tensor, positions: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        from ..layers.point_conv import GATHER_BLOCK  # read per call (tests shrink it)
+
+        m, k = idx.shape
+        chunk = max(1, GATHER_BLOCK // k)
+        if chunk >= m:
+            return self.block(features, positions, positions, idx)
+        return torch.cat([checkpoint(self.block, features, positions, positions[:, s:s + chunk], idx[s:s + chunk],
+                                     use_reentrant=False) for s in range(0, m, chunk)], 1)

@@ -6,13 +6,13 @@ import logging
 import multiprocessing as mp
 import os
 import platform
-import resource
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..viz import pyplot, save_figure
+from .memory import own_peak_rss_mb
 from .rows import ROWS, TARGETS
 from .timing import matmul_gflops
 
@@ -24,7 +24,7 @@ _logger = logging.getLogger(__name__)
 def _child(name: str, quick: bool, queue) -> None:
     try:
         result = ROWS[name].run(quick)
-        result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result['peak_rss_mb'] = own_peak_rss_mb()
         queue.put(result)
     except Exception as e:  # reported as the row's error
         queue.put({'error': f'{type(e).__name__}: {e}'})
@@ -47,7 +47,7 @@ def run_bench(rows: list[str] | None = None, quick: bool = False) -> dict[str, A
         result = {'name': name, **result}
         if 'ours_time' in result:
             result['ratio'] = result['peer_time'] / result['ours_time']
-            result['target'] = TARGETS[name]
+            result['target'] = TARGETS.get(name)  # None: a row with a peer but no ratio target
             if result.get('ours_gmacs'):
                 result['ours_gmacs_per_s'] = result['ours_gmacs'] * result['batch'] / result['ours_time']
             if result.get('peer_gmacs'):
@@ -76,8 +76,9 @@ def format_table(report: dict[str, Any]) -> str:
         note = r.get('note', '')
         if r.get('ours_gmacs_per_s'):
             note += f"; ours {r['ours_gmacs_per_s']:.1f} GMAC/s, peer {r.get('peer_gmacs_per_s', 0):.1f} GMAC/s"
+        target = '-' if r['target'] is None else f">= {r['target']}"
         lines.append(f"| {r['name']} | {r['ours_time']:.4f} | {r['peer_time']:.4f} | {r['ratio']:.2f} | "
-                     f">= {r['target']} | {r['peak_rss_mb']:.0f} | {note} |")
+                     f"{target} | {r['peak_rss_mb']:.0f} | {note} |")
     for r in report['rows']:
         if 'scaling' in r:
             lines += ['', f"{r['name']} ({r['note']}; RSS before: {r['base_rss_mb']:.0f} MB):", '',
@@ -89,14 +90,16 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def plot_ratios(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    """A horizontal bar per row: the ratio (green where it meets its target), the target marked."""
+    """A horizontal bar per row: the ratio (green where it meets its target, grey without one), the target marked."""
     plt = pyplot()
     rows = [r for r in report['rows'] if 'ratio' in r]
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.2))
     names = [r['name'] for r in rows]
-    ax.barh(names, [r['ratio'] for r in rows], color=['tab:green' if r['ratio'] >= r['target'] else 'tab:red'
-                                                       for r in rows])
-    ax.scatter([r['target'] for r in rows], names, marker='|', s=300, c='k', label='target')
+    ax.barh(names, [r['ratio'] for r in rows], color=['tab:grey' if r['target'] is None else 'tab:green'
+                                                       if r['ratio'] >= r['target'] else 'tab:red' for r in rows])
+    targeted = [r for r in rows if r['target'] is not None]
+    ax.scatter([r['target'] for r in targeted], [r['name'] for r in targeted], marker='|', s=300, c='k',
+               label='target')
     ax.axvline(1.0, color='grey', lw=0.8, ls='--')
     ax.set_xlabel('peer time / our time (> 1: we are faster)')
     ax.legend(loc='lower right')

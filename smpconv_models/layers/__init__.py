@@ -7,17 +7,17 @@ from .conv_bn import ConvBN
 from .fused import conv2d_act
 from .magnet import MAGNetKernel
 from .mode import execution_mode, is_eager, python_only
-from .params import clamp_radii_, rescale_smp_kernels_, scaled_kernel_size, smp_param_groups
-from .point_conv import (
-    MLPKernel,
-    PointConv,
-    SMPPointKernel,
+from .neighbors import (
+    Neighborhood,
     check_point_set,
     farthest_point_sample,
     find_neighbors,
-    point_conv,
+    grid_pool,
+    pair_distances,
     random_point_sample,
 )
+from .params import clamp_radii_, rescale_smp_kernels_, scaled_kernel_size, smp_param_groups
+from .point_conv import MLPKernel, PointConv, SMPPointKernel, point_conv
 from .reparam import (
     CausalConv1d,
     SMPLargeKernelConv2d,
@@ -41,5 +41,5 @@ __all__ = [
     'SMPDepthwiseConv2d', 'share_kernels', 'kernel_coords', 'smp_basis', 'smp_kernel', 'SMPPoints', 'hat_count',
     'divide_by_count', 'execution_mode', 'is_eager', 'python_only',
     'MLPKernel', 'SMPPointKernel', 'PointConv', 'point_conv', 'find_neighbors', 'farthest_point_sample',
-    'random_point_sample', 'check_point_set', 'MAGNetKernel',
+    'random_point_sample', 'check_point_set', 'MAGNetKernel', 'Neighborhood', 'pair_distances', 'grid_pool',
 ]

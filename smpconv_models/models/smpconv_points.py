@@ -1,16 +1,19 @@
 """Point-set classifier from continuous convolutions (Wang et al., CVPR 2018) with SMP or MLP kernels.
 
 A :class:`~smpconv_models.layers.PointConv` stem on the full set, then stages that subsample the points
-(farthest-point or random), convolve from the previous set onto the kept points and apply residual blocks
-(``PointConv -> BN -> act -> Linear -> BN``, plus the input), then masked global pooling and a linear head. Batch
-norms only count real points. ``kernel='smp'`` uses SMP kernels (shared points per layer), ``'mlp'`` Wang et al.'s
-MLP kernels; the rest of the network is identical, so the two are compared like for like.
+(farthest-point, farthest-point on a grid pool of 4x the kept count for large sets, or random), convolve from the
+previous set onto the kept points and apply residual blocks (``PointConv -> BN -> act -> Linear -> BN``, plus the
+input), then masked global pooling and a linear head. Batch norms only count real points. Neighbourhoods are searched
+once per point set and search parameters (``k``, ``radius``) and handed to every layer there (the stem, a stage that
+keeps every point, the blocks of a stage), as PyG shares ``edge_index``. ``kernel='smp'`` uses SMP kernels (shared
+points per layer), ``'mlp'`` Wang et al.'s MLP kernels; the rest of the network is identical, so the two are compared
+like for like.
 
 Input (``forward``, ``forward_features``): ``features [B, N, in_chans]``, ``positions [B, N, dim]`` and an optional
 ``mask [B, N]`` (bool, True = real point) as arguments, as a dict with those keys, or as a tuple
 ``(features, positions[, mask])`` in the first argument. Positions are expected at unit scale (about ``[-1, 1]^d``):
 the neighbourhood radii are in those units. The input's value checks are one host read per forward (skipped while
-exporting: :func:`~smpconv_models.layers.point_conv.check_point_set`).
+exporting: :func:`~smpconv_models.layers.neighbors.check_point_set`).
 """
 # No ``from __future__ import annotations`` (as the other families: fx copies annotations into generated code).
 from typing import NamedTuple
@@ -21,13 +24,17 @@ from timm.layers import DropPath, get_act_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor
 
-from ..layers import PointConv, check_point_set, farthest_point_sample, random_point_sample
+from ..layers import Neighborhood, PointConv, check_point_set, farthest_point_sample, random_point_sample
 from ..layers.masked import MaskedBatchNorm1d, masked_pool
 from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import SMPModelMixin
 from ._family import NO_STRIDES, ModelFamily, TrainingDefaults
 
 __all__ = ['SMPPointNet', 'PointSet']
+
+# sampling='fps_subset' runs farthest-point sampling on a grid pool of this many real points per kept point.
+FPS_SUBSET = 4
+SAMPLINGS = ('fps', 'fps_subset', 'random')
 
 
 class PointSet(NamedTuple):
@@ -81,14 +88,32 @@ class PointResBlock(nn.Module):
         nn.init.zeros_(self.bn2.weight)  # each block starts as the identity
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None) -> Tensor:
-        y = self.act(self.bn1(self.conv(x, positions, mask=mask, check_values=False), mask))
+    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None,
+                neighbors: Neighborhood | None = None) -> Tensor:
+        y = self.act(self.bn1(self.conv(x, positions, mask=mask, check_values=False, neighbors=neighbors), mask))
         y = self.bn2(self.mix(y), mask)
         return self.act(x + self.drop_path(y))
 
 
+def _search_key(conv: PointConv) -> tuple:
+    """What a layer's neighbourhood depends on besides the points: layers on one set with equal keys share it."""
+    return conv.k, conv.radius, conv.chunk_size, conv.backend
+
+
+def _shared_neighbors(conv: PointConv, positions: Tensor, mask: Tensor | None, cache: dict) -> Neighborhood:
+    """``conv``'s neighbourhood on the set ``positions`` (query = support), searched once per search key."""
+    key = _search_key(conv)
+    if key not in cache:
+        cache[key] = conv.find_neighbors(positions, mask=mask)
+    return cache[key]
+
+
 class PointStage(nn.Module):
-    """Subsample to ``n_points`` (None: keep all), convolve onto the kept points, then residual blocks."""
+    """Subsample to ``n_points`` (None: keep all), convolve onto the kept points, then residual blocks.
+
+    ``neighbors``: a dict of neighbourhoods on the input set (query = support) by search parameters
+    (``k``, ``radius``, ...), owned by the caller; the stage searches each neighbourhood it needs once, and on
+    return the dict holds those of the output set, so the next layers on that set reuse them."""
 
     def __init__(self, in_chans: int, out_chans: int, n_points: int | None, conv_args: dict, act_layer,
                  drop_path: tuple, sampling: str):
@@ -99,23 +124,30 @@ class PointStage(nn.Module):
         self.act = act_layer()
         self.blocks = nn.ModuleList([PointResBlock(out_chans, conv_args, act_layer, dp) for dp in drop_path])
 
-    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None) -> PointSet:
+    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None, neighbors: dict | None = None) -> PointSet:
+        cache = {} if neighbors is None else neighbors
         n = positions.shape[1]
         m = n if self.n_points is None else min(n, self.n_points)
         if m < n:
-            if self.sampling == 'fps':
-                idx = farthest_point_sample(positions.detach(), m, mask)
-            else:
+            if self.sampling == 'random':
                 real = mask if mask is not None else torch.ones(positions.shape[:2], dtype=torch.bool,
                                                                 device=positions.device)
                 idx = random_point_sample(real, m)
+            else:
+                subset = min(n, FPS_SUBSET * m) if self.sampling == 'fps_subset' else None
+                idx = farthest_point_sample(positions.detach(), m, mask, subset=subset)
             query = positions.gather(1, idx.unsqueeze(-1).expand(-1, -1, positions.shape[-1]))
             query_mask = mask.gather(1, idx) if mask is not None else None
+            x = self.down(x, positions, query, mask, check_values=False,
+                          neighbors=self.down.find_neighbors(positions, query, mask))
+            cache.clear()  # the output set is a new one
         else:
             query, query_mask = positions, mask
-        x = self.act(self.bn(self.down(x, positions, query, mask, check_values=False), query_mask))
+            x = self.down(x, positions, None, mask, check_values=False,
+                          neighbors=_shared_neighbors(self.down, positions, mask, cache))
+        x = self.act(self.bn(x, query_mask))
         for block in self.blocks:
-            x = block(x, query, query_mask)
+            x = block(x, query, query_mask, _shared_neighbors(block.conv, query, query_mask, cache))
         return PointSet(x, query, query_mask)
 
 
@@ -139,7 +171,10 @@ def _unpack(features, positions, mask):
 class SMPPointNet(SMPModelMixin, nn.Module):
     """Point-set classifier: a ``PointConv`` stem, stages of subsampling + ``PointConv`` residual blocks, masked
     global pooling, a linear head. ``kernel='smp' | 'mlp'``; ``kernel_args`` go to every layer's kernel;
-    ``learn_positions`` / ``learn_radius`` (False) freeze every SMP kernel's points (paper Tables 6-7)."""
+    ``sampling='fps' | 'fps_subset' | 'random'`` (``'fps_subset'``: farthest-point sampling on a pool of ``FPS_SUBSET``
+    times the kept count of real points spread over the set (:func:`~smpconv_models.layers.neighbors.grid_pool`),
+    for sets where the exact sampler's ``O(N m)`` steps dominate); ``learn_positions`` / ``learn_radius`` (False)
+    freeze every SMP kernel's points (paper Tables 6-7)."""
 
     def __init__(
             self,
@@ -169,8 +204,8 @@ class SMPPointNet(SMPModelMixin, nn.Module):
         if not (len(depths) == len(stage_points) == n_stages and len(radii) == n_stages):
             raise ValueError(f'widths, depths, stage_points and radii need one entry per stage, got {len(widths)}, '
                              f'{len(depths)}, {len(stage_points)}, {len(radii)}')
-        if sampling not in ('fps', 'random'):
-            raise ValueError(f"sampling must be 'fps' or 'random', got {sampling!r}")
+        if sampling not in SAMPLINGS:
+            raise ValueError(f'sampling must be one of {", ".join(map(repr, SAMPLINGS))}, got {sampling!r}')
         if any(m is not None and int(m) < 1 for m in stage_points):
             raise ValueError(f'stage_points must be positive (or None: keep every point), got {stage_points}')
         act = get_act_layer(act_layer) if isinstance(act_layer, str) else act_layer
@@ -217,9 +252,12 @@ class SMPPointNet(SMPModelMixin, nn.Module):
         check_point_set(features, positions, mask, in_channels=self.in_chans, dim=self.dim)  # one host sync
         if mask is not None:
             positions = positions.masked_fill(~mask.unsqueeze(-1), 0.0)
-        x = self.stem_act(self.stem_bn(self.stem(features, positions, mask=mask, check_values=False), mask))
+        neighbors: dict = {}  # neighbourhoods on the current set by search parameters: one search per resolution
+        x = self.stem(features, positions, mask=mask, check_values=False,
+                      neighbors=_shared_neighbors(self.stem, positions, mask, neighbors))
+        x = self.stem_act(self.stem_bn(x, mask))
         for stage in self.stages:
-            x, positions, mask = stage(x, positions, mask)
+            x, positions, mask = stage(x, positions, mask, neighbors)
         return PointSet(x, positions, mask)
 
     def forward_head(self, x, pre_logits: bool = False, mask: Tensor | None = None) -> Tensor:
@@ -254,7 +292,11 @@ def _cfg(**kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({'smpconv_points.untrained': _cfg()})
+default_cfgs = generate_default_cfgs({
+    'smpconv_points.untrained': _cfg(),
+    # input_size: a padded shapes3d set of 1,024 points (the data holds 1k-10k per set)
+    'smpconv_points_3d.untrained': _cfg(num_classes=8, input_size=(3, 1024, 3), mean=(0.0,) * 3, std=(1.0,) * 3),
+})
 
 
 @register_model
@@ -267,10 +309,22 @@ def smpconv_points(pretrained: bool = False, **kwargs) -> SMPPointNet:
                                 **FAMILY.check_kwargs('smpconv_points', kwargs))
 
 
+@register_model
+def smpconv_points_3d(pretrained: bool = False, **kwargs) -> SMPPointNet:
+    """3-d point-set classifier sized for sets of 1k-10k points at unit scale (``shapes3d``): features = xyz
+    (``in_chans=3``), PointConv stem (32 channels, radius 0.2) + 3 stages (64, 128, 256 channels on 512, 128 and 32
+    farthest points, radii 0.25, 0.5, 1.0), at most 16 neighbours, SMP kernels with 8 shared points."""
+    model_args = dict(in_chans=3, num_classes=8, dim=3, stem_width=32, widths=(64, 128, 256), depths=(1, 1, 1),
+                      stage_points=(512, 128, 32), radii=(0.25, 0.5, 1.0), stem_radius=0.2, k=16)
+    return build_model_with_cfg(SMPPointNet, 'smpconv_points_3d', pretrained,
+                                pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=dict(flatten_sequential=True),
+                                **dict(model_args, **FAMILY.check_kwargs('smpconv_points_3d', kwargs)))
+
+
 # No official recipe: AdamW, cosine with one warmup epoch, no augmentation.
 FAMILY = ModelFamily(
-    name='smpconv_points', model_cls=SMPPointNet, variants=('smpconv_points',), input_kind='points',
-    input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn, feature_maps='refused',
+    name='smpconv_points', model_cls=SMPPointNet, variants=('smpconv_points', 'smpconv_points_3d'),
+    input_kind='points', input_layers=INPUT_LAYERS, checkpoint_filter=checkpoint_filter_fn, feature_maps='refused',
     refused_kwargs={
         'deploy': 'it has nothing to reparameterize (its kernels are evaluated at neighbour offsets, not folded into '
                   'dense weights) and runs as built',

@@ -156,7 +156,8 @@ _HELP = {
             "column); sequences: 'ts:DIR/NAME' (UEA / UCR DIR/NAME_TRAIN.ts and _TEST.ts), 'npz:PATH' (x_train, "
             "y_train, x_test, y_test), 'speechcommands:ROOT' (SpeechCommands/speech_commands_v0.02/); point sets: "
             "'digits-points[:DRAWS]' (the embedded digits as 2-d point sets for smpconv_points; DRAWS random draws "
-            "per training digit, default 4)",
+            "per training digit, default 4), 'shapes3d[:POINTS]' (generated 3-d point clouds of 8 solids for "
+            "smpconv_points_3d; POINTS per set 'N' or 'LO-HI', default 1000-10000)",
     'output_dir': 'run folder: last/, best/, state/, metrics.jsonl, summary.json, kernels.png',
     'epochs': 'training epochs (recipe default)',
     'batch_size': 'global batch size over all processes (split across them)',

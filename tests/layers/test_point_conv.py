@@ -146,7 +146,7 @@ def test_radius_search_keeps_nearest_within_ball():
 
 def test_torch_cluster_backend_matches_plain_search():
     """The optional torch_cluster path returns the plain path's k nearest (run only where torch_cluster installs)."""
-    from smpconv_models.layers.point_conv import _has_torch_cluster
+    from smpconv_models.layers.neighbors import _has_torch_cluster
 
     pos = torch.rand(2, 40, 3, generator=torch.Generator().manual_seed(8))
     mask = torch.ones(2, 40, dtype=torch.bool)

@@ -40,6 +40,9 @@ FAMILIES = {
     'smpconv_tcn_mnist': (dict(seq_len=64, depth=2, width=8), lambda g: dict(x=torch.randn(2, 1, 64, generator=g))),
     'smpconv_irregular_tcn': (dict(depth=2, width=8, seq_len=32), lambda g: _irregular(g)),
     'smpconv_points': (dict(), lambda g: _points(g)),
+    # 3-d, 256 points per set: the stem's search (256 x 256 pairs) takes the kd-tree path, the stages the plain one
+    'smpconv_points_3d': (dict(stem_width=8, widths=(8, 16), depths=(1, 1), stage_points=(64, 16), radii=(0.5, 1.0),
+                               stem_radius=0.4), lambda g: _points(g, 256, 3)),
     'smpconv_ensemble': (dict(member='smpconv_tcn_mnist', n_members=2, seq_len=64, depth=2, width=8, causal=False,
                               global_pool='avgmax'),
                          lambda g: dict(x=torch.randn(2, 1, 64, generator=g))),
@@ -53,11 +56,12 @@ def _irregular(g: torch.Generator) -> dict:
     return dict(values=torch.randn(2, 1, 32, generator=g), timestamps=t, mask=mask)
 
 
-def _points(g: torch.Generator) -> dict:
-    mask = torch.ones(2, 40, dtype=torch.bool)
-    mask[1, 30:] = False
-    return dict(features=torch.randn(2, 40, 1, generator=g), positions=torch.rand(2, 40, 2, generator=g) * 2 - 1,
-                mask=mask)
+def _points(g: torch.Generator, n: int = 40, dim: int = 2) -> dict:
+    mask = torch.ones(2, n, dtype=torch.bool)
+    mask[1, n - n // 4:] = False
+    positions = torch.rand(2, n, dim, generator=g) * 2 - 1
+    features = torch.randn(2, n, 1, generator=g) if dim == 2 else positions.clone()  # 3-d sets: xyz as features
+    return dict(features=features, positions=positions, mask=mask)
 
 
 def test_every_family_is_covered():

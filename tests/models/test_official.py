@@ -22,7 +22,7 @@ PARAMS = {
     'smpconv_tcn_scifar10': 373_480, 'smpconv_tcn_chartraj': 373_790, 'smpconv_tcn_speech': 391_840,
     'smpconv_tcn_speech_raw': 370_960,
     'smpconv_irregular_tcn': 370_960, 'smpconv_irregular_tcn_chartraj': 373_790,
-    'smpconv_points': 68_706,
+    'smpconv_points': 68_706, 'smpconv_points_3d': 1_126_056,
     'smpconv_ensemble': 5 * 373_790,  # five smpconv_tcn_chartraj members by default
 }
 

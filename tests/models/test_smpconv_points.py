@@ -112,3 +112,56 @@ def test_bad_config():
         timm.create_model('smpconv_points', widths=(8, 16), depths=(1,))
     with pytest.raises(ValueError, match="global_pool must be"):
         timm.create_model('smpconv_points', global_pool='token')
+
+
+def _forward_searching_per_layer(model, feats, pos, mask):
+    """The network with every PointConv searching its own neighbourhood (the forward before sharing; reference)."""
+    from smpconv_models.layers import farthest_point_sample
+
+    pos = pos.masked_fill(~mask[..., None], 0.0)
+    x = model.stem_act(model.stem_bn(model.stem(feats, pos, mask=mask), mask))
+    for stage in model.stages:
+        if stage.n_points is not None and stage.n_points < pos.shape[1]:
+            idx = farthest_point_sample(pos, stage.n_points, mask)
+            query, query_mask = pos.gather(1, idx[..., None].expand(-1, -1, pos.shape[-1])), mask.gather(1, idx)
+        else:
+            query, query_mask = pos, mask
+        x = stage.act(stage.bn(stage.down(x, pos, query, mask), query_mask))
+        for block in stage.blocks:
+            y = block.act(block.bn1(block.conv(x, query, mask=query_mask), query_mask))
+            x = block.act(x + block.bn2(block.mix(y), query_mask))
+        pos, mask = query, query_mask
+    return model.forward_head(PointSet(x, pos, mask))
+
+
+@pytest.mark.parametrize('kernel', ['smp', 'mlp'])
+def test_one_search_per_resolution_gives_the_same_logits(kernel, monkeypatch):
+    """Layers on one point set with the same k and radius share one search: 3 searches instead of 7 here (stem;
+    stage 0's down conv and its two blocks on the 12 kept points; stage 1 keeps those points, same radius), and
+    the logits are bit for bit those of every layer searching for itself (float64)."""
+    import importlib
+
+    from tests.helpers import randomize_bn_
+
+    point_conv_module = importlib.import_module('smpconv_models.layers.point_conv')
+
+    torch.manual_seed(4)
+    model = timm.create_model('smpconv_points', kernel=kernel, stem_width=6, widths=(8, 8), depths=(2, 2),
+                              stage_points=(12, None), radii=(0.6, 0.6), k=6).double().eval()
+    randomize_bn_(model)  # opens the zero-initialised residual branches
+    feats, pos, mask = (t.double() if t.is_floating_point() else t for t in _inputs(n=30))
+    searches = []
+    search = point_conv_module.find_neighbors
+    monkeypatch.setattr(point_conv_module, 'find_neighbors', lambda *a, **kw: searches.append(a) or search(*a, **kw))
+    with torch.no_grad():
+        shared = model(feats, pos, mask)
+        assert len(searches) == 3
+        expected = _forward_searching_per_layer(model, feats, pos, mask)
+        assert len(searches) == 10
+    assert torch.equal(shared, expected)
+    # a block with another radius gets its own search
+    model.stages[1].blocks[1].conv.radius = 0.9
+    searches.clear()
+    with torch.no_grad():
+        model(feats, pos, mask)
+    assert len(searches) == 4

@@ -19,7 +19,7 @@ __all__ = ['Row', 'ROWS', 'TARGETS']
 
 @dataclass(frozen=True)
 class Row:
-    """A benchmark row: ``run(quick)`` and the ratio it aims for (None: no peer, no ratio)."""
+    """A benchmark row: ``run(quick)`` and the ratio it aims for (None: no peer, or no ratio target)."""
 
     run: Callable[[bool], dict[str, Any]]
     target: float | None = None
@@ -38,6 +38,7 @@ ROWS: Mapping[str, Row] = MappingProxyType({
     'point_conv_scaling': Row(points.point_conv_scaling),
     'upernet_smpconv_t_train_vs_convnext_tiny_512': Row(segmentation.upernet_train_vs_convnext, 0.75),
     'upernet_smpconv_t_infer_vs_convnext_tiny_512': Row(segmentation.upernet_infer_vs_convnext, 1.0),
+    **{name: Row(run, target) for name, (run, target) in points.SCALE_ROWS.items()},
 })
 
 # the ratio each row with a peer aims for (reported beside it)

@@ -5,7 +5,8 @@ sMNIST / pMNIST / sCIFAR10 tasks, image folders, Hugging Face image datasets), `
 files), ``arrays`` (``.npz`` arrays, Hugging Face sequence datasets), ``audio`` (Speech Commands, MFCC),
 ``sequences`` (padding, normalisation and augmentation shared by the sequence sources), ``irregular`` (any sequence
 set as irregularly sampled series: observations dropped per series, ``digits-irregular``), ``points``
-(``digits-points``: the digits as 2-d point sets). Nothing is ever downloaded.
+(``digits-points``: the digits as 2-d point sets), ``shapes3d`` (generated 3-d point clouds of eight solids).
+Nothing is ever downloaded.
 """
 from __future__ import annotations
 
@@ -21,16 +22,17 @@ from .images import hf_images, image_folder, sequence_permutation, sequential_se
 from .irregular import drop_observations, to_irregular
 from .points import digits_points
 from .sequences import SequenceAugment, SequenceSet, parse_augment, standardise_series
+from .shapes3d import parse_point_range, shapes3d
 
 __all__ = ['DataBundle', 'build_data', 'EpochShuffleSampler', 'DatasetNotFoundError', 'sequence_permutation',
            'fixed_split', 'need_root', 'DATA_SPECS', 'read_ts', 'TsFile', 'SequenceSet', 'SequenceAugment',
            'parse_augment', 'standardise_series', 'mfcc', 'read_wav', 'drop_observations', 'to_irregular',
-           'digits_points']
+           'digits_points', 'shapes3d']
 
 # The --data specs, in the order the error message and --help list them.
 DATA_SPECS = ('digits', 'digits-irregular', 'cifar10:ROOT', 'cifar100:ROOT', 'mnist:ROOT', 'smnist:ROOT',
               'pmnist:ROOT', 'scifar10:ROOT', 'folder:ROOT', 'hf:PATH', 'ts:DIR/NAME', 'npz:PATH',
-              'speechcommands:ROOT', 'digits-points[:DRAWS]')
+              'speechcommands:ROOT', 'digits-points[:DRAWS]', 'shapes3d[:POINTS]')
 
 # --missing-rate of 'digits-irregular' when none is given (the middle of the protocol's 0.3 / 0.5 / 0.7)
 DIGITS_MISSING_RATE = 0.5
@@ -67,6 +69,8 @@ def build_data(spec: str, model_kind: str, img_size: int | None = None, seed: in
         if root and not root.isdigit():
             raise ValueError(f'digits-points[:DRAWS] takes a number of training draws, got {root!r}')
         return digits_points(model_kind, test_fraction, int(root) if root else 4)
+    if name == 'shapes3d':
+        return shapes3d(model_kind, test_fraction, *([parse_point_range(root)] if root else []))
     if name in ('smnist', 'pmnist', 'scifar10'):
         if model_kind != 'sequence':
             raise ValueError(f'{name} is a sequence task; use a smpconv_tcn_* model')
