@@ -110,11 +110,9 @@ def test_deployment_rows_have_targets_and_main_accepts_onnx_methods(monkeypatch,
     assert json.loads(capsys.readouterr().out) == {'onnx_fft_methods': rows}
 
 
-def test_set_abstraction_peer_is_chunked_like_point_conv(monkeypatch):
+def test_set_abstraction_peer_is_chunked_like_point_conv():
     """The point-layer rows' peer: max over neighbours of an MLP on [f_j, p_j - p_i]; its query chunks (recomputed
     in backward) give the same outputs and gradients as one pass."""
-    import importlib
-
     torch.manual_seed(0)
     peer = peers.SetAbstraction(4, 5).double()
     feats, pos = torch.randn(1, 30, 4, dtype=torch.float64), torch.rand(1, 30, 3, dtype=torch.float64)
@@ -124,8 +122,7 @@ def test_set_abstraction_peer_is_chunked_like_point_conv(monkeypatch):
     whole = peer(feats, pos, idx)
     torch.testing.assert_close(whole, expected)
     grads = torch.autograd.grad(whole.square().sum(), list(peer.parameters()))
-    point_conv_module = importlib.import_module('smpconv_models.layers.point_conv')
-    monkeypatch.setattr(point_conv_module, 'GATHER_BLOCK', 6 * 7)  # chunks of 7 queries
+    peer.gather_block = 6 * 7  # chunks of 7 queries
     chunked = peer(feats, pos, idx)
     torch.testing.assert_close(chunked, expected)
     for a, b in zip(torch.autograd.grad(chunked.square().sum(), list(peer.parameters())), grads):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from ..layers import MAGNetKernel, SMPConv, same_conv
+from ..layers.point_conv import GATHER_BLOCK
 
 __all__ = ['MLPKernelConv', 'use_mlp_kernels', 'SetAbstraction']
 
@@ -43,8 +45,9 @@ class SetAbstraction(nn.Module):
     ``F_in + d -> F_out -> F_out``, in the same query chunks (recomputed in backward) as
     :func:`~smpconv_models.layers.point_conv`."""
 
-    def __init__(self, in_chans: int, out_chans: int, dim: int = 3):
+    def __init__(self, in_chans: int, out_chans: int, dim: int = 3, gather_block: int = GATHER_BLOCK):
         super().__init__()
+        self.gather_block = int(gather_block)  # elements gathered per query chunk
         self.mlp = nn.Sequential(nn.Linear(in_chans + dim, out_chans), nn.ReLU(), nn.Linear(out_chans, out_chans))
 
     def block(self, features: torch.Tensor, positions: torch.Tensor, query: torch.Tensor, idx: torch.Tensor
@@ -54,12 +57,8 @@ class SetAbstraction(nn.Module):
         return self.mlp(torch.cat([f, offsets], -1)).amax(1)[None]
 
     def forward(self, features: torch.Tensor, positions: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        from torch.utils.checkpoint import checkpoint
-
-        from ..layers.point_conv import GATHER_BLOCK  # read per call (tests shrink it)
-
         m, k = idx.shape
-        chunk = max(1, GATHER_BLOCK // k)
+        chunk = max(1, self.gather_block // k)
         if chunk >= m:
             return self.block(features, positions, positions, idx)
         return torch.cat([checkpoint(self.block, features, positions, positions[:, s:s + chunk], idx[s:s + chunk],
