@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 from .layers import MLPKernel, SMPConvBase, SMPPointKernel, kernel_coords
 from .models import load_model
 
-__all__ = ['pyplot', 'plot_kernels', 'plot_smp_kernels', 'plot_point_kernels', 'select_smp_layers', 'layer_kernels',
+__all__ = ['pyplot', 'has_grid_smp_kernels', 'plot_kernels',
+           'plot_smp_kernels', 'plot_point_kernels', 'select_smp_layers', 'layer_kernels',
            'add_l1_balls', 'save_figure', 'load_model', 'main']
 
 
@@ -177,6 +178,12 @@ def plot_smp_kernels(model: nn.Module, path: str | os.PathLike, layers: Sequence
                 ax.tick_params(labelsize=6)
             ax.set_title(title, fontsize=7)
     return save_figure(fig, path)
+
+
+def has_grid_smp_kernels(model: nn.Module) -> bool:
+    """Whether ``model`` holds grid SMP convolutions (what ``train.py``'s ``kernels.png`` draws; none with MLP
+    kernels)."""
+    return any(isinstance(m, SMPConvBase) for m in model.modules())
 
 
 def plot_kernels(model: nn.Module, path: str | os.PathLike, max_layers: int = 4) -> Path:

@@ -27,10 +27,9 @@ from torch.utils.data import DataLoader
 
 from .._io import write_json_atomic, write_text_atomic
 from ..hub import push_to_hub, save_pretrained
-from ..layers import SMPConvBase
 from ..models import family_of
 from ..models.ensemble import check_member
-from ..viz import plot_kernels
+from ..viz import has_grid_smp_kernels, plot_kernels
 from .checkpoint import STATE_DIR
 from .config import TrainConfig
 from .data import build_data, standardise_series
@@ -142,7 +141,7 @@ def run_ensemble(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, A
         'command': ' '.join(argv if argv is not None else sys.argv), 'output_dir': str(out),
         'best': str(out / 'last'), 'last': str(out / 'last'), 'metrics': str(out / 'metrics.jsonl'),
     }
-    if cfg.plot and any(isinstance(m, SMPConvBase) for m in model.members[0].modules()):
+    if cfg.plot and has_grid_smp_kernels(model.members[0]):
         summary['plot'] = str(plot_kernels(model.members[0], out / 'kernels.png'))
     if cfg.push_to_hub:
         try:

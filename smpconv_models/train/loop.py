@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader
 
 from .._io import write_json_atomic, write_text_atomic
 from ..hub import push_to_hub, save_pretrained
-from ..layers import SMPConvBase, clamp_radii_, share_kernels, smp_param_groups
+from ..layers import clamp_radii_, share_kernels, smp_param_groups
 from ..models import build_model, family_of
-from ..viz import plot_kernels
+from ..viz import has_grid_smp_kernels, plot_kernels
 from .checkpoint import STATE_DIR, load_training_state, save_training_state
 from .config import TrainConfig, recipe_for, recipe_model_args, small_data_schedule, uses_small_data_recipe
 from .data import EpochShuffleSampler, SequenceAugment, build_data, parse_augment, standardise_series
@@ -337,7 +337,7 @@ def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
         save_pretrained(unwrapped, out / 'last', source=f'trained with smpconv-models train.py on {cfg.data}',
                         metrics={k: last_metrics[k] for k in ('epoch', 'eval_top1', 'eval_top5')} if last_metrics
                         else None, recipe=_recipe_card(cfg), model_args=model_args)
-        if cfg.plot and any(isinstance(m, SMPConvBase) for m in unwrapped.modules()):  # none with MLP kernels
+        if cfg.plot and has_grid_smp_kernels(unwrapped):
             summary['plot'] = str(plot_kernels(unwrapped, out / 'kernels.png'))
         if cfg.push_to_hub:
             try:
