@@ -95,6 +95,46 @@ def test_full_size_model_traces_as_one_graph(name):
         assert explained.graph_count == 1
 
 
+# The point-set and irregular-series families at full size on their registered example inputs: the value checks are
+# run-time asserts in the graph, the neighbour search a custom op, and the irregular kernels' source windows static.
+@pytest.mark.parametrize('name', ['smpconv_points', 'smpconv_points_3d', 'smpconv_irregular_tcn_chartraj'])
+def test_full_size_non_grid_model_traces_as_one_graph(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name)
+    inputs = smpconv_models.models.family_of(name).example_inputs(model, 2)
+    for train in (True, False):
+        model.train(train)
+        torch._dynamo.reset()
+        with torch.set_grad_enabled(train):
+            explained = torch._dynamo.explain(model)(*inputs)
+        assert explained.graph_break_count == 0, (train, [str(b.reason)[:300] for b in explained.break_reasons])
+        assert explained.graph_count == 1
+
+
+def test_compiled_irregular_tcn_asserts_its_window_and_data_checks():
+    """A compiled irregular TCN's static source windows serve timestamps at least ``min_gap`` apart: closer ones, and
+    NaN timestamps, raise at run time (the eager model serves the first and names the second as a ValueError); a
+    lower ``min_gap`` serves them, equal to eager."""
+    torch.manual_seed(0)
+    model = timm.create_model('smpconv_irregular_tcn', **IRREGULAR).double().eval()
+    values, timestamps, mask = irregular_series(2, seed=3)
+    dense = timestamps * 0.3  # gaps of 0.3-0.9 time units
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        expected = model(values, dense, mask)
+        with pytest.raises(RuntimeError, match='min_gap'):
+            compiled(values, dense, mask)
+        bad = timestamps.clone()
+        bad[0, 0] = float('nan')
+        with pytest.raises(ValueError, match='timestamps hold NaN'):
+            model(values, bad, mask)
+        with pytest.raises(RuntimeError, match='timestamps hold NaN'):
+            compiled(values, bad, mask)
+        model.min_gap = 0.25
+        torch._dynamo.reset()
+        assert _rel(torch.compile(model)(values, dense, mask), expected) < 1e-12
+
+
 def test_train_cli_compile_matches_eager(tmp_path):
     """train.py --compile trains the same weights as the eager run (tiny TCN, two SGD steps: Adam would amplify
     rounding differences of near-zero gradients)."""
@@ -128,7 +168,7 @@ IRREGULAR = dict(depth=1, width=4, n_points=4, seq_len=12, radius=0.15)
 
 @pytest.mark.parametrize('kernel', ['smp', 'mlp'])
 def test_compile_point_set_model_matches_eager(kernel):
-    """smpconv_points (farthest-point sampling, radius search; the input check's host read is a graph break)."""
+    """smpconv_points (farthest-point sampling, radius search; the input checks are run-time asserts)."""
     torch.manual_seed(0)
     model = timm.create_model('smpconv_points', kernel=kernel, **POINTS).double()
     randomize_bn_(model)  # the blocks' last BatchNorm starts at zero: open the residual branches
@@ -136,8 +176,8 @@ def test_compile_point_set_model_matches_eager(kernel):
 
 
 def test_compile_irregular_tcn_matches_eager():
-    """smpconv_irregular_tcn on real timestamps with a mask (the pairwise path; host reads for the data checks and
-    gather widths), then at another batch size without a mask."""
+    """smpconv_irregular_tcn on real timestamps with a mask (the pairwise path in static source windows; the data
+    checks are run-time asserts), then at another batch size without a mask."""
     torch.manual_seed(0)
     model = timm.create_model('smpconv_irregular_tcn', **IRREGULAR).double()
     randomize_bn_(model)

@@ -9,18 +9,26 @@ grid kernel) and an observed-``mask`` ``[B, L]`` (bool). A causal conv of kernel
 
 a plain sum over the past observations (no ``1 / |N(x_i)|``: on a full grid this *is* the grid conv). The SMP
 kernel (:class:`~smpconv_models.layers.smp_conv.SMPCausalConv1d`, Eq. 1 with its point average) is evaluated at
-kernel coordinate ``1 - 2 (t_i - t_j) / (K - 1)`` (tap ``K - 1`` = lag 0) locally: the hats are narrow, so each
-point is evaluated only at the sources whose lags fall inside its radius (:func:`pairwise_smp_causal_conv`). The
-small branch's taps become the piecewise-linear interpolant of the lag (:func:`pairwise_small_causal_conv`), and
-:class:`MLPCausalConv1d` (Wang et al.'s kernel MLP) evaluates all lags within the kernel's span. Query steps go in
-chunks of at most ``chunk_budget`` elements, each recomputed in backward, so memory stays bounded for long series.
-:func:`observed_parallel_conv` combines a grid layer's two branches with BatchNorm statistics over observed steps.
-While exporting (:func:`~smpconv_models.layers.mode.execution_mode` is ``'export'``) no gather width is read from
-the data: every source is gathered (the hats are exactly zero outside their windows, so the sums are the same).
+kernel coordinate ``1 - 2 (t_i - t_j) / (K - 1)`` (tap ``K - 1`` = lag 0), the small branch's taps become the
+piecewise-linear interpolant of the lag (:func:`pairwise_small_causal_conv`), and :class:`MLPCausalConv1d` (Wang et
+al.'s kernel MLP) evaluates its MLP at the lags.
+
+Every path is windowed: each query step sees only the observations of its :func:`source_window` (the most recent
+observed steps within the kernel's span, found by a binary search in the sorted timestamps), so work and memory are
+``O(L w)`` for ``w`` sources per window, never ``L x L``. In eager mode ``w`` is read from the data (one host read per
+window: exact for any timestamps) and the SMP branch goes further: each point gathers only the sources inside its
+own hat (:func:`pairwise_smp_causal_conv`). A compiled or exported graph cannot read ``w``: it gathers the
+``floor(max_lag / STATIC_MIN_GAP) + 1`` most recent observations, exact when observed timestamps are at least
+:data:`STATIC_MIN_GAP` time units (one grid step) apart, as in any series sampled from the grid (a compiled graph
+checks this at run time, without a host read: :func:`~smpconv_models.layers.mode.check_values`). Query steps go in
+chunks of at most ``chunk_budget`` elements, each recomputed in backward. :func:`observed_parallel_conv` combines a
+grid layer's two branches with BatchNorm statistics over observed steps.
 """
 from __future__ import annotations
 
 import functools
+import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -30,15 +38,18 @@ from torch.utils.checkpoint import checkpoint
 from .causal_conv import causal_conv1d
 from .conv import check_conv_input, check_float_3d
 from .masked import masked_batch_norm
-from .mode import execution_mode
+from .mode import check_values, execution_mode
 from .point_conv import MLPKernel
-from .smp_kernel import divide_by_count, kernel_coords, smp_basis, smp_basis_local
+from .smp_kernel import divide_by_count, hat_count, kernel_coords, smp_basis, smp_basis_local
 
-__all__ = ['check_irregular_inputs', 'pairwise_smp_causal_conv', 'pairwise_small_causal_conv', 'MLPCausalConv1d',
-           'observed_parallel_conv', 'observed_first', 'PAIRWISE_CHUNK']
+__all__ = ['check_irregular_inputs', 'SourceWindow', 'source_window', 'pairwise_smp_causal_conv',
+           'pairwise_small_causal_conv', 'MLPCausalConv1d', 'observed_parallel_conv', 'observed_first',
+           'PAIRWISE_CHUNK', 'STATIC_MIN_GAP']
 
 # elements of the [B, G, P, q, W] hat basis the pairwise path holds at once (float32: 64 MiB)
 PAIRWISE_CHUNK = 1 << 24
+# the smallest time between two observations that compiled and exported graphs serve exactly (module docstring)
+STATIC_MIN_GAP = 1.0
 
 
 def check_irregular_inputs(values: Tensor, timestamps: Tensor | None, mask: Tensor | None, in_chans: int
@@ -80,40 +91,95 @@ def lag_coords(lag: Tensor, kernel_size: int) -> Tensor:
     return 1.0 - lag * (2.0 / (kernel_size - 1))
 
 
+class SourceWindow(NamedTuple):
+    """The sources of every query step (a neighbourhood as data): ``index [B, L, w]`` (source steps in input order,
+    the query itself last; any step where not ``valid``), ``lag [B, L, w]`` (``t_i - t_j``; 0 where not ``valid``)
+    and ``valid [B, L, w]`` (an observed query and source with ``0 <= lag <= max_lag``)."""
+
+    index: Tensor
+    lag: Tensor
+    valid: Tensor
+
+
+def source_window(timestamps: Tensor, mask: Tensor, max_lag: float, static: bool | None = None,
+                  min_gap: float = STATIC_MIN_GAP) -> SourceWindow:
+    """The observed steps each query sees within ``max_lag`` time units back (module docstring): the ``w`` most recent
+    observations up to the query. ``static`` (default: while compiling or exporting) takes ``w = floor(max_lag /
+    min_gap) + 1`` (at most ``L``): exact when observed timestamps are at least ``min_gap`` apart; otherwise ``w`` is
+    the most observations any query's span holds (one host read). A compiled graph asserts that no source of a span
+    was left out."""
+    batch, length = timestamps.shape
+    if static is None:
+        static = execution_mode() in ('compile', 'export')
+    zero = torch.zeros((), dtype=timestamps.dtype, device=timestamps.device)
+    t = torch.where(mask, timestamps, zero)
+    order = observed_first(mask)  # compact position -> step: observed steps first, in time order
+    t_sorted = torch.where(mask.gather(1, order), t.gather(1, order), torch.full_like(zero, float('inf')))
+    rank = (mask.long().cumsum(1) - 1).clamp_min(0)  # each observed step's compact position
+    if static:
+        width = min(length, math.floor(max_lag / min_gap) + 1)
+    else:
+        first = torch.searchsorted(t_sorted, t - max_lag)
+        width = max(1, int(torch.where(mask, rank - first + 1, 0).amax()))  # one host read
+    src = rank[..., None] - (width - 1) + torch.arange(width, device=mask.device)  # [B, L, w] compact positions
+    inside = src >= 0
+    index = order.gather(1, src.clamp_min(0).reshape(batch, -1)).reshape(batch, length, width)
+    lag = t[..., None] - t.gather(1, index.reshape(batch, -1)).reshape(index.shape)
+    valid = inside & mask[..., None] & (lag <= max_lag)
+    if static and width < length and execution_mode() == 'compile':
+        before = rank - width  # the latest observation left out of each query's window
+        t_before = t_sorted.gather(1, before.clamp_min(0))
+        kept_all = (~mask | (before < 0) | (t - t_before > max_lag)).all()
+        check_values([(kept_all, f'a compiled irregular-series graph serves observations at least min_gap={min_gap} '
+                                 'time units apart (a kernel span held more observations than its static window; '
+                                 'lower min_gap)')])
+    return SourceWindow(index, torch.where(valid, lag, zero), valid)
+
+
+def _gather_sources(x: Tensor, index: Tensor) -> Tensor:
+    """``x [B, C, L]`` at the window's source steps ``index [B, q, w]``: ``[B, C, q, w]``."""
+    batch, chans = x.shape[:2]
+    flat = index.reshape(batch, 1, -1).expand(-1, chans, -1)
+    return x.gather(2, flat).reshape(batch, chans, *index.shape[1:])
+
+
 def pairwise_small_causal_conv(weight: Tensor, bias: Tensor | None, x: Tensor, timestamps: Tensor, mask: Tensor,
-                               chunk_budget: int = PAIRWISE_CHUNK) -> Tensor:
+                               chunk_budget: int = PAIRWISE_CHUNK, min_gap: float = STATIC_MIN_GAP) -> Tensor:
     """A small causal conv (``weight [C_out, C_in, S]``, tap ``S - 1 - m`` at lag ``m``) at the timestamp differences:
     the piecewise-linear interpolant of its taps in time (falling linearly to zero at lag ``S``), so at integer lags
-    it is the grid conv; ``[B, C_out, L]``."""
+    it is the grid conv; ``[B, C_out, L]``. Sources: the :func:`source_window` of ``S`` time units."""
+    taps = weight.shape[-1]
+    window = source_window(timestamps, mask, float(taps), min_gap=min_gap)
     batch, chans, length = x.shape
-    q = max(1, min(length, chunk_budget // max(1, _chunk_batch(batch) * chans * length * weight.shape[-1])))
-    out = _chunked(functools.partial(_small_chunk, weight), x, timestamps, mask, weight.shape[-1], q)
+    width = window.index.shape[-1]
+    q = max(1, min(length, chunk_budget // max(1, _chunk_batch(batch) * chans * width * taps)))
+    out = _over_query_chunks(functools.partial(_small_chunk, weight), x, window, q)
     return out if bias is None else out + bias[:, None]
 
 
-def _small_chunk(weight: Tensor, lag: Tensor, valid: Tensor, x: Tensor) -> Tensor:
-    """Small branch for one chunk: the piecewise-linear interpolant of the taps in time (unit hats at lags
-    ``0..S-1``); ``weight [C_out, C_in, S]``, ``x [B, C_in, L]``; returns ``[B, C_out, q]``."""
-    batch, q, length = lag.shape
+def _small_chunk(weight: Tensor, index: Tensor, lag: Tensor, valid: Tensor, x: Tensor) -> Tensor:
+    """Small branch for one chunk of queries (``index`` / ``lag`` / ``valid`` ``[B, q, w]``): unit hats in time at
+    lags ``0..S-1`` weight the taps; ``weight [C_out, C_in, S]``, ``x [B, C_in, L]``; returns ``[B, C_out, q]``."""
     taps = weight.shape[-1]
-    knots = torch.arange(taps, device=lag.device, dtype=lag.dtype).reshape(1, taps, 1)
-    ones = torch.ones(1, taps, device=lag.device, dtype=lag.dtype)
-    hat = smp_basis(lag.reshape(batch, q * length, 1), knots, ones)[:, 0]  # [B, S, q*L]: relu(1 - |lag - m|)
-    hat = hat.unflatten(-1, (q, length)) * valid[:, None]
-    z = torch.einsum('bmqj,bcj->bcmq', hat, x)
+    knots = torch.arange(taps, device=lag.device, dtype=lag.dtype)
+    hat = (1 - (lag[..., None] - knots).abs()).clamp_min(0) * valid[..., None]  # [B, q, w, S]: relu(1 - |lag - m|)
+    z = torch.einsum('bqwm,bcqw->bcmq', hat.to(x.dtype), _gather_sources(x, index))
     return torch.einsum('ocm,bcmq->boq', weight.flip(-1), z)  # weight[..., S-1-m] is the tap at lag m
 
 
 def pairwise_smp_causal_conv(conv: nn.Module, x: Tensor, timestamps: Tensor, mask: Tensor,
-                             chunk_budget: int = PAIRWISE_CHUNK) -> Tensor:
+                             chunk_budget: int = PAIRWISE_CHUNK, min_gap: float = STATIC_MIN_GAP) -> Tensor:
     """``sum_j k(t_i - t_j) x_j`` over observed ``j`` with ``0 <= t_i - t_j <= K - 1`` for a causal SMP conv.
 
-    Local evaluation: each point's hat covers lags ``((1 - p - r), (1 - p + r)) * (K - 1) / 2``, so per point and
-    query only the few sources whose timestamps fall in that window are gathered (a binary search in the sorted
+    Eager: local evaluation. Each point's hat covers lags ``((1 - p - r), (1 - p + r)) * (K - 1) / 2``, so per point
+    and query only the few sources whose timestamps fall in that window are gathered (a binary search in the sorted
     timestamps) and evaluated (:func:`smp_basis_local`); ``|N(x)|`` counts the hats covering each coordinate by a
     binary search in the sorted hat edges. Memory and work scale with ``B G P L W`` (``W``: the most sources any
-    hat window holds) instead of ``B G P L^2``; query steps go in chunks of ``chunk_budget`` elements, each
-    recomputed in backward when autograd records."""
+    hat window holds). Compiled or exported: every point at every source of the kernel span's static
+    :func:`source_window` (``B G P L w``). Query steps go in chunks of ``chunk_budget`` elements, each recomputed in
+    backward when autograd records."""
+    if execution_mode() in ('compile', 'export'):
+        return _windowed_smp_conv(conv, x, timestamps, mask, chunk_budget, min_gap)
     batch, chans, length = x.shape
     groups, n_points = conv.weight_coord.shape[:2]
     k = conv.kernel_size[0]
@@ -132,23 +198,19 @@ def pairwise_smp_causal_conv(conv: nn.Module, x: Tensor, timestamps: Tensor, mas
         lag_hi = ((1.0 - pos + rad) * scale + margin).to(t_query.dtype)
         window_lo = (t_query[:, None, None, :] - lag_hi[None, :, :, None]).reshape(batch, -1)
         window_hi = (t_query[:, None, None, :] - lag_lo[None, :, :, None]).reshape(batch, -1)
-        if execution_mode() == 'export':  # no gather width read from the data: every source (module docstring)
-            start = torch.zeros_like(window_lo, dtype=torch.long).reshape(batch, groups, n_points, length)
-            end, width = start + length, length
-        else:
-            start = torch.searchsorted(t_source, window_lo).reshape(batch, groups, n_points, length)
-            end = torch.searchsorted(t_source, window_hi, right=True).reshape(batch, groups, n_points, length)
-            width = int((end - start).amax())  # one host read: the gather width
+        start = torch.searchsorted(t_source, window_lo).reshape(batch, groups, n_points, length)
+        end = torch.searchsorted(t_source, window_hi, right=True).reshape(batch, groups, n_points, length)
+        width = int((end - start).amax())  # one host read: the gather width
         edges = ((pos - rad).sort(1).values, (pos + rad).sort(1).values)  # hat supports, per filter
     out = x.new_zeros(batch, groups, length)
     if width > 0:
-        q = max(1, min(length, chunk_budget // max(1, _chunk_batch(batch) * groups * n_points * width)))
+        q = max(1, min(length, chunk_budget // max(1, batch * groups * n_points * width)))
         outs = []
         for s in range(0, length, q):
             args = (start[..., s:s + q], end[..., s:s + q], t_query[:, s:s + q], x_mixed)
             fn = functools.partial(_smp_local_chunk, conv, t_source, width, edges)
             outs.append(checkpoint(fn, *args, use_reentrant=False) if _records() else fn(*args))
-        out_compact = torch.cat(outs, -1)
+        out_compact = torch.cat(outs, -1) * observed[:, None].to(x.dtype)  # unobserved queries: zero
         out = out.scatter(2, order[:, None].expand(-1, groups, -1), out_compact)  # back to the input's order
     return out + _bias(conv, x)
 
@@ -170,17 +232,36 @@ def _smp_local_chunk(conv: nn.Module, t_source: Tensor, width: int, edges: tuple
     h = smp_basis_local(coords.reshape(batch, groups, n_points, q * width, 1), conv.weight_coord, conv.radius)
     h = h.reshape(index.shape)
     if conv.normalize:  # |N(x)| = #{p: p - r < x < p + r} (Eq. 1), from the sorted hat edges of each filter
-        if execution_mode() == 'export':  # no search operator in ONNX; every point sees every source: compare once
-            flat = coords[:, :, :1].transpose(0, 1).reshape(groups, -1, 1)
-            count = (edges[0][:, None] < flat).sum(-1) - (edges[1][:, None] <= flat).sum(-1)  # searchsorted's counts
-            count = count.reshape(groups, batch, 1, q, width)
-        else:
-            flat = coords.transpose(0, 1).reshape(groups, -1)
-            count = torch.searchsorted(edges[0], flat) - torch.searchsorted(edges[1], flat, right=True)
-            count = count.reshape(groups, batch, n_points, q, width)
-        h = divide_by_count(h, count.transpose(0, 1).to(h.dtype))
+        flat = coords.transpose(0, 1).reshape(groups, -1)
+        count = torch.searchsorted(edges[0], flat) - torch.searchsorted(edges[1], flat, right=True)
+        h = divide_by_count(h, count.reshape(groups, batch, n_points, q, width).transpose(0, 1).to(h.dtype))
     source = x_mixed.gather(3, index.reshape(batch, groups, n_points, q * width)).reshape(index.shape)
     return (h * valid * source).sum((2, 4))
+
+
+def _windowed_smp_conv(conv: nn.Module, x: Tensor, timestamps: Tensor, mask: Tensor, chunk_budget: int,
+                       min_gap: float) -> Tensor:
+    """The compiled / exported form of :func:`pairwise_smp_causal_conv`: every point's hat at every source of the
+    static :func:`source_window` of ``K - 1`` time units (no host read, no ``L x L`` tensor)."""
+    k = conv.kernel_size[0]
+    window = source_window(timestamps, mask, float(k - 1), min_gap=min_gap)
+    batch, _, length = x.shape
+    groups, n_points = conv.weight_coord.shape[:2]
+    width = window.index.shape[-1]
+    x_mixed = torch.einsum('gcp,bcj->bgpj', conv.weights, x).flatten(1, 2)  # [B, G*P, L]
+    q = max(1, min(length, chunk_budget // max(1, _chunk_batch(batch) * groups * n_points * width)))
+
+    def chunk(index: Tensor, lag: Tensor, valid: Tensor, xm: Tensor) -> Tensor:
+        nq = index.shape[1]
+        coords = lag_coords(lag, k).to(conv.weight_coord.dtype).reshape(batch, nq * width, 1)
+        h = smp_basis(coords, conv.weight_coord, conv.radius)  # [B, G, P, q*w]
+        if conv.normalize:
+            h = divide_by_count(h, hat_count(h))
+        h = h.reshape(batch, groups, n_points, nq, width) * valid[:, None, None]
+        source = _gather_sources(xm, index).reshape(batch, groups, n_points, nq, width)
+        return (h * source).sum((2, 4))
+
+    return _over_query_chunks(chunk, x_mixed, window, q) + _bias(conv, x)
 
 
 def observed_first(mask: Tensor) -> Tensor:
@@ -208,20 +289,16 @@ def _bias(conv: nn.Module, x: Tensor) -> Tensor | float:
     return 0.0 if bias is None else bias.to(x.dtype)[:, None]
 
 
-def _chunked(fn, inputs: Tensor, timestamps: Tensor, mask: Tensor, max_lag: float, q: int) -> Tensor:
-    """``fn(lag, valid, inputs)`` over query chunks of ``q`` steps (lags ``[B, q, L]`` up to ``max_lag`` from
-    observed sources), concatenated along the last axis."""
-    length = timestamps.shape[1]
+def _over_query_chunks(fn, inputs: Tensor, window: SourceWindow, q: int) -> Tensor:
+    """``fn(index, lag, valid, inputs)`` over chunks of ``q`` query steps of ``window`` (``[B, q, w]`` each; each
+    chunk recomputed in backward when autograd records), concatenated along the last axis."""
+    length = window.index.shape[1]
+    records = _records()
     outs = []
-    records = _records()  # the kernels' parameters take part: recompute each chunk in backward
     for start in range(0, length, q):
-        lag = timestamps[:, start:start + q, None] - timestamps[:, None, :]  # [B, q, L]
-        valid = (lag >= 0) & (lag <= max_lag) & mask[:, None, :]
-        lag = torch.where(valid, lag, torch.zeros((), dtype=lag.dtype, device=lag.device))
-        if records:
-            outs.append(checkpoint(fn, lag, valid, inputs, use_reentrant=False))
-        else:
-            outs.append(fn(lag, valid, inputs))
+        args = (window.index[:, start:start + q], window.lag[:, start:start + q], window.valid[:, start:start + q],
+                inputs)
+        outs.append(checkpoint(fn, *args, use_reentrant=False) if records else fn(*args))
     return torch.cat(outs, -1)
 
 
@@ -258,25 +335,28 @@ class MLPCausalConv1d(nn.Module):
         check_conv_input(x, 1, self.in_channels, 'MLPCausalConv1d')
         return causal_conv1d(x, self.generate_kernel(), self.bias, fft=self.fft)
 
-    def pairwise(self, x: Tensor, timestamps: Tensor, mask: Tensor, chunk_budget: int = PAIRWISE_CHUNK) -> Tensor:
-        """``sum_j g(t_i - t_j) x_j`` over observed ``j`` with ``0 <= t_i - t_j <= K - 1``: ``[B, C_out, L]``."""
+    def pairwise(self, x: Tensor, timestamps: Tensor, mask: Tensor, chunk_budget: int = PAIRWISE_CHUNK,
+                 min_gap: float = STATIC_MIN_GAP) -> Tensor:
+        """``sum_j g(t_i - t_j) x_j`` over observed ``j`` with ``0 <= t_i - t_j <= K - 1`` (the :func:`source_window`
+        of ``K - 1`` time units): ``[B, C_out, L]``."""
+        window = source_window(timestamps, mask, float(self.kernel_size[0] - 1), min_gap=min_gap)
         batch, chans, length = x.shape
-        hidden = self.mlp_kernel.basis_size
-        q = max(1, min(length, chunk_budget // max(1, _chunk_batch(batch) * length * max(hidden, chans))))
+        hidden, width = self.mlp_kernel.basis_size, window.index.shape[-1]
+        q = max(1, min(length, chunk_budget // max(1, _chunk_batch(batch) * width * max(hidden, chans))))
 
-        def chunk(lag: Tensor, valid: Tensor, xx: Tensor) -> Tensor:
-            basis = self.mlp_kernel.basis(lag_coords(lag, self.kernel_size[0])[..., None])  # [B, q, L, H]
-            z = torch.einsum('bqjh,bcj->bchq', basis * valid[..., None], xx)
+        def chunk(index: Tensor, lag: Tensor, valid: Tensor, xx: Tensor) -> Tensor:
+            basis = self.mlp_kernel.basis(lag_coords(lag, self.kernel_size[0])[..., None])  # [B, q, w, H]
+            z = torch.einsum('bqwh,bcqw->bchq', basis * valid[..., None], _gather_sources(xx, index))
             return torch.einsum('och,bchq->boq', self.mlp_kernel.weights, z)
 
-        return _chunked(chunk, x, timestamps, mask, self.kernel_size[0] - 1, q) + _bias(self, x)
+        return _over_query_chunks(chunk, x, window, q) + _bias(self, x)
 
     def extra_repr(self) -> str:
         return f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}'
 
 
 def observed_parallel_conv(pair: nn.Module, x: Tensor, mask: Tensor, timestamps: Tensor | None = None,
-                           chunk_budget: int = PAIRWISE_CHUNK) -> Tensor:
+                           chunk_budget: int = PAIRWISE_CHUNK, min_gap: float = STATIC_MIN_GAP) -> Tensor:
     """``BN(long(x)) + BN(small(x))`` of a parallel causal layer
     (:class:`~smpconv_models.layers.reparam.SMPParallelCausalConv1d`) on series with observed steps ``mask``:
     training BatchNorm statistics over the observed steps only (:func:`masked_batch_norm`; eval BatchNorm is
@@ -292,6 +372,6 @@ def observed_parallel_conv(pair: nn.Module, x: Tensor, mask: Tensor, timestamps:
         raise ValueError(f'a reparameterized {type(pair).__name__} holds a dense integer-lag kernel: it serves integer '
                          'timestamps only (got non-integer ones)')
     small = pair.small_conv.conv
-    long_out = pair.smp.conv.pairwise(x, timestamps, mask, chunk_budget)
-    small_out = pairwise_small_causal_conv(small.weight, small.bias, x, timestamps, mask, chunk_budget)
+    long_out = pair.smp.conv.pairwise(x, timestamps, mask, chunk_budget, min_gap)
+    small_out = pairwise_small_causal_conv(small.weight, small.bias, x, timestamps, mask, chunk_budget, min_gap)
     return masked_batch_norm(long_out, mask, pair.smp.bn) + masked_batch_norm(small_out, mask, pair.small_conv.bn)

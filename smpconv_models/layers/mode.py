@@ -13,6 +13,9 @@ and TorchScript must differ.
 * ``'script'``: TorchScript. Python-only code (custom autograd Functions, caches, the export forms) is marked
   :func:`python_only`, so the compiler never reads it.
 
+Checks of input *values* (finite, ordered, enough points) go through :func:`check_values`: one host read in eager
+mode, run-time asserts inside a compiled graph (no graph break), none in an exported graph.
+
 The eager-only shortcuts are :func:`python_only` methods or functions reached only when :func:`is_eager`; the few
 other places that differ by mode ask :func:`execution_mode`.
 """
@@ -25,7 +28,7 @@ import torch
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 __all__ = ['execution_mode', 'is_eager', 'python_only', 'is_torchscript_onnx_export', 'is_jit_tracing',
-           'computes_in_half_precision', 'EXECUTION_MODES']
+           'computes_in_half_precision', 'check_values', 'EXECUTION_MODES']
 
 EXECUTION_MODES = ('eager', 'compile', 'export', 'trace', 'script')
 
@@ -87,3 +90,21 @@ def computes_in_half_precision(x: torch.Tensor) -> bool:
         return False
     else:  # (compiled by TorchScript only on the branch it takes)
         return torch.is_autocast_enabled('cpu')
+
+
+def check_values(checks: list[tuple[torch.Tensor, str]], error: type[Exception] = ValueError) -> None:
+    """Raise ``error(message)`` for the first ``(flag, message)`` whose 0-d bool ``flag`` is false. Eager (and
+    traced) code reads every flag in one host sync; a ``torch.compile`` graph asserts each flag at run time instead
+    (``torch._assert_async``: a ``RuntimeError`` with the message, and no graph break); an exported graph skips the
+    checks (an exporter cannot raise on values)."""
+    mode = execution_mode()
+    if mode == 'export' or not checks:
+        return
+    if mode == 'compile':
+        for flag, message in checks:
+            torch._assert_async(flag, message)
+        return
+    ok = torch.stack([flag for flag, _ in checks]).tolist()
+    for good, (_, message) in zip(ok, checks):
+        if not good:
+            raise error(message)

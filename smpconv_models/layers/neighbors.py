@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .conv import check_float_3d
-from .mode import execution_mode
+from .mode import check_values, execution_mode
 
 __all__ = ['Neighborhood', 'find_neighbors', 'pair_distances', 'farthest_point_sample', 'grid_pool',
            'random_point_sample', 'check_point_set', 'check_point_set_shapes']
@@ -95,28 +95,21 @@ def check_point_set(features: Tensor, positions: Tensor, mask: Tensor | None = N
                     in_channels: int | None = None, dim: int | None = None, k: int | None = None) -> None:
     """Raise a clear error for a malformed point set: shapes, dtypes, batch and point counts, a bad mask, and (one
     host sync) non-finite positions of real points or fewer real points than ``k`` (k-nearest-neighbour search).
-    While a graph is captured for export (:func:`~smpconv_models.layers.mode.execution_mode`) only the shape
-    and dtype checks run: an exported graph cannot read values on the host."""
+    The value checks go through :func:`~smpconv_models.layers.mode.check_values`: run-time asserts in a compiled
+    graph (no graph break), skipped in an exported one (only the shape and dtype checks run there)."""
     check_point_set_shapes(features, positions, mask, query, in_channels, dim)
     n = features.shape[1]
     if k is not None and k > n:
         raise ValueError(f'k={k} neighbours requested but the sets hold only N={n} points')
-    if execution_mode() == 'export':
-        return
     finite = torch.isfinite(positions).all(-1)
-    flags = [(finite if mask is None else finite | ~mask).all()]
+    checks = [((finite if mask is None else finite | ~mask).all(),
+               'positions contain NaN or infinite values (at points the mask marks as real)')]
     if query is not None:
-        flags.append(torch.isfinite(query).all())
+        checks.append((torch.isfinite(query).all(), 'query positions contain NaN or infinite values'))
     if k is not None and mask is not None:
-        flags.append(mask.sum(1).min() >= k)
-    ok = torch.stack(flags).tolist()
-    if not ok[0]:
-        raise ValueError('positions contain NaN or infinite values (at points the mask marks as real)')
-    if query is not None and not ok[1]:
-        raise ValueError('query positions contain NaN or infinite values')
-    if k is not None and mask is not None and not ok[-1]:
-        raise ValueError(f'k={k} nearest neighbours requested but a set has only {int(mask.sum(1).min())} valid '
-                         'points (mask); lower k or use radius search')
+        checks.append((mask.sum(1).min() >= k, f'k={k} nearest neighbours requested but a set has fewer valid points '
+                                               '(mask); lower k or use radius search'))
+    check_values(checks)
 
 
 def _check_neighborhood(neighbors: Neighborhood, batch: int, m: int, k: int, n: int) -> None:

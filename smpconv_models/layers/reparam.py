@@ -18,7 +18,7 @@ from torch import Tensor
 from .causal_conv import sequence_conv1d
 from .conv import check_conv_input, direct_same_conv, prefers_channels_last, same_conv
 from .fused import bns_have_statistics, cached_eval_value, folds_in_eval
-from .irregular_conv import PAIRWISE_CHUNK, observed_parallel_conv
+from .irregular_conv import PAIRWISE_CHUNK, STATIC_MIN_GAP, observed_parallel_conv
 from .mode import is_eager, python_only
 from .smp_conv import SMPCausalConv1d, SMPConv, SMPConvBase, SMPDepthwiseConv2d
 
@@ -338,7 +338,8 @@ class SMPParallelCausalConv1d(SMPReparamConv):
     :class:`~smpconv_models.layers.irregular_conv.MLPCausalConv1d`; ``n_points``, ``radius``, ``coord_std`` and the
     ``learn_*`` switches are then the SMP kernel's and unused). ``forward(x, mask, timestamps)`` takes irregular
     series too (:func:`~smpconv_models.layers.irregular_conv.observed_parallel_conv`, query chunks of
-    ``pairwise_chunk`` elements).
+    ``pairwise_chunk`` elements; compiled and exported graphs serve timestamps at least ``min_gap`` apart, the
+    attribute set by the irregular-series TCN).
 
     ``causal=False``: both kernels centred on the output step (odd sizes; :class:`SMPCausalConv1d` and
     :class:`CausalConv1d` with ``causal=False``), the small one folded into the middle of the SMP one; grid series
@@ -379,6 +380,7 @@ class SMPParallelCausalConv1d(SMPReparamConv):
         self.in_channels, self.out_channels, self.ndim = int(in_channels), int(out_channels), 1
         self.kernel_size, self.small_kernel_size, self.fft = (int(kernel_size),), int(small_kernel_size), fft
         self.pairwise_chunk = int(pairwise_chunk)
+        self.min_gap = STATIC_MIN_GAP
         self.causal = bool(causal)
         dd = dict(device=device, dtype=dtype)
         smp = small = None
@@ -406,7 +408,7 @@ class SMPParallelCausalConv1d(SMPReparamConv):
                              'evaluates causal kernels')
         if mask is None:
             mask = torch.ones(x.shape[0], x.shape[-1], dtype=torch.bool, device=x.device)
-        return observed_parallel_conv(self, x, mask, timestamps, self.pairwise_chunk)
+        return observed_parallel_conv(self, x, mask, timestamps, self.pairwise_chunk, self.min_gap)
 
     def _pad_small(self, weight: Tensor) -> Tensor:
         if not self.causal:  # both centred: pad both sides

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .causal_conv import sequence_conv1d
 from .conv import check_conv_input, same_conv
-from .irregular_conv import PAIRWISE_CHUNK, pairwise_smp_causal_conv
+from .irregular_conv import PAIRWISE_CHUNK, STATIC_MIN_GAP, pairwise_smp_causal_conv
 from .smp_kernel import kernel_coords, smp_kernel
 from .smp_points import SMPPoints
 
@@ -270,10 +270,11 @@ class SMPCausalConv1d(SMPConvBase):
         return f'{super().extra_repr()}, causal={self.causal}'
 
     @torch.jit.ignore
-    def pairwise(self, x: Tensor, timestamps: Tensor, mask: Tensor, chunk_budget: int = PAIRWISE_CHUNK) -> Tensor:
+    def pairwise(self, x: Tensor, timestamps: Tensor, mask: Tensor, chunk_budget: int = PAIRWISE_CHUNK,
+                 min_gap: float = STATIC_MIN_GAP) -> Tensor:
         """The same kernels at the timestamp differences of irregular series
         (:func:`~smpconv_models.layers.irregular_conv.pairwise_smp_causal_conv`): ``[B, C_out, L]``."""
         if not self.causal:
             raise ValueError('the irregular-series (pairwise) path evaluates causal kernels only: this '
                              'SMPCausalConv1d has causal=False')
-        return pairwise_smp_causal_conv(self, x, timestamps, mask, chunk_budget)
+        return pairwise_smp_causal_conv(self, x, timestamps, mask, chunk_budget, min_gap)

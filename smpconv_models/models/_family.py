@@ -67,9 +67,10 @@ def _sequence_inputs(model: nn.Module, batch_size: int, size: int | None) -> tup
 
 def _irregular_inputs(model: nn.Module, batch_size: int, size: int | None) -> tuple[Tensor, ...]:
     """``(values [B, C, L], timestamps [B, L], mask [B, L])``: ``L`` the kernel length unless given, real
-    timestamps with gaps uniform in ``[0.5, 1.5)``, the last series' final quarter unobserved."""
+    timestamps with gaps uniform in ``[g, 2 g)`` for the model's ``min_gap`` ``g`` (compiled and exported graphs serve
+    gaps of at least ``g``), the last series' final quarter unobserved."""
     dd, length = _dd(model), size or model.seq_len
-    timestamps = (torch.rand(batch_size, length, **dd) + 0.5).cumsum(1)
+    timestamps = ((torch.rand(batch_size, length, **dd) + 1.0) * model.min_gap).cumsum(1)
     mask = torch.ones(batch_size, length, dtype=torch.bool, device=dd['device'])
     mask[-1, length - length // 4:] = False
     return torch.randn(batch_size, model.in_chans, length, **dd), timestamps, mask

@@ -16,17 +16,18 @@ Two exact paths compute it. When the observed timestamps are integers (the dropp
 *grid path* runs the blocks on the zero-filled series (length = the longest span in the batch) with every hidden
 feature masked to observed steps: a zero feature contributes nothing to a sum, so this equals the pairwise
 definition (tested in float64). Otherwise the *pairwise path* evaluates the kernels at the timestamp differences
-(:func:`~smpconv_models.layers.irregular_conv.pairwise_smp_causal_conv`: ``B G P L W`` values for ``W`` sources per
-hat window instead of ``B G P L^2``; query chunks of at most ``pairwise_chunk`` elements, recomputed in backward).
+within each query's source window (:mod:`~smpconv_models.layers.irregular_conv`: ``O(L w)`` for ``w`` sources per
+window, never ``L x L``; query chunks of at most ``pairwise_chunk`` elements, recomputed in backward).
 
 The logits come from the last observed step of each series (``global_pool='last'``, the grid TCN's last step),
 or from a mean / max over observed steps (``'avg'`` / ``'max'``; ``'avgmax'``: both, side by side). With
 ``kernel='mlp'`` each SMP branch is built as the MLP kernel of
 :class:`~smpconv_models.layers.irregular_conv.MLPCausalConv1d` on the same lags (for the side-by-side comparison).
-One host read per forward checks the inputs and picks the path (the pairwise path reads one gather width per SMP
-layer); none while exporting, where the pairwise path serves every input
-(:meth:`SMPConvIrregularTCN.forward_features`). The masked BatchNorm statistics are per process (no SyncBatchNorm
-across processes). The kernels are causal (``causal=False`` is refused).
+One host read per forward checks the inputs and picks the path (the pairwise path reads one source-window width per
+kernel); none in a compiled or exported graph, where the pairwise path serves every input, in source windows of
+static width (exact for observed timestamps at least ``min_gap`` time units apart; a compiled graph asserts it and
+the data checks at run time, :meth:`SMPConvIrregularTCN.forward_features`). The masked BatchNorm statistics are per
+process (no SyncBatchNorm across processes). The kernels are causal (``causal=False`` is refused).
 """
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import SMPParallelCausalConv1d
-from ..layers.irregular_conv import PAIRWISE_CHUNK, MLPCausalConv1d, check_irregular_inputs
+from ..layers.irregular_conv import PAIRWISE_CHUNK, STATIC_MIN_GAP, MLPCausalConv1d, check_irregular_inputs
 from ..layers.masked import masked_pool
-from ..layers.mode import execution_mode
+from ..layers.mode import check_values, execution_mode
 from ._checkpoint import adapt_input_layers, validate_for_model
 from ._common import SMPModelMixin
 from ._family import NO_STRIDES, ModelFamily, TrainingDefaults
@@ -70,7 +71,9 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
     module docstring). Its modules are the grid TCN's (:class:`TCNBlock` with :class:`SMPParallelCausalConv1d`), so a
     :class:`~smpconv_models.models.smpconv_tcn.SMPConvTCN` state dict of the same configuration loads unchanged.
     ``seq_len`` is the kernel length in time units (grid steps). Its kernels are causal: ``causal=False`` (the grid
-    TCN's centred kernels) is refused with a ``ValueError``."""
+    TCN's centred kernels) is refused with a ``ValueError``. ``min_gap``: the smallest time between two observations
+    that compiled and exported graphs serve exactly (their source windows hold ``floor((K - 1) / min_gap) + 1``
+    observations; eager mode serves any timestamps)."""
 
     def __init__(
             self,
@@ -90,6 +93,7 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
             mlp_hidden: int = 32,
             mlp_depth: int = 2,
             pairwise_chunk: int = PAIRWISE_CHUNK,
+            min_gap: float = STATIC_MIN_GAP,
             use_fft: bool | None = None,
             kernel_scale: float = 1.0,
             deploy: bool = False,
@@ -119,6 +123,7 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
                                   use_fft, drop_rate, deploy, learn_positions, learn_radius, observed_norm=True,
                                   kernel_layer=kernel_layer, pairwise_chunk=pairwise_chunk, **dd),
             in_chans, depth, width, num_classes, **dd)
+        self.min_gap = min_gap
         if kernel_scale != 1.0:
             self.rescale_kernels(kernel_scale)
 
@@ -135,6 +140,19 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
             if isinstance(m, SMPParallelCausalConv1d):
                 m.pairwise_chunk = int(value)
 
+    @property
+    def min_gap(self) -> float:
+        """The smallest time between observations that compiled and exported graphs serve exactly (every layer's)."""
+        return next(m.min_gap for m in self.modules() if isinstance(m, SMPParallelCausalConv1d))
+
+    @min_gap.setter
+    def min_gap(self, value: float) -> None:
+        if not float(value) > 0:
+            raise ValueError(f'min_gap must be positive, got {value}')
+        for m in self.modules():
+            if isinstance(m, SMPParallelCausalConv1d):
+                m.min_gap = float(value)
+
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Fold every block's two branches and BatchNorms into one dense causal kernel on the integer-lag grid
@@ -146,30 +164,35 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
 
     # --- the forward paths ---------------------------------------------------------------------------------------
 
-    def _plan(self, values: Tensor, timestamps: Tensor, mask: Tensor) -> tuple[bool, int]:
-        """Data checks and the path: ``(grid, span)``; one host read."""
-        finite_t = torch.where(mask, timestamps, 0).isfinite().all()
-        finite_v = torch.where(mask[:, None], values, 0).isfinite().all()
-        any_obs = mask.any(1).all()
+    @staticmethod
+    def _value_checks(values: Tensor, timestamps: Tensor, mask: Tensor) -> list[tuple[Tensor, str]]:
+        """The data checks, as ``(flag, message)`` pairs for :func:`check_values`."""
         big = torch.finfo(timestamps.dtype).max
         # observed timestamps strictly increase in index order: compare each with the previous observed one
         prev = torch.cummax(torch.where(mask, timestamps, -big), 1).values
         prev = F.pad(prev, (1, 0), value=-big)[:, :-1]
-        increasing = ((timestamps > prev) | ~mask).all()
+        return [
+            (torch.where(mask, timestamps, 0).isfinite().all(), 'timestamps hold NaN or infinite values at observed '
+                                                                'steps'),
+            (torch.where(mask[:, None], values, 0).isfinite().all(), 'values hold NaN or infinite entries at observed '
+                                                                     'steps (mark missing ones in mask)'),
+            (mask.any(1).all(), 'every series needs at least one observed step (a mask row is all False)'),
+            (((timestamps > prev) | ~mask).all(), 'observed timestamps must strictly increase along each series'),
+        ]
+
+    def _plan(self, values: Tensor, timestamps: Tensor, mask: Tensor) -> tuple[bool, int]:
+        """Data checks and the path: ``(grid, span)``; one host read."""
+        big = torch.finfo(timestamps.dtype).max
         integer = (torch.where(mask, timestamps - timestamps.round(), 0) == 0).all()
         first = torch.where(mask, timestamps, big).amin(1)
         last = torch.where(mask, timestamps, -big).amax(1)
         span = torch.where(mask.any(1), last - first, 0).amax()
-        flags = torch.stack([finite_t, finite_v, any_obs, increasing, integer]).to(torch.float64)
-        finite_t, finite_v, any_obs, increasing, integer, span = torch.cat([flags, span.double()[None]]).tolist()
-        if not finite_t:
-            raise ValueError('timestamps hold NaN or infinite values at observed steps')
-        if not finite_v:
-            raise ValueError('values hold NaN or infinite entries at observed steps (mark missing ones in mask)')
-        if not any_obs:
-            raise ValueError('every series needs at least one observed step (a mask row is all False)')
-        if not increasing:
-            raise ValueError('observed timestamps must strictly increase along each series')
+        checks = self._value_checks(values, timestamps, mask)
+        flags = torch.stack([flag for flag, _ in checks] + [integer]).to(torch.float64)
+        *ok, integer, span = torch.cat([flags, span.double()[None]]).tolist()
+        for good, (_, message) in zip(ok, checks):
+            if not good:
+                raise ValueError(message)
         if not integer:
             return False, 0
         return True, int(span) + 1
@@ -199,24 +222,30 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
         path when the observed timestamps are integers spanning at most ``GRID_SPAN_FACTOR`` x ``L`` steps),
         ``'grid'`` or ``'pairwise'`` (both exact).
 
-        While a graph is captured for export (``torch.export.export``, ``torch.onnx.export``: see
-        :func:`~smpconv_models.layers.mode.execution_mode`) the path is chosen from static information only:
-        ``'auto'`` is the pairwise path, which serves any timestamps (real or integer; the grid path's length is the
-        data's span, a host read), ``'grid'`` is an error, the data checks that read values are skipped (shapes and
-        dtypes are still checked) and the pairwise path gathers every source instead of reading the gather width.
-        The exported graph therefore needs the continuous kernels (no :meth:`reparameterize`)."""
+        While a graph is captured for export (``torch.export.export``, ``torch.onnx.export``) or compiled
+        (``torch.compile``; see :func:`~smpconv_models.layers.mode.execution_mode`) the path is chosen from static
+        information only: ``'auto'`` is the pairwise path (the grid path's length is the data's span, a host read),
+        whose kernels see static source windows (``min_gap``); the data checks become run-time asserts in a compiled
+        graph and are skipped in an exported one (shapes and dtypes are still checked). ``'grid'`` is an error while
+        exporting, and so is a reparameterized model (the graph evaluates the continuous kernels at timestamp
+        differences); compiling either runs the eager planning, with its host reads (graph breaks)."""
         if path not in ('auto', 'grid', 'pairwise'):
             raise ValueError(f"path must be 'auto', 'grid' or 'pairwise', got {path!r}")
         timestamps, mask = check_irregular_inputs(values, timestamps, mask, self.in_chans)
         x = torch.where(mask[:, None], values, torch.zeros((), dtype=values.dtype, device=values.device))
-        if execution_mode() == 'export':
+        mode = execution_mode()
+        folded = any(m.reparam_conv is not None for m in self.modules() if isinstance(m, SMPParallelCausalConv1d))
+        if mode == 'export':
             if path == 'grid':
                 raise ValueError("path='grid' cannot be exported (its length is the data's span, a host read); "
                                  "export path='auto' or 'pairwise', which serve any timestamps")
-            if any(m.reparam_conv is not None for m in self.modules() if isinstance(m, SMPParallelCausalConv1d)):
+            if folded:
                 raise ValueError('a reparameterized SMPConvIrregularTCN cannot be exported: the exported graph '
                                  'evaluates the continuous kernels at timestamp differences (export the model without '
                                  'reparameterize / --no-reparam)')
+            return self._run_blocks(x, mask, timestamps)
+        if mode == 'compile' and path != 'grid' and not folded:
+            check_values(self._value_checks(values, timestamps, mask))
             return self._run_blocks(x, mask, timestamps)
         integer, span = self._plan(values, timestamps, mask)
         if path == 'grid' and not integer:
