@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 
-import smpconv_models  # noqa: F401
+import smpconv_models
 from smpconv_models.experiments.compile_check import compare_compiled, deterministic_
 
 from .helpers import irregular_series, point_sets, randomize_bn_
