@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
@@ -40,11 +41,11 @@ from .conv import check_conv_input, check_float_3d
 from .masked import masked_batch_norm
 from .mode import check_values, execution_mode
 from .point_conv import MLPKernel
-from .smp_kernel import divide_by_count, hat_count, kernel_coords, smp_basis, smp_basis_local
+from .smp_kernel import divide_by_count, kernel_coords
 
 __all__ = ['check_irregular_inputs', 'SourceWindow', 'source_window', 'pairwise_smp_causal_conv',
            'pairwise_small_causal_conv', 'MLPCausalConv1d', 'observed_parallel_conv', 'observed_first',
-           'PAIRWISE_CHUNK', 'STATIC_MIN_GAP']
+           'PAIRWISE_CHUNK', 'STATIC_MIN_GAP', 'smp_segments', 'sliding_windows']
 
 # elements of the [B, G, P, q, W] hat basis the pairwise path holds at once (float32: 64 MiB)
 PAIRWISE_CHUNK = 1 << 24
@@ -92,11 +93,13 @@ def lag_coords(lag: Tensor, kernel_size: int) -> Tensor:
 
 
 class SourceWindow(NamedTuple):
-    """The sources of every query step (a neighbourhood as data): ``index [B, L, w]`` (source steps in input order,
-    the query itself last; any step where not ``valid``), ``lag [B, L, w]`` (``t_i - t_j``; 0 where not ``valid``)
-    and ``valid [B, L, w]`` (an observed query and source with ``0 <= lag <= max_lag``)."""
+    """The sources of every query step (a neighbourhood as data), in *compact order* (observed steps first, in time
+    order: ``order [B, L]`` maps compact positions to steps, :func:`observed_first`): the sources of compact query
+    ``r`` are the compact positions ``r - w + 1 .. r`` (the query itself last), so a chunk's sources are one
+    contiguous slice; ``lag [B, L, w]`` (``t_r - t_s``; 0 where not ``valid``) and ``valid [B, L, w]`` (an observed
+    query and source with ``0 <= lag <= max_lag``)."""
 
-    index: Tensor
+    order: Tensor
     lag: Tensor
     valid: Tensor
 
@@ -108,39 +111,58 @@ def source_window(timestamps: Tensor, mask: Tensor, max_lag: float, static: bool
     min_gap) + 1`` (at most ``L``): exact when observed timestamps are at least ``min_gap`` apart; otherwise ``w`` is
     the most observations any query's span holds (one host read). A compiled graph asserts that no source of a span
     was left out."""
-    batch, length = timestamps.shape
+    length = timestamps.shape[1]
     if static is None:
         static = execution_mode() in ('compile', 'export')
     zero = torch.zeros((), dtype=timestamps.dtype, device=timestamps.device)
-    t = torch.where(mask, timestamps, zero)
-    order = observed_first(mask)  # compact position -> step: observed steps first, in time order
-    t_sorted = torch.where(mask.gather(1, order), t.gather(1, order), torch.full_like(zero, float('inf')))
-    rank = (mask.long().cumsum(1) - 1).clamp_min(0)  # each observed step's compact position
+    order = observed_first(mask)
+    observed = mask.gather(1, order)
+    t = torch.where(observed, timestamps.gather(1, order), zero)  # compact order: increasing, then zeros
     if static:
         width = min(length, math.floor(max_lag / min_gap) + 1)
     else:
+        t_sorted = torch.where(observed, t, torch.full_like(zero, float('inf')))
         first = torch.searchsorted(t_sorted, t - max_lag)
-        width = max(1, int(torch.where(mask, rank - first + 1, 0).amax()))  # one host read
-    src = rank[..., None] - (width - 1) + torch.arange(width, device=mask.device)  # [B, L, w] compact positions
-    inside = src >= 0
-    index = order.gather(1, src.clamp_min(0).reshape(batch, -1)).reshape(batch, length, width)
-    lag = t[..., None] - t.gather(1, index.reshape(batch, -1)).reshape(index.shape)
-    valid = inside & mask[..., None] & (lag <= max_lag)
+        rank = torch.arange(length, device=mask.device)
+        width = max(1, int(torch.where(observed, rank - first + 1, 0).amax()))  # one host read
+    lag = t[..., None] - sliding_windows(F.pad(t, (width - 1, 0)), width)  # [B, L, w]: source r - w + 1 + m
+    rank = torch.arange(length, device=mask.device)[:, None]
+    inside = rank + torch.arange(width, device=mask.device) >= width - 1
+    valid = inside & observed[..., None] & (lag <= max_lag)
     if static and width < length and execution_mode() == 'compile':
-        before = rank - width  # the latest observation left out of each query's window
-        t_before = t_sorted.gather(1, before.clamp_min(0))
-        kept_all = (~mask | (before < 0) | (t - t_before > max_lag)).all()
+        before = F.pad(t, (width, 0))[:, :length]  # the latest observation left out of each query's window
+        kept_all = (~observed | (rank[:, 0] < width) | (t - before > max_lag)).all()
         check_values([(kept_all, f'a compiled irregular-series graph serves observations at least min_gap={min_gap} '
                                  'time units apart (a kernel span held more observations than its static window; '
                                  'lower min_gap)')])
-    return SourceWindow(index, torch.where(valid, lag, zero), valid)
+    return SourceWindow(order, torch.where(valid, lag, zero), valid)
 
 
-def _gather_sources(x: Tensor, index: Tensor) -> Tensor:
-    """``x [B, C, L]`` at the window's source steps ``index [B, q, w]``: ``[B, C, q, w]``."""
-    batch, chans = x.shape[:2]
-    flat = index.reshape(batch, 1, -1).expand(-1, chans, -1)
-    return x.gather(2, flat).reshape(batch, chans, *index.shape[1:])
+def sliding_windows(x: Tensor, width: int) -> Tensor:
+    """``x [..., n + width - 1]`` -> ``[..., n, width]``: element ``[..., i, m]`` is ``x[..., i + m]`` (``unfold`` as an
+    index, which every exporter traces)."""
+    n = x.shape[-1] - width + 1
+    return x[..., torch.arange(n, device=x.device)[:, None] + torch.arange(width, device=x.device)]
+
+
+def _windowed(fn, x: Tensor, window: SourceWindow, out_channels: int, chunk_budget: int, per_query: int) -> Tensor:
+    """``fn(lag, valid, sources)`` over chunks of compact query steps (``lag`` / ``valid`` ``[B, q, w]``, ``sources
+    [B, C, q + w - 1]``: the chunk's sources, a contiguous slice of the compact series; each chunk recomputed in
+    backward when autograd records), returned as ``[B, out_channels, L]`` in the input's step order (zero at
+    unobserved steps). ``per_query``: elements a chunk holds per query step (sizes the chunks)."""
+    order, lag, valid = window
+    batch, chans, length = x.shape
+    width = lag.shape[-1]
+    q = max(1, min(length, chunk_budget // max(1, _chunk_batch(batch) * per_query)))
+    x_compact = F.pad(x.gather(2, order[:, None].expand(-1, chans, -1)), (width - 1, 0))
+    records = _records()
+    outs = []
+    for start in range(0, length, q):
+        stop = min(length, start + q)
+        args = (lag[:, start:stop], valid[:, start:stop], x_compact[..., start:stop + width - 1])
+        outs.append(checkpoint(fn, *args, use_reentrant=False) if records else fn(*args))
+    out = torch.cat(outs, -1)
+    return out.new_zeros(batch, out_channels, length).scatter(2, order[:, None].expand(-1, out_channels, -1), out)
 
 
 def pairwise_small_causal_conv(weight: Tensor, bias: Tensor | None, x: Tensor, timestamps: Tensor, mask: Tensor,
@@ -150,118 +172,90 @@ def pairwise_small_causal_conv(weight: Tensor, bias: Tensor | None, x: Tensor, t
     it is the grid conv; ``[B, C_out, L]``. Sources: the :func:`source_window` of ``S`` time units."""
     taps = weight.shape[-1]
     window = source_window(timestamps, mask, float(taps), min_gap=min_gap)
-    batch, chans, length = x.shape
-    width = window.index.shape[-1]
-    q = max(1, min(length, chunk_budget // max(1, _chunk_batch(batch) * chans * width * taps)))
-    out = _over_query_chunks(functools.partial(_small_chunk, weight), x, window, q)
+    out = _windowed(functools.partial(_small_chunk, weight), x, window, weight.shape[0], chunk_budget,
+                    x.shape[1] * taps * window.lag.shape[-1])
     return out if bias is None else out + bias[:, None]
 
 
-def _small_chunk(weight: Tensor, index: Tensor, lag: Tensor, valid: Tensor, x: Tensor) -> Tensor:
-    """Small branch for one chunk of queries (``index`` / ``lag`` / ``valid`` ``[B, q, w]``): unit hats in time at
-    lags ``0..S-1`` weight the taps; ``weight [C_out, C_in, S]``, ``x [B, C_in, L]``; returns ``[B, C_out, q]``."""
-    taps = weight.shape[-1]
+def _small_chunk(weight: Tensor, lag: Tensor, valid: Tensor, sources: Tensor) -> Tensor:
+    """Small branch for one chunk: unit hats in time at lags ``0..S-1`` weight the taps; ``weight [C_out, C_in, S]``;
+    returns ``[B, C_out, q]``."""
+    taps, width = weight.shape[-1], lag.shape[-1]
     knots = torch.arange(taps, device=lag.device, dtype=lag.dtype)
     hat = (1 - (lag[..., None] - knots).abs()).clamp_min(0) * valid[..., None]  # [B, q, w, S]: relu(1 - |lag - m|)
-    z = torch.einsum('bqwm,bcqw->bcmq', hat.to(x.dtype), _gather_sources(x, index))
+    z = torch.einsum('bqwm,bcqw->bcmq', hat.to(sources.dtype), sliding_windows(sources, width))
     return torch.einsum('ocm,bcmq->boq', weight.flip(-1), z)  # weight[..., S-1-m] is the tap at lag m
 
 
 def pairwise_smp_causal_conv(conv: nn.Module, x: Tensor, timestamps: Tensor, mask: Tensor,
                              chunk_budget: int = PAIRWISE_CHUNK, min_gap: float = STATIC_MIN_GAP) -> Tensor:
-    """``sum_j k(t_i - t_j) x_j`` over observed ``j`` with ``0 <= t_i - t_j <= K - 1`` for a causal SMP conv.
+    """``sum_j k(t_i - t_j) x_j`` over observed ``j`` with ``0 <= t_i - t_j <= K - 1`` for a causal SMP conv, in the
+    :func:`source_window` of ``K - 1`` time units.
 
-    Eager: local evaluation. Each point's hat covers lags ``((1 - p - r), (1 - p + r)) * (K - 1) / 2``, so per point
-    and query only the few sources whose timestamps fall in that window are gathered (a binary search in the sorted
-    timestamps) and evaluated (:func:`smp_basis_local`); ``|N(x)|`` counts the hats covering each coordinate by a
-    binary search in the sorted hat edges. Memory and work scale with ``B G P L W`` (``W``: the most sources any
-    hat window holds). Compiled or exported: every point at every source of the kernel span's static
-    :func:`source_window` (``B G P L w``). Query steps go in chunks of ``chunk_budget`` elements, each recomputed in
-    backward when autograd records."""
-    if execution_mode() in ('compile', 'export'):
-        return _windowed_smp_conv(conv, x, timestamps, mask, chunk_budget, min_gap)
-    batch, chans, length = x.shape
-    groups, n_points = conv.weight_coord.shape[:2]
-    k = conv.kernel_size[0]
-    scale = (k - 1) / 2.0  # lag units per kernel-coordinate unit
-    # compact order: observed steps first (time order), unobserved ones after them with time +inf (never a source)
-    order = observed_first(mask)
-    observed = mask.gather(1, order)
-    t_query = torch.where(observed, timestamps.gather(1, order), torch.zeros((), dtype=timestamps.dtype,
-                                                                               device=timestamps.device))
-    t_source = torch.where(observed, t_query, torch.full((), float('inf'), dtype=t_query.dtype, device=x.device))
-    x_mixed = torch.einsum('gcp,bcj->bgpj', conv.weights, x.gather(2, order[:, None].expand(-1, chans, -1)))
-    with torch.no_grad():
-        pos, rad = conv.weight_coord[..., 0], conv.radius.reshape(groups, n_points)
-        margin = 1e-6 * (1.0 + scale)  # windows a hair wider than the hats: rounding never drops a source
-        lag_lo = ((1.0 - pos - rad) * scale - margin).to(t_query.dtype)
-        lag_hi = ((1.0 - pos + rad) * scale + margin).to(t_query.dtype)
-        window_lo = (t_query[:, None, None, :] - lag_hi[None, :, :, None]).reshape(batch, -1)
-        window_hi = (t_query[:, None, None, :] - lag_lo[None, :, :, None]).reshape(batch, -1)
-        start = torch.searchsorted(t_source, window_lo).reshape(batch, groups, n_points, length)
-        end = torch.searchsorted(t_source, window_hi, right=True).reshape(batch, groups, n_points, length)
-        width = int((end - start).amax())  # one host read: the gather width
-        edges = ((pos - rad).sort(1).values, (pos + rad).sort(1).values)  # hat supports, per filter
-    out = x.new_zeros(batch, groups, length)
-    if width > 0:
-        q = max(1, min(length, chunk_budget // max(1, batch * groups * n_points * width)))
-        outs = []
-        for s in range(0, length, q):
-            args = (start[..., s:s + q], end[..., s:s + q], t_query[:, s:s + q], x_mixed)
-            fn = functools.partial(_smp_local_chunk, conv, t_source, width, edges)
-            outs.append(checkpoint(fn, *args, use_reentrant=False) if _records() else fn(*args))
-        out_compact = torch.cat(outs, -1) * observed[:, None].to(x.dtype)  # unobserved queries: zero
-        out = out.scatter(2, order[:, None].expand(-1, groups, -1), out_compact)  # back to the input's order
-    return out + _bias(conv, x)
-
-
-def _smp_local_chunk(conv: nn.Module, t_source: Tensor, width: int, edges: tuple[Tensor, Tensor], start: Tensor,
-                     end: Tensor, t_query: Tensor, x_mixed: Tensor) -> Tensor:
-    """One chunk of :func:`pairwise_smp_causal_conv`: ``start`` / ``end`` ``[B, G, P, q]`` source windows, ``t_query
-    [B, q]``, ``x_mixed [B, G, P, L]``; returns ``[B, G, q]``."""
-    batch, groups, n_points, q = start.shape
-    length = t_source.shape[1]
-    k = conv.kernel_size[0]
-    index = start[..., None] + torch.arange(width, device=start.device)  # [B, G, P, q, W]
-    inside = index < end[..., None]
-    index = index.clamp_max(length - 1)
-    lag = t_query[:, None, None, :, None] - t_source.gather(1, index.reshape(batch, -1)).reshape(index.shape)
-    valid = inside & (lag >= 0) & (lag <= k - 1)
-    lag = torch.where(valid, lag, torch.zeros((), dtype=lag.dtype, device=lag.device))
-    coords = lag_coords(lag, k).to(conv.weight_coord.dtype)
-    h = smp_basis_local(coords.reshape(batch, groups, n_points, q * width, 1), conv.weight_coord, conv.radius)
-    h = h.reshape(index.shape)
-    if conv.normalize:  # |N(x)| = #{p: p - r < x < p + r} (Eq. 1), from the sorted hat edges of each filter
-        flat = coords.transpose(0, 1).reshape(groups, -1)
-        count = torch.searchsorted(edges[0], flat) - torch.searchsorted(edges[1], flat, right=True)
-        h = divide_by_count(h, count.reshape(groups, batch, n_points, q, width).transpose(0, 1).to(h.dtype))
-    source = x_mixed.gather(3, index.reshape(batch, groups, n_points, q * width)).reshape(index.shape)
-    return (h * valid * source).sum((2, 4))
-
-
-def _windowed_smp_conv(conv: nn.Module, x: Tensor, timestamps: Tensor, mask: Tensor, chunk_budget: int,
-                       min_gap: float) -> Tensor:
-    """The compiled / exported form of :func:`pairwise_smp_causal_conv`: every point's hat at every source of the
-    static :func:`source_window` of ``K - 1`` time units (no host read, no ``L x L`` tensor)."""
+    Each filter's kernel (Eq. 1: hats averaged over the points covering a coordinate) is piecewise linear in the
+    kernel coordinate between its sorted breakpoints (hat edges and centres, :func:`smp_segments`): on segment ``s``
+    it is ``A_s + B_s c`` at kernel coordinate ``c`` (``A``, ``B`` ``[G, S, C_in]``). So the inputs are projected once
+    per segment (``A_s x``, ``B_s x``: one matmul) and each (query, source) pair gathers the projection
+    of its segment: ``O(B G L w)`` gathers instead of ``O(B G P L w)`` hat evaluations. Exact up to rounding, except
+    at a coordinate exactly on a hat's far edge, where Eq. 1 excludes the hat from the count and this takes the
+    segment's limit (a set of measure zero)."""
     k = conv.kernel_size[0]
     window = source_window(timestamps, mask, float(k - 1), min_gap=min_gap)
-    batch, _, length = x.shape
-    groups, n_points = conv.weight_coord.shape[:2]
-    width = window.index.shape[-1]
-    x_mixed = torch.einsum('gcp,bcj->bgpj', conv.weights, x).flatten(1, 2)  # [B, G*P, L]
-    q = max(1, min(length, chunk_budget // max(1, _chunk_batch(batch) * groups * n_points * width)))
+    breaks, coef, slope = smp_segments(conv.weight_coord, conv.radius, conv.weights, conv.normalize)
+    groups, n_seg = coef.shape[:2]
+    # |{breakpoints of filter g} < x| from the position of x among all filters' breakpoints: a prefix count
+    flat, owner = breaks.flatten().sort()
+    owner = torch.div(owner, breaks.shape[1], rounding_mode='floor')
+    counts = F.pad(F.one_hot(owner, groups).cumsum(0), (0, 0, 1, 0))  # [G * (S - 1) + 1, G]
+    fn = functools.partial(_smp_chunk, k, flat, counts, coef.to(x.dtype), slope.to(x.dtype))
+    per_query = groups * (2 * n_seg + 6 * window.lag.shape[-1])  # the projections and the pairs' gathers
+    return _windowed(fn, x, window, groups, chunk_budget, per_query) + _bias(conv, x)
 
-    def chunk(index: Tensor, lag: Tensor, valid: Tensor, xm: Tensor) -> Tensor:
-        nq = index.shape[1]
-        coords = lag_coords(lag, k).to(conv.weight_coord.dtype).reshape(batch, nq * width, 1)
-        h = smp_basis(coords, conv.weight_coord, conv.radius)  # [B, G, P, q*w]
-        if conv.normalize:
-            h = divide_by_count(h, hat_count(h))
-        h = h.reshape(batch, groups, n_points, nq, width) * valid[:, None, None]
-        source = _gather_sources(xm, index).reshape(batch, groups, n_points, nq, width)
-        return (h * source).sum((2, 4))
 
-    return _over_query_chunks(chunk, x_mixed, window, q) + _bias(conv, x)
+def smp_segments(weight_coord: Tensor, radius: Tensor, weights: Tensor, normalize: bool
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """The 1-d SMP kernels (Eq. 1-2) as piecewise-linear functions of the kernel coordinate ``x``: per filter ``g`` the
+    sorted breakpoints ``breaks [G, 3P]`` (every hat's edges and centre) cut the axis into ``3P + 1`` segments (the
+    outer two outside every hat), and on segment ``s`` the kernel is ``coef[g, s] + slope[g, s] x`` (``coef``,
+    ``slope`` ``[G, 3P + 1, C]``; ``x`` lies in ``[-1, 1]``, so this loses no more precision than the hats' own
+    ``|x - p| / r``). Gradients reach the positions, radii and weights (each segment's hats are linear in ``x``; its
+    breakpoints move with the points but the kernel's value at ``x`` does not depend on them)."""
+    groups, n_points = weight_coord.shape[:2]
+    pos = weight_coord[..., 0]
+    rad = radius.reshape(groups, n_points)
+    with torch.no_grad():
+        breaks = torch.cat([pos - rad, pos, pos + rad], 1).sort(1).values
+        mids = torch.cat([breaks[:, :1] - 1, (breaks[:, 1:] + breaks[:, :-1]) / 2, breaks[:, -1:] + 1], 1)
+    offset = mids[:, None, :] - pos[..., None]  # [G, P, S]
+    inside = offset.detach().abs() < rad.detach()[..., None]
+    hat = (1 - offset.abs() / rad[..., None]).clamp_min(0) * inside  # each hat at each midpoint
+    rise = torch.where(inside, -torch.sign(offset) / rad[..., None], torch.zeros_like(hat))  # its slope there
+    if normalize:
+        count = inside.sum(1, keepdim=True, dtype=hat.dtype)
+        hat, rise = divide_by_count(hat, count), divide_by_count(rise, count)
+    coef = torch.einsum('gcp,gps->gsc', weights, hat - rise * mids[:, None])  # the hats' lines at x = 0
+    slope = torch.einsum('gcp,gps->gsc', weights, rise)
+    return breaks, coef, slope
+
+
+def _smp_chunk(k: int, flat: Tensor, counts: Tensor, coef: Tensor, slope: Tensor, lag: Tensor, valid: Tensor,
+               sources: Tensor) -> Tensor:
+    """One chunk of :func:`pairwise_smp_causal_conv`: ``lag`` / ``valid`` ``[B, q, w]``, ``sources [B, C, q + w - 1]``;
+    returns ``[B, G, q]``."""
+    width = lag.shape[-1]
+    n_seg = coef.shape[1]
+    coords = lag_coords(lag, k).to(flat.dtype)  # [B, q, w]
+    if execution_mode() == 'export':  # no search operator in ONNX: count the smaller breakpoints
+        rank = (flat < coords[..., None]).sum(-1)
+    else:
+        rank = torch.searchsorted(flat, coords.reshape(-1)).reshape(coords.shape)
+    seg = counts[rank].permute(0, 3, 1, 2)  # [B, G, q, w]: the segment of each pair under each filter
+    proj = torch.einsum('gsc,bcl->bgsl', torch.cat([coef, slope], 1), sources)  # [B, G, 2S, q + w - 1]
+    span = proj.shape[-1]
+    step = torch.arange(lag.shape[1], device=seg.device)[:, None] + torch.arange(width, device=seg.device)  # [q, w]
+    index = torch.stack([seg, seg + n_seg], 2) * span + step  # each pair's source under its segment's two rows
+    at = proj.flatten(2).gather(2, index.flatten(2)).reshape(index.shape)  # [B, G, 2, q, w]
+    return ((at[:, :, 0] + coords[:, None].to(sources.dtype) * at[:, :, 1]) * valid[:, None]).sum(-1)
 
 
 def observed_first(mask: Tensor) -> Tensor:
@@ -340,16 +334,15 @@ class MLPCausalConv1d(nn.Module):
         """``sum_j g(t_i - t_j) x_j`` over observed ``j`` with ``0 <= t_i - t_j <= K - 1`` (the :func:`source_window`
         of ``K - 1`` time units): ``[B, C_out, L]``."""
         window = source_window(timestamps, mask, float(self.kernel_size[0] - 1), min_gap=min_gap)
-        batch, chans, length = x.shape
-        hidden, width = self.mlp_kernel.basis_size, window.index.shape[-1]
-        q = max(1, min(length, chunk_budget // max(1, _chunk_batch(batch) * width * max(hidden, chans))))
+        width = window.lag.shape[-1]
+        per_query = width * max(self.mlp_kernel.basis_size, x.shape[1])
 
-        def chunk(index: Tensor, lag: Tensor, valid: Tensor, xx: Tensor) -> Tensor:
+        def chunk(lag: Tensor, valid: Tensor, sources: Tensor) -> Tensor:
             basis = self.mlp_kernel.basis(lag_coords(lag, self.kernel_size[0])[..., None])  # [B, q, w, H]
-            z = torch.einsum('bqwh,bcqw->bchq', basis * valid[..., None], _gather_sources(xx, index))
+            z = torch.einsum('bqwh,bcqw->bchq', basis * valid[..., None], sliding_windows(sources, width))
             return torch.einsum('och,bchq->boq', self.mlp_kernel.weights, z)
 
-        return _over_query_chunks(chunk, x, window, q) + _bias(self, x)
+        return _windowed(chunk, x, window, self.out_channels, chunk_budget, per_query) + _bias(self, x)
 
     def extra_repr(self) -> str:
         return f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}'
