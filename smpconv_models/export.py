@@ -15,8 +15,9 @@ Multi-input models export with one graph input per ``forward`` argument (:func:`
 models (``smpconv_points``) take ``features [B, N, C]``, ``positions [B, N, d]`` and ``mask [B, N]`` (bool), the
 irregular-series TCNs (``smpconv_irregular_tcn*``) ``values [B, C, L]``, ``timestamps [B, L]`` (real-valued) and
 ``mask [B, L]`` (bool); the point count / length is fixed in the graph, the batch dynamic with ``--dynamic-batch``.
-The irregular TCNs export their pairwise path (kernels at the timestamp differences, any timestamps) and so keep
-their continuous kernels: they are never reparameterized.
+The irregular TCNs export their pairwise path (kernels at the timestamp differences, in static source windows: exact
+for observed timestamps at least the model's ``min_gap`` apart) and so keep their continuous kernels: they are never
+reparameterized.
 """
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def build_export_model(name: str, pretrained: bool = False, checkpoint: str | No
         model = timm.create_model(name, pretrained=pretrained, **model_args)
     model.eval()
     if reparameterize and not family.reparameterize_on_export:
-        _logger.info('%s keeps its continuous kernels (it exports the pairwise path, which serves any timestamps)',
+        _logger.info('%s keeps its continuous kernels (it exports the pairwise path, which serves real timestamps)',
                      base)
         reparameterize = False
     return timm.utils.reparameterize_model(model, inplace=True) if reparameterize else model

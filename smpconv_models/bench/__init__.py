@@ -24,6 +24,9 @@ process, whose peak resident memory is reported. Rows:
   causal convolution;
 * ``irregular_tcn_train_smp_vs_mlp``: ``smpconv_irregular_tcn`` training step on 64 digits-irregular series (half
   of each series' steps dropped), SMP kernels vs MLP kernels (Wang et al.'s kernel MLP) in the same network;
+* ``irregular_tcn_vs_grid_tcn_{1k,10k}``: ``smpconv_irregular_tcn`` (64-step kernels) training step on 8 series of
+  1,000 / 10,000 observations at real timestamps (the pairwise path) vs the grid TCN of the same configuration on
+  series of the same length; each side's peak RSS from a fresh process (target: within 3x);
 * ``points_train_smp_vs_mlp``: ``smpconv_points`` training step on digits point sets (batch 32), SMP kernels vs MLP
   kernels with the same basis size, same network;
 * ``point_conv_scaling`` (no peer): one ``PointConv`` layer at N = 1k, 10k, 100k points (k = 16, default search):

@@ -267,3 +267,28 @@ def test_smp_basis_local_is_smp_basis_at_each_points_own_queries():
     torch.autograd.gradcheck(lambda c, p, r: smp_basis_local(c, p, r), (coords, pos, rad))
     with pytest.raises(ValueError, match='coords must be'):
         smp_basis_local(coords[:, :3], pos, rad)
+
+
+@pytest.mark.parametrize('static', [False, True])
+def test_source_window_is_each_steps_observations_within_the_span(static):
+    """The source window (compact order: observed steps first) holds, for every observed query, exactly the observed
+    steps with 0 <= lag <= max_lag (brute force over all pairs), the query last; the static width serves timestamps
+    at least min_gap apart (gaps of 1-2 time units here) and the data's width is the largest span count."""
+    from smpconv_models.layers.irregular_conv import source_window
+
+    g = torch.Generator().manual_seed(3)
+    t = (torch.rand(3, 40, generator=g, dtype=F64) + 1.0).cumsum(1)
+    mask = torch.rand(3, 40, generator=g) > 0.3
+    window = source_window(t, mask, 6.0, static=static)
+    expected_width = 7 if static else max(int(((t[b, i] - t[b][mask[b]] >= 0) & (t[b, i] - t[b][mask[b]] <= 6.0))
+                                              .sum()) for b in range(3) for i in range(40) if mask[b, i])
+    assert window.lag.shape == (3, 40, expected_width)
+    for b in range(3):
+        steps = window.order[b]
+        for r in range(int(mask[b].sum())):  # compact query r is step steps[r]
+            i = int(steps[r])
+            lags = t[b, i] - t[b][mask[b]]
+            want = sorted(lags[(lags >= 0) & (lags <= 6.0)].tolist(), reverse=True)
+            got = window.lag[b, r][window.valid[b, r]].tolist()
+            assert got == pytest.approx(want, abs=0) and window.valid[b, r, -1]
+        assert not window.valid[b, int(mask[b].sum()):].any()  # unobserved queries see nothing

@@ -39,6 +39,7 @@ ROWS: Mapping[str, Row] = MappingProxyType({
     'upernet_smpconv_t_train_vs_convnext_tiny_512': Row(segmentation.upernet_train_vs_convnext, 0.75),
     'upernet_smpconv_t_infer_vs_convnext_tiny_512': Row(segmentation.upernet_infer_vs_convnext, 1.0),
     **{name: Row(run, target) for name, (run, target) in points.SCALE_ROWS.items()},
+    **{name: Row(run, target) for name, (run, target) in irregular.LONG_ROWS.items()},
 })
 
 # the ratio each row with a peer aims for (reported beside it)
