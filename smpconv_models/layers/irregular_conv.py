@@ -14,15 +14,16 @@ piecewise-linear interpolant of the lag (:func:`pairwise_small_causal_conv`), an
 al.'s kernel MLP) evaluates its MLP at the lags.
 
 Every path is windowed: each query step sees only the observations of its :func:`source_window` (the most recent
-observed steps within the kernel's span, found by a binary search in the sorted timestamps), so work and memory are
-``O(L w)`` for ``w`` sources per window, never ``L x L``. In eager mode ``w`` is read from the data (one host read per
-window: exact for any timestamps) and the SMP branch goes further: each point gathers only the sources inside its
-own hat (:func:`pairwise_smp_causal_conv`). A compiled or exported graph cannot read ``w``: it gathers the
-``floor(max_lag / STATIC_MIN_GAP) + 1`` most recent observations, exact when observed timestamps are at least
-:data:`STATIC_MIN_GAP` time units (one grid step) apart, as in any series sampled from the grid (a compiled graph
-checks this at run time, without a host read: :func:`~smpconv_models.layers.mode.check_values`). Query steps go in
-chunks of at most ``chunk_budget`` elements, each recomputed in backward. :func:`observed_parallel_conv` combines a
-grid layer's two branches with BatchNorm statistics over observed steps.
+observed steps within the kernel's span; in *compact order*, observed steps first, they are one contiguous slice), so
+work and memory are ``O(L w)`` for ``w`` sources per window, never ``L x L``. The SMP kernel is piecewise linear in
+its coordinate between the hats' edges and centres (:func:`smp_segments`), so it is applied as one projection of the
+inputs per segment and one gather per (query, source, filter) pair (:func:`pairwise_smp_causal_conv`). Eager mode
+reads ``w`` from the data (one host read per window: exact for any timestamps). A compiled or exported graph cannot:
+it gathers the ``floor(max_lag / min_gap) + 1`` most recent observations, exact when observed timestamps are at
+least ``min_gap`` time units apart (default :data:`STATIC_MIN_GAP`, one grid step, as in any series sampled from the
+grid; a compiled graph checks this at run time without a host read, :func:`~smpconv_models.layers.mode.check_values`).
+Query steps go in chunks of at most ``chunk_budget`` elements, each recomputed in backward.
+:func:`observed_parallel_conv` combines a grid layer's two branches with BatchNorm statistics over observed steps.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ __all__ = ['check_irregular_inputs', 'SourceWindow', 'source_window', 'pairwise_
            'pairwise_small_causal_conv', 'MLPCausalConv1d', 'observed_parallel_conv', 'observed_first',
            'PAIRWISE_CHUNK', 'STATIC_MIN_GAP', 'smp_segments', 'sliding_windows']
 
-# elements of the [B, G, P, q, W] hat basis the pairwise path holds at once (float32: 64 MiB)
+# elements a query chunk of the pairwise path holds at once (projections and pair gathers; float32: 64 MiB)
 PAIRWISE_CHUNK = 1 << 24
 # the smallest time between two observations that compiled and exported graphs serve exactly (module docstring)
 STATIC_MIN_GAP = 1.0

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ['smp_kernel', 'smp_basis', 'smp_basis_local', 'kernel_coords', 'hat_count', 'divide_by_count',
+__all__ = ['smp_kernel', 'smp_basis', 'kernel_coords', 'hat_count', 'divide_by_count',
            'COUNT_EPS']
 
 COUNT_EPS = 1e-6  # added to |N(x)| before dividing, as in the official CIFAR / sequence kernels
@@ -181,18 +181,3 @@ def kernel_coords(
     else:
         grid = torch.stack(torch.meshgrid(*axes, indexing='ij'), -1)
     return grid.reshape(-1, len(kernel_size))
-
-
-def smp_basis_local(coords: Tensor, weight_coord: Tensor, radius: Tensor) -> Tensor:
-    """Hat responses of every point at *its own* queries: ``coords`` ``[*batch, G, P, Q, d]`` -> ``[*batch, G, P, Q]``.
-
-    The local form of :func:`smp_basis` (same hand-written backward): where the hats are narrow, each point is
-    evaluated only at the few queries inside its support (e.g. the irregular-series TCN's pairwise path gathers,
-    per point, the timestamp differences that fall in its radius), instead of every point at every query.
-    """
-    groups, n_points, ndim = _check_points(weight_coord, radius)
-    if coords.dim() < 4 or coords.shape[-4:-2] != (groups, n_points) or coords.shape[-1] != ndim:
-        raise ValueError(f'coords must be [..., G={groups}, P={n_points}, Q, {ndim}], got shape {tuple(coords.shape)}')
-    if not (coords.is_floating_point() and weight_coord.is_floating_point()):
-        raise TypeError(f'SMP coordinates must be floating point, got {coords.dtype} and {weight_coord.dtype}')
-    return _SMPBasis.apply(coords, weight_coord.unsqueeze(-2), radius.reshape(groups, n_points, 1))

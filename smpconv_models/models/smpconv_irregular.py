@@ -129,7 +129,7 @@ class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
 
     @property
     def pairwise_chunk(self) -> int:
-        """Elements of the hat basis a pairwise-path query chunk holds at once (every layer's)."""
+        """Elements a pairwise-path query chunk holds at once (every layer's)."""
         return next(m.pairwise_chunk for m in self.modules() if isinstance(m, SMPParallelCausalConv1d))
 
     @pairwise_chunk.setter

@@ -11,9 +11,8 @@ import torch.nn as nn
 from torch.utils.data import TensorDataset
 
 import smpconv_models  # noqa: F401
-from smpconv_models.layers import smp_basis, smp_kernel
+from smpconv_models.layers import smp_kernel
 from smpconv_models.layers.masked import masked_batch_norm
-from smpconv_models.layers.smp_kernel import smp_basis_local
 from smpconv_models.train.data import drop_observations
 
 F64 = torch.float64
@@ -73,7 +72,7 @@ def test_regular_grid_equals_grid_tcn(train):
 
 @pytest.mark.parametrize('kernel, radius', [('smp', 0.15), ('smp', 0.6), ('mlp', 0.15)])
 def test_grid_path_equals_pairwise_path_with_gradients(kernel, radius):
-    # radius 0.6: wide, overlapping hats (|N(x)| up to P) in the pairwise path's local evaluation
+    # radius 0.6: wide, overlapping hats (|N(x)| up to P) in the pairwise path's segments
     a, b = pair(kernel=kernel, conv_bias=True, radius=radius)
     values, t, mask = irregular_batch()
     out_a = a.forward_features(values, t, mask, path='grid')
@@ -252,21 +251,6 @@ def test_grad_checkpointing_changes_no_gradient(path):
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         if pa.grad is not None:
             torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-10, atol=1e-12, msg=name)
-
-
-def test_smp_basis_local_is_smp_basis_at_each_points_own_queries():
-    g = torch.Generator().manual_seed(3)
-    pos = (torch.rand(4, 5, 1, generator=g, dtype=F64) * 2 - 1).requires_grad_()
-    rad = (torch.rand(4, 5, generator=g, dtype=F64) * 0.5 + 0.1).requires_grad_()
-    coords = (torch.rand(2, 4, 5, 7, 1, generator=g, dtype=F64) * 2 - 1).requires_grad_()
-    local = smp_basis_local(coords, pos, rad)  # [2, 4, 5, 7]
-    full = smp_basis(coords.reshape(2, -1, 1), pos, rad).unflatten(-1, (4, 5, 7))  # every point at every query
-    expected = torch.stack([torch.stack([full[:, gi, pi, gi, pi] for pi in range(5)], 1) for gi in range(4)], 1)
-    torch.testing.assert_close(local, expected)
-    assert (local > 0).any() and (local == 0).any()
-    torch.autograd.gradcheck(lambda c, p, r: smp_basis_local(c, p, r), (coords, pos, rad))
-    with pytest.raises(ValueError, match='coords must be'):
-        smp_basis_local(coords[:, :3], pos, rad)
 
 
 @pytest.mark.parametrize('static', [False, True])
