@@ -284,19 +284,6 @@ def _bias(conv: nn.Module, x: Tensor) -> Tensor | float:
     return 0.0 if bias is None else bias.to(x.dtype)[:, None]
 
 
-def _over_query_chunks(fn, inputs: Tensor, window: SourceWindow, q: int) -> Tensor:
-    """``fn(index, lag, valid, inputs)`` over chunks of ``q`` query steps of ``window`` (``[B, q, w]`` each; each
-    chunk recomputed in backward when autograd records), concatenated along the last axis."""
-    length = window.index.shape[1]
-    records = _records()
-    outs = []
-    for start in range(0, length, q):
-        args = (window.index[:, start:start + q], window.lag[:, start:start + q], window.valid[:, start:start + q],
-                inputs)
-        outs.append(checkpoint(fn, *args, use_reentrant=False) if records else fn(*args))
-    return torch.cat(outs, -1)
-
-
 class MLPCausalConv1d(nn.Module):
     """A causal conv whose kernel is Wang et al.'s MLP (:class:`~smpconv_models.layers.point_conv.MLPKernel`, a
     basis ``[..., H]`` of the kernel coordinate times weights ``[C_out, C_in, H]``), for the SMP branch's place in
