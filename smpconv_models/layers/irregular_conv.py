@@ -195,32 +195,34 @@ def pairwise_smp_causal_conv(conv: nn.Module, x: Tensor, timestamps: Tensor, mas
 
     Each filter's kernel (Eq. 1: hats averaged over the points covering a coordinate) is piecewise linear in the
     kernel coordinate between its sorted breakpoints (hat edges and centres, :func:`smp_segments`): on segment ``s``
-    it is ``A_s + B_s c`` at kernel coordinate ``c`` (``A``, ``B`` ``[G, S, C_in]``). So the inputs are projected once
-    per segment (``A_s x``, ``B_s x``: one matmul) and each (query, source) pair gathers the projection
-    of its segment: ``O(B G L w)`` gathers instead of ``O(B G P L w)`` hat evaluations. Exact up to rounding, except
+    it is ``A_s + B_s (c - m_s)`` at kernel coordinate ``c`` (``m_s`` the segment's midpoint; ``A``, ``B`` ``[G, S,
+    C_in]``). So the inputs are projected once per segment (``A_s x``, ``B_s x``: one matmul) and each (query,
+    source) pair gathers the projections of its segment: ``O(B G L w)`` gathers instead of ``O(B G P L w)`` hat
+    evaluations. Exact up to rounding, except
     at a coordinate exactly on a hat's far edge, where Eq. 1 excludes the hat from the count and this takes the
     segment's limit (a set of measure zero)."""
     k = conv.kernel_size[0]
     window = source_window(timestamps, mask, float(k - 1), min_gap=min_gap)
-    breaks, coef, slope = smp_segments(conv.weight_coord, conv.radius, conv.weights, conv.normalize)
+    breaks, mids, coef, slope = smp_segments(conv.weight_coord, conv.radius, conv.weights, conv.normalize)
     groups, n_seg = coef.shape[:2]
     # |{breakpoints of filter g} < x| from the position of x among all filters' breakpoints: a prefix count
     flat, owner = breaks.flatten().sort()
     owner = torch.div(owner, breaks.shape[1], rounding_mode='floor')
     counts = F.pad(F.one_hot(owner, groups).cumsum(0), (0, 0, 1, 0))  # [G * (S - 1) + 1, G]
-    fn = functools.partial(_smp_chunk, k, flat, counts, coef.to(x.dtype), slope.to(x.dtype))
+    fn = functools.partial(_smp_chunk, k, flat, counts, mids, coef.to(x.dtype), slope.to(x.dtype))
     per_query = groups * (2 * n_seg + 6 * window.lag.shape[-1])  # the projections and the pairs' gathers
     return _windowed(fn, x, window, groups, chunk_budget, per_query) + _bias(conv, x)
 
 
 def smp_segments(weight_coord: Tensor, radius: Tensor, weights: Tensor, normalize: bool
-                 ) -> tuple[Tensor, Tensor, Tensor]:
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The 1-d SMP kernels (Eq. 1-2) as piecewise-linear functions of the kernel coordinate ``x``: per filter ``g`` the
-    sorted breakpoints ``breaks [G, 3P]`` (every hat's edges and centre) cut the axis into ``3P + 1`` segments (the
-    outer two outside every hat), and on segment ``s`` the kernel is ``coef[g, s] + slope[g, s] x`` (``coef``,
-    ``slope`` ``[G, 3P + 1, C]``; ``x`` lies in ``[-1, 1]``, so this loses no more precision than the hats' own
-    ``|x - p| / r``). Gradients reach the positions, radii and weights (each segment's hats are linear in ``x``; its
-    breakpoints move with the points but the kernel's value at ``x`` does not depend on them)."""
+    sorted breakpoints ``breaks [G, 3P]`` (every hat's edges and centre) cut the axis into ``3P + 1`` segments with
+    midpoints ``mids [G, 3P + 1]`` (the outer two outside every hat), and on segment ``s`` the kernel is ``coef[g, s] +
+    slope[g, s] (x - mids[g, s])`` (``coef``, ``slope`` ``[G, 3P + 1, C]``: the hats' values at the midpoint, in
+    ``[0, 1]``, and slopes times ``|x - m| <= r``, so half precision keeps its relative accuracy). Gradients reach the
+    positions, radii and weights (each segment's hats are linear in ``x``; the midpoints are fixed points: the
+    kernel's value at ``x`` does not depend on them)."""
     groups, n_points = weight_coord.shape[:2]
     pos = weight_coord[..., 0]
     rad = radius.reshape(groups, n_points)
@@ -234,13 +236,13 @@ def smp_segments(weight_coord: Tensor, radius: Tensor, weights: Tensor, normaliz
     if normalize:
         count = inside.sum(1, keepdim=True, dtype=hat.dtype)
         hat, rise = divide_by_count(hat, count), divide_by_count(rise, count)
-    coef = torch.einsum('gcp,gps->gsc', weights, hat - rise * mids[:, None])  # the hats' lines at x = 0
+    coef = torch.einsum('gcp,gps->gsc', weights, hat)
     slope = torch.einsum('gcp,gps->gsc', weights, rise)
-    return breaks, coef, slope
+    return breaks, mids, coef, slope
 
 
-def _smp_chunk(k: int, flat: Tensor, counts: Tensor, coef: Tensor, slope: Tensor, lag: Tensor, valid: Tensor,
-               sources: Tensor) -> Tensor:
+def _smp_chunk(k: int, flat: Tensor, counts: Tensor, mids: Tensor, coef: Tensor, slope: Tensor, lag: Tensor,
+               valid: Tensor, sources: Tensor) -> Tensor:
     """One chunk of :func:`pairwise_smp_causal_conv`: ``lag`` / ``valid`` ``[B, q, w]``, ``sources [B, C, q + w - 1]``;
     returns ``[B, G, q]``."""
     width = lag.shape[-1]
@@ -251,12 +253,15 @@ def _smp_chunk(k: int, flat: Tensor, counts: Tensor, coef: Tensor, slope: Tensor
     else:
         rank = torch.searchsorted(flat, coords.reshape(-1)).reshape(coords.shape)
     seg = counts[rank].permute(0, 3, 1, 2)  # [B, G, q, w]: the segment of each pair under each filter
+    groups = seg.shape[1]
+    at_mid = mids.flatten()[seg + n_seg * torch.arange(groups, device=seg.device)[:, None, None]]
+    delta = (coords[:, None] - at_mid).to(sources.dtype)  # from the segment's midpoint: |delta| <= the hat's radius
     proj = torch.einsum('gsc,bcl->bgsl', torch.cat([coef, slope], 1), sources)  # [B, G, 2S, q + w - 1]
     span = proj.shape[-1]
     step = torch.arange(lag.shape[1], device=seg.device)[:, None] + torch.arange(width, device=seg.device)  # [q, w]
     index = torch.stack([seg, seg + n_seg], 2) * span + step  # each pair's source under its segment's two rows
     at = proj.flatten(2).gather(2, index.flatten(2)).reshape(index.shape)  # [B, G, 2, q, w]
-    return ((at[:, :, 0] + coords[:, None].to(sources.dtype) * at[:, :, 1]) * valid[:, None]).sum(-1)
+    return ((at[:, :, 0] + delta * at[:, :, 1]) * valid[:, None]).sum(-1)
 
 
 def observed_first(mask: Tensor) -> Tensor:
