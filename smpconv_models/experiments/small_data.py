@@ -427,7 +427,7 @@ def train_accuracy(spec: str, out_dir: Path, overrides: dict[str, Any], seed: in
     summary = run(cfg, ['small_data'])
     members = summary.get('member_top1') or [summary['eval_top1']]
     return {'top1': summary['eval_top1'], 'epochs': summary['epochs'], 'seconds': summary['seconds'],
-            'members': len(members), 'member_top1': float(np.mean(members))}
+            'members': len(members), 'member_top1': float(np.mean(members)), 'member_top1s': list(members)}
 
 
 def _run_set(spec: SetSpec, variants: dict[str, dict[str, Any]], seed: int, kernels: int, threads: int,
@@ -457,6 +457,7 @@ def _run_set(spec: SetSpec, variants: dict[str, dict[str, Any]], seed: int, kern
             row[name], row[f'{name}_s'] = res['top1'], res['seconds']
             if res['members'] > 1:
                 row[f'{name}_members'], row[f'{name}_member_top1'] = res['members'], res['member_top1']
+                row[f'{name}_member_top1s'] = res['member_top1s']
     _say(json.dumps(row))
     return row
 

@@ -107,6 +107,8 @@ class TrainingDefaults:
     * ``digits_model_args``: model kwargs on the embedded 64-step digits (``digits``, ``digits-irregular``);
     * ``small_data_model_args``: for families that take the small-data recipe on a user's sequence data (``ts:``,
       ``npz:``, ``hf:``), the model kwargs for a data length; None for the others;
+    * ``small_data_recipe``: the family's values on top of the small-data recipe's training settings (the grid TCNs:
+      an ensemble);
     * ``official_data``: variant -> the archive problem of its official task, on which it keeps its own recipe;
     * ``data_options``: variant -> options for the data sources (``speech='waveform'``: Speech Commands as raw audio).
     """
@@ -115,11 +117,13 @@ class TrainingDefaults:
     per_variant: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     digits_model_args: Mapping[str, Any] = field(default_factory=dict)
     small_data_model_args: Callable[[int], dict[str, Any]] | None = None
+    small_data_recipe: Mapping[str, Any] = field(default_factory=dict)
     official_data: Mapping[str, str] = field(default_factory=dict)
     data_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ('recipe', 'per_variant', 'digits_model_args', 'official_data', 'data_options'):
+        for name in ('recipe', 'per_variant', 'digits_model_args', 'small_data_recipe', 'official_data',
+                     'data_options'):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
 
     def recipe_for(self, variant: str) -> dict[str, Any]:

@@ -66,6 +66,13 @@ _KERNELS = ('smp', 'mlp')
 GRID_SPAN_FACTOR = 8
 
 
+def causal_small_data_model_args(length: int) -> dict:
+    """The small-data recipe's kwargs (:func:`~smpconv_models.models.smpconv_tcn.small_data_model_args`) for causal
+    kernels, which these models need, pooling each feature's maximum over the observed steps (no ensemble either:
+    :class:`~smpconv_models.models.ensemble.SMPEnsemble` holds single-input models)."""
+    return small_data_model_args(length, causal=True, global_pool='max')
+
+
 class SMPConvIrregularTCN(TCNClassifierMixin, SMPModelMixin, nn.Module):
     """The SMPConv TCN on irregular series ``values [B, C, L]``, ``timestamps [B, L]``, ``mask [B, L]`` (see the
     module docstring). Its modules are the grid TCN's (:class:`TCNBlock` with :class:`SMPParallelCausalConv1d`), so a
@@ -335,7 +342,7 @@ FAMILY = ModelFamily(
     data_kwargs={'seq_len': 'length'},  # the kernels span the training length in time units
     reparameterize_on_export=False,  # the exported graph evaluates the continuous kernels at timestamp differences
     training=TrainingDefaults(  # the sequence TCNs' (no per-task values of their own)
-        recipe=SEQUENCE_RECIPE, digits_model_args=DIGITS_MODEL_ARGS, small_data_model_args=small_data_model_args,
+        recipe=SEQUENCE_RECIPE, digits_model_args=DIGITS_MODEL_ARGS, small_data_model_args=causal_small_data_model_args,
         official_data={'smpconv_irregular_tcn_chartraj': 'CharacterTrajectories'}),
 )
 SMPConvIrregularTCN.family = FAMILY  # the class knows its description (load_pretrained)

@@ -420,17 +420,27 @@ SEQUENCE_RECIPE = MappingProxyType(dict(
 DIGITS_MODEL_ARGS = MappingProxyType(dict(radius=0.03))
 
 
-def small_data_model_args(length: int) -> dict:
+def small_data_model_args(length: int, causal: bool = False, global_pool: str = 'avgmax') -> dict:
     """The small-data recipe's kwargs for a user's series of ``length`` steps (BENCHMARKS.md "Small-data sequence
-    recipe"): the point radius one grid spacing ``2 / (length - 1)``, and each feature's maximum over time
-    (``global_pool='max'``: a pattern counts wherever it occurs, instead of only through the last step's view of it,
-    which a few dozen series cannot teach for every position; the maximum keeps a short motif that an average over
-    hundreds of steps dilutes); the small causal kernel (5 taps) no longer than the series."""
-    args = {'radius': 2.0 / (length - 1), 'global_pool': 'max'}
-    if length < 5:
-        args['small_kernel_size'] = length
+    recipe"): centred kernels (``causal=False``, ``2 * length - 1`` taps: a whole series is classified, so a step may
+    see its future), the point radius ``2 / (length - 1)`` (one step of a ``length``-tap kernel), and the average and
+    the maximum of each feature over time side by side (``global_pool='avgmax'``, instead of the last step's view: a
+    pattern counts wherever it occurs; the maximum keeps a short motif that the average over hundreds of steps
+    dilutes; padded steps are zero and the features non-negative, so left padding changes neither); the small kernel
+    (5 taps) no longer than the SMP kernel. ``causal=True`` / ``global_pool`` for the models that need others (the
+    irregular-series TCNs: causal, ``'max'``)."""
+    args: dict = {'radius': 2.0 / (length - 1), 'global_pool': global_pool}
+    if not causal:
+        args['causal'] = False
+    kernel = length if causal else 2 * length - 1
+    if kernel < 5:
+        args['small_kernel_size'] = kernel
     return args
 
+
+# The small-data recipe trains an ensemble of this many members (train.py --ensemble; BENCHMARKS.md "Small-data
+# sequence recipe": a 200-series / 500-step set within 15 minutes on 2 cores)
+SMALL_DATA_ENSEMBLE = 3
 
 _NO_DROP_PATH = 'the SMPConv TCNs have no residual drop path (the official models use dropout: drop_rate)'
 
@@ -453,6 +463,7 @@ FAMILY = ModelFamily(
         },
         digits_model_args=DIGITS_MODEL_ARGS,
         small_data_model_args=small_data_model_args,
+        small_data_recipe=dict(ensemble=SMALL_DATA_ENSEMBLE),
         official_data={'smpconv_tcn_chartraj': 'CharacterTrajectories'},
         data_options={'smpconv_tcn_speech_raw': dict(speech='waveform')},
     ),

@@ -77,15 +77,21 @@ class TrainConfig:
 # Sequence data a user brings (ts: / npz: / hf:, tens to hundreds of series), for the families whose description
 # asks for it (TrainingDefaults.small_data_model_args): chosen on generated data sets, see BENCHMARKS.md "Small-data
 # sequence recipe" (python -m smpconv_models.experiments.small_data). Batch size, epochs and warmup follow the
-# training-set size (small_data_schedule); the model kwargs follow the length (recipe_model_args).
+# training-set size (small_data_schedule); the model kwargs follow the length (recipe_model_args); a family's
+# description adds its own values on top (TrainingDefaults.small_data_recipe: the grid TCNs train an ensemble).
 SMALL_DATA_RECIPE: Mapping[str, Any] = MappingProxyType(dict(
     optimizer='adamw', lr=2e-3, batch_size=None, epochs=None, weight_decay=0.05, warmup_epochs=None,
     label_smoothing=0.1, mixup=0.0, cutmix=0.0, randaugment=None, random_erasing=0.0, ema=False, drop_rate=0.1,
     seq_augment='shift=0.1,scale=0.1,jitter=0.05', grad_clip=1.0, lr_ref_batch=None))
 SMALL_DATA_SPECS = ('ts', 'npz', 'hf')
-# optimizer steps the schedule aims for, and the bounds on batch size and epochs
+# the schedule: at least SMALL_DATA_STEPS optimizer steps and SMALL_DATA_MIN_EPOCHS epochs (so the steps grow with
+# the data size) but no more epochs than SMALL_DATA_MAX_STEPS need (a time bound for thousands of series), batch
+# about n / SMALL_DATA_BATCH_FRACTION within SMALL_DATA_BATCH, epochs within SMALL_DATA_EPOCHS
 SMALL_DATA_STEPS = 500
-SMALL_DATA_BATCH = (8, 64)
+SMALL_DATA_MAX_STEPS = 2000
+SMALL_DATA_MIN_EPOCHS = 80
+SMALL_DATA_BATCH_FRACTION = 8
+SMALL_DATA_BATCH = (8, 32)
 SMALL_DATA_EPOCHS = (20, 400)
 
 # The embedded default (digits, no download), whatever the family: small enough for a CPU run of a few minutes.
@@ -108,27 +114,30 @@ def uses_small_data_recipe(model: str, data: str) -> bool:
 
 
 def small_data_schedule(n_train: int, epochs: int | None = None, batch_size: int | None = None) -> dict[str, Any]:
-    """Batch size, epochs and warmup of the small-data recipe for ``n_train`` training series: batch about a quarter
-    of the set (a power of two in 8..64; a step generates every SMP kernel once, so larger batches cost little),
-    epochs for about :data:`SMALL_DATA_STEPS` optimizer steps (20..400), 5% warmup, evaluation about 20 times per
-    run. A given ``epochs`` or ``batch_size`` is kept and the rest follows from it."""
+    """Batch size, epochs and warmup of the small-data recipe for ``n_train`` training series: batch about an eighth
+    of the set (a power of two in 8..32), epochs for at least :data:`SMALL_DATA_STEPS` optimizer steps and at least
+    :data:`SMALL_DATA_MIN_EPOCHS` epochs (the steps grow with the data: long training is cheap on small sets) but not
+    more epochs than :data:`SMALL_DATA_MAX_STEPS` steps need, within 20..400 epochs; 5% warmup, evaluation about 20
+    times per run. A given ``epochs`` or ``batch_size`` is kept and the rest follows from it."""
     lo, hi = SMALL_DATA_BATCH
     if batch_size is None:
-        batch_size = int(min(hi, max(lo, 2 ** round(math.log2(max(n_train, 1) / 4)))))
+        batch_size = int(min(hi, max(lo, 2 ** round(math.log2(max(n_train, 1) / SMALL_DATA_BATCH_FRACTION)))))
         batch_size = min(batch_size, max(1, n_train))
     steps_per_epoch = max(1, n_train // batch_size)
     if epochs is None:
-        epochs = math.ceil(SMALL_DATA_STEPS / steps_per_epoch)
+        epochs = max(SMALL_DATA_MIN_EPOCHS, math.ceil(SMALL_DATA_STEPS / steps_per_epoch))
+        epochs = min(epochs, math.ceil(SMALL_DATA_MAX_STEPS / steps_per_epoch))
         epochs = int(min(SMALL_DATA_EPOCHS[1], max(SMALL_DATA_EPOCHS[0], epochs)))
     return dict(batch_size=batch_size, epochs=epochs, warmup_epochs=round(0.05 * epochs, 2),
                 eval_every=max(1, epochs // 20))
 
 
 def recipe_for(model: str, data: str) -> dict[str, Any]:
-    """Recipe defaults: the small-data recipe on a user's sequence data, else the family's recipe with the variant's
-    official per-task values, and the digits default on top on the embedded digits."""
+    """Recipe defaults: the small-data recipe (with the family's own small-data values on top) on a user's sequence
+    data, else the family's recipe with the variant's official per-task values, and the digits default on top on the
+    embedded digits."""
     if uses_small_data_recipe(model, data):
-        return dict(SMALL_DATA_RECIPE)
+        return {**SMALL_DATA_RECIPE, **family_of(model).training.small_data_recipe}
     recipe = family_of(model).training.recipe_for(architecture_of(model))
     if data.split(':', 1)[0] in DIGITS_SPECS:
         recipe.update(_DIGITS_OVERRIDES)

@@ -241,9 +241,15 @@ def test_mask_makes_left_padding_invisible_to_the_tcn():
     model.eval()
     torch.testing.assert_close(model(padded, mask=mask), model(x), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)), rtol=0, atol=0)
-    model.reset_classifier(4, global_pool='max')  # the recipe's pooling: padded steps are zero, the features >= 0
+    model.reset_classifier(4, global_pool='max')  # padded steps are zero, the features >= 0
     model.eval()
     torch.testing.assert_close(model(padded, mask=mask), model(x), rtol=1e-10, atol=1e-12)
+    # the small-data recipe's model (centred kernels, average and maximum): the padding stays invisible
+    centred = timm.create_model('smpconv_tcn_chartraj', in_chans=3, num_classes=4, seq_len=40,
+                                **recipe_model_args('smpconv_tcn_chartraj', 'npz:/x.npz', 40)).double().eval()
+    assert centred.causal is False and centred.global_pool == 'avgmax'
+    torch.testing.assert_close(centred(padded, mask=mask), centred(x), rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(centred(padded), centred(x), rtol=1e-6, atol=1e-9)
 
 
 def test_sequence_augment_is_seeded_and_keeps_padding_zero():
@@ -271,13 +277,23 @@ def test_small_data_recipe_is_the_default_for_user_sequences_only():
     assert small['epochs'] is None and small['seq_augment'] and small['optimizer'] == 'adamw'
     assert recipe_for('smpconv_tcn_mnist', 'npz:/x.npz')['lr'] == small['lr']
     assert recipe_for('smpconv_tcn_speech', 'speechcommands:/data')['lr'] == 2e-3
-    assert recipe_model_args('smpconv_tcn_chartraj', 'ts:/d/GunPoint', 151) == {'radius': 2 / 150, 'global_pool': 'max'}
+    assert small['ensemble'] == 3 and official.get('ensemble') is None  # the grid TCNs' own small-data value
+    assert recipe_for('smpconv_irregular_tcn', 'npz:/x.npz').get('ensemble') is None  # no ensemble of these
+    assert recipe_model_args('smpconv_tcn_chartraj', 'ts:/d/GunPoint', 151) == {
+        'radius': 2 / 150, 'global_pool': 'avgmax', 'causal': False}
+    assert recipe_model_args('smpconv_irregular_tcn', 'npz:/x.npz', 151) == {'radius': 2 / 150, 'global_pool': 'max'}
     assert recipe_model_args('smpconv_tcn_chartraj', 'ts:/d/CharacterTrajectories', 182) == {}
-    assert recipe_model_args('smpconv_tcn_mnist', 'npz:/x.npz', 4)['small_kernel_size'] == 4  # shorter than 5 taps
-    tiny, large = small_data_schedule(30), small_data_schedule(5000)
-    assert tiny['batch_size'] == 8 and tiny['epochs'] == 167 and large['batch_size'] == 64
-    assert large['epochs'] == 20  # 78 steps per epoch: the epoch floor, not the step target, decides
-    assert small_data_schedule(30, epochs=10)['eval_every'] == 1 and tiny['eval_every'] == 8
+    assert recipe_model_args('smpconv_tcn_mnist', 'npz:/x.npz', 2)['small_kernel_size'] == 3  # centred: 3 taps
+    assert 'small_kernel_size' not in recipe_model_args('smpconv_tcn_mnist', 'npz:/x.npz', 3)  # 5 centred taps
+    assert recipe_model_args('smpconv_irregular_tcn', 'npz:/x.npz', 4)['small_kernel_size'] == 4  # causal: 4 taps
+    schedules = {n: small_data_schedule(n) for n in (30, 180, 200, 1000, 5000)}
+    assert {n: (s['batch_size'], s['epochs']) for n, s in schedules.items()} == {
+        30: (8, 167),  # 3 steps per epoch: the 500-step target decides
+        180: (16, 80),  # 11 steps per epoch: the 80-epoch floor decides (880 steps)
+        200: (32, 84),  # 6 steps per epoch: 504 steps
+        1000: (32, 65),  # 31 steps per epoch: the 2000-step cap decides
+        5000: (32, 20)}  # 156 steps per epoch: the 20-epoch floor decides
+    assert small_data_schedule(30, epochs=10)['eval_every'] == 1 and schedules[30]['eval_every'] == 8
     assert small_data_schedule(100, batch_size=50)['epochs'] == 250  # a given batch size sets the epochs
 
 
@@ -297,7 +313,7 @@ def test_short_run_learns_a_separable_set(tmp_path):
              lengths_train=len_train, lengths_test=len_test)
     out = tmp_path / 'run'
     assert main(['--model', 'smpconv_tcn_chartraj', '--data', f'npz:{tmp_path / "sines.npz"}', '--output-dir',
-                 str(out), '--epochs', '12', '--cpu', '--plot', 'false', '--model-args',
+                 str(out), '--epochs', '12', '--ensemble', '1', '--cpu', '--plot', 'false', '--model-args',
                  '{"width": 16, "depth": 2}']) == 0
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['eval_top1'] >= 85.0  # chance is 50%
