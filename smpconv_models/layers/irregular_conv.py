@@ -184,7 +184,8 @@ def _small_chunk(weight: Tensor, lag: Tensor, valid: Tensor, sources: Tensor) ->
     taps, width = weight.shape[-1], lag.shape[-1]
     knots = torch.arange(taps, device=lag.device, dtype=lag.dtype)
     hat = (1 - (lag[..., None] - knots).abs()).clamp_min(0) * valid[..., None]  # [B, q, w, S]: relu(1 - |lag - m|)
-    z = torch.einsum('bqwm,bcqw->bcmq', hat.to(sources.dtype), sliding_windows(sources, width))
+    # a few sources per window: a product and a sum (einsum's per-query matmuls of [C, w] x [w, S] are far slower)
+    z = (hat.to(sources.dtype).permute(0, 3, 1, 2)[:, None] * sliding_windows(sources, width)[:, :, None]).sum(-1)
     return torch.einsum('ocm,bcmq->boq', weight.flip(-1), z)  # weight[..., S-1-m] is the tap at lag m
 
 
