@@ -422,21 +422,32 @@ DIGITS_MODEL_ARGS = MappingProxyType(dict(radius=0.03))
 
 def small_data_model_args(length: int, causal: bool = False, global_pool: str = 'avgmax') -> dict:
     """The small-data recipe's kwargs for a user's series of ``length`` steps (BENCHMARKS.md "Small-data sequence
-    recipe"): centred kernels (``causal=False``, ``2 * length - 1`` taps: a whole series is classified, so a step may
-    see its future), the point radius ``2 / (length - 1)`` (one step of a ``length``-tap kernel), and the average and
-    the maximum of each feature over time side by side (``global_pool='avgmax'``, instead of the last step's view: a
-    pattern counts wherever it occurs; the maximum keeps a short motif that the average over hundreds of steps
-    dilutes; padded steps are zero and the features non-negative, so left padding changes neither); the small kernel
-    (5 taps) no longer than the SMP kernel. ``causal=True`` / ``global_pool`` for the models that need others (the
-    irregular-series TCNs: causal, ``'max'``)."""
-    args: dict = {'radius': 2.0 / (length - 1), 'global_pool': global_pool}
-    if not causal:
-        args['causal'] = False
-    kernel = length if causal else 2 * length - 1
+    recipe"): centred kernels (``causal=False``: a whole series is classified, so a step may see its future) of
+    ``min(2 * length - 1, SMALL_DATA_KERNEL)`` taps (local kernels: six blocks of them still see 750 steps each way;
+    the whole series' ``2 * length - 1`` taps let 200 series be fitted by their overall form and generalised worse),
+    the point radius two taps (``4 / (K - 1)``), and the average and the maximum of each feature over time side by
+    side (``global_pool='avgmax'``, instead of the last step's view: a pattern counts wherever it occurs; the maximum
+    keeps a short motif that the average over hundreds of steps dilutes; padded steps are zero and the features
+    non-negative, so left padding changes neither); the small kernel (5 taps) no longer than the SMP kernel.
+    ``causal=True`` / ``global_pool`` for the models that need others (the irregular-series TCNs: causal, ``'max'``,
+    kernels as long as the series, radius ``2 / (length - 1)``)."""
+    args: dict = {'global_pool': global_pool}
+    if causal:
+        kernel = length
+        args['radius'] = 2.0 / (length - 1)
+    else:
+        kernel = min(2 * length - 1, SMALL_DATA_KERNEL)
+        args.update(radius=4.0 / (kernel - 1), causal=False)
+        if kernel < 2 * length - 1:
+            args['kernel_size'] = kernel
     if kernel < 5:
         args['small_kernel_size'] = kernel
     return args
 
+
+# The small-data recipe's centred SMP kernels have at most this many taps (BENCHMARKS.md "Small-data sequence recipe":
+# 127 taps against the whole series' 599-999 on the univariate shape sets)
+SMALL_DATA_KERNEL = 127
 
 # The small-data recipe trains an ensemble of this many members (train.py --ensemble; BENCHMARKS.md "Small-data
 # sequence recipe": a 200-series / 500-step set within 15 minutes on 2 cores)

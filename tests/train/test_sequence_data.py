@@ -279,8 +279,10 @@ def test_small_data_recipe_is_the_default_for_user_sequences_only():
     assert recipe_for('smpconv_tcn_speech', 'speechcommands:/data')['lr'] == 2e-3
     assert small['ensemble'] == 3 and official.get('ensemble') is None  # the grid TCNs' own small-data value
     assert recipe_for('smpconv_irregular_tcn', 'npz:/x.npz').get('ensemble') is None  # no ensemble of these
-    assert recipe_model_args('smpconv_tcn_chartraj', 'ts:/d/GunPoint', 151) == {
-        'radius': 2 / 150, 'global_pool': 'avgmax', 'causal': False}
+    assert recipe_model_args('smpconv_tcn_chartraj', 'ts:/d/GunPoint', 151) == {  # centred, capped at 127 taps
+        'radius': 4 / 126, 'global_pool': 'avgmax', 'causal': False, 'kernel_size': 127}
+    assert recipe_model_args('smpconv_tcn_chartraj', 'ts:/d/GunPoint', 64) == {  # 2 L - 1 = 127 taps: whole series
+        'radius': 2 / 63, 'global_pool': 'avgmax', 'causal': False}
     assert recipe_model_args('smpconv_irregular_tcn', 'npz:/x.npz', 151) == {'radius': 2 / 150, 'global_pool': 'max'}
     assert recipe_model_args('smpconv_tcn_chartraj', 'ts:/d/CharacterTrajectories', 182) == {}
     assert recipe_model_args('smpconv_tcn_mnist', 'npz:/x.npz', 2)['small_kernel_size'] == 3  # centred: 3 taps
