@@ -184,8 +184,7 @@ def _small_chunk(weight: Tensor, lag: Tensor, valid: Tensor, sources: Tensor) ->
     taps, width = weight.shape[-1], lag.shape[-1]
     knots = torch.arange(taps, device=lag.device, dtype=lag.dtype)
     hat = (1 - (lag[..., None] - knots).abs()).clamp_min(0) * valid[..., None]  # [B, q, w, S]: relu(1 - |lag - m|)
-    # a few sources per window: a product and a sum (einsum's per-query matmuls of [C, w] x [w, S] are far slower)
-    z = (hat.to(sources.dtype).permute(0, 3, 1, 2)[:, None] * sliding_windows(sources, width)[:, :, None]).sum(-1)
+    z = torch.einsum('bqwm,bcqw->bcmq', hat.to(sources.dtype), sliding_windows(sources, width))
     return torch.einsum('ocm,bcmq->boq', weight.flip(-1), z)  # weight[..., S-1-m] is the tap at lag m
 
 
@@ -206,14 +205,12 @@ def pairwise_smp_causal_conv(conv: nn.Module, x: Tensor, timestamps: Tensor, mas
     window = source_window(timestamps, mask, float(k - 1), min_gap=min_gap)
     breaks, mids, coef, slope = smp_segments(conv.weight_coord, conv.radius, conv.weights, conv.normalize)
     groups, n_seg = coef.shape[:2]
-    # the segment of filter g holding x, from the position (rank) of x among all filters' sorted breakpoints: a prefix
-    # count of filter g's breakpoints in that order (seg_at [R, G]), and that segment's midpoint (mid_at [R, G])
+    # |{breakpoints of filter g} < x| from the position of x among all filters' breakpoints: a prefix count
     flat, owner = breaks.flatten().sort()
     owner = torch.div(owner, breaks.shape[1], rounding_mode='floor')
-    seg_at = F.pad(F.one_hot(owner, groups).cumsum(0), (0, 0, 1, 0))
-    mid_at = mids.gather(1, seg_at.T).T
-    fn = functools.partial(_smp_chunk, k, flat, seg_at, mid_at, torch.stack([coef, slope], -1).to(x.dtype))
-    per_query = groups * (4 * n_seg + 8 * window.lag.shape[-1])  # the projections and the pairs' gathers
+    counts = F.pad(F.one_hot(owner, groups).cumsum(0), (0, 0, 1, 0))  # [G * (S - 1) + 1, G]
+    fn = functools.partial(_smp_chunk, k, flat, counts, mids, coef.to(x.dtype), slope.to(x.dtype))
+    per_query = groups * (2 * n_seg + 6 * window.lag.shape[-1])  # the projections and the pairs' gathers
     return _windowed(fn, x, window, groups, chunk_budget, per_query) + _bias(conv, x)
 
 
@@ -244,35 +241,27 @@ def smp_segments(weight_coord: Tensor, radius: Tensor, weights: Tensor, normaliz
     return breaks, mids, coef, slope
 
 
-def _smp_chunk(k: int, flat: Tensor, seg_at: Tensor, mid_at: Tensor, coef_slope: Tensor, lag: Tensor,
+def _smp_chunk(k: int, flat: Tensor, counts: Tensor, mids: Tensor, coef: Tensor, slope: Tensor, lag: Tensor,
                valid: Tensor, sources: Tensor) -> Tensor:
-    """One chunk of :func:`pairwise_smp_causal_conv`: ``lag`` / ``valid`` ``[B, q, w]``, ``sources [B, C, q + w - 1]``,
-    ``coef_slope [G, S, C, 2]``; returns ``[B, G, q]``."""
-    queries, width = lag.shape[1:]
-    n_seg = coef_slope.shape[1]
+    """One chunk of :func:`pairwise_smp_causal_conv`: ``lag`` / ``valid`` ``[B, q, w]``, ``sources [B, C, q + w - 1]``;
+    returns ``[B, G, q]``."""
+    width = lag.shape[-1]
+    n_seg = coef.shape[1]
     coords = lag_coords(lag, k).to(flat.dtype)  # [B, q, w]
     if execution_mode() == 'export':  # no search operator in ONNX: count the smaller breakpoints
         rank = (flat < coords[..., None]).sum(-1)
     else:
-        rank = torch.searchsorted(flat, coords)
-    delta = (coords[..., None] - mid_at[rank]).to(sources.dtype)  # [B, q, w, G]: |delta| <= the hat's radius
-    proj = torch.einsum('gsct,bcl->blsgt', coef_slope, sources)  # [B, q + w - 1, S, G, 2]: A_s x_l, B_s x_l
-    step = torch.arange(queries, device=lag.device)[:, None] + torch.arange(width, device=lag.device)  # [q, w]
-    index = (seg_at[rank] + n_seg * step[..., None]).flatten(1, 2)  # [B, q w, G]: (source, segment) of each pair
-    value, rise = _gather_pairs(proj.flatten(1, 2), index)
-    out = (value + delta.flatten(1, 2) * rise).unflatten(1, (queries, width)) * valid[..., None]
-    return out.sum(2).transpose(1, 2)
-
-
-def _gather_pairs(proj: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-    """``proj [B, N, G, 2]`` at ``index [B, M, G]`` along ``N``: both rows of each pair. Eager float32 / float64 read
-    the two as one complex number (one gather, about half the time); compiled, exported and half-precision graphs
-    gather each row."""
-    if execution_mode() == 'eager' and proj.dtype in (torch.float32, torch.float64):
-        at = torch.view_as_real(torch.view_as_complex(proj.contiguous()).gather(1, index))
-    else:
-        at = proj.gather(1, index[..., None].expand(*index.shape, 2))
-    return at[..., 0], at[..., 1]
+        rank = torch.searchsorted(flat, coords.reshape(-1)).reshape(coords.shape)
+    seg = counts[rank].permute(0, 3, 1, 2)  # [B, G, q, w]: the segment of each pair under each filter
+    groups = seg.shape[1]
+    at_mid = mids.flatten()[seg + n_seg * torch.arange(groups, device=seg.device)[:, None, None]]
+    delta = (coords[:, None] - at_mid).to(sources.dtype)  # from the segment's midpoint: |delta| <= the hat's radius
+    proj = torch.einsum('gsc,bcl->bgsl', torch.cat([coef, slope], 1), sources)  # [B, G, 2S, q + w - 1]
+    span = proj.shape[-1]
+    step = torch.arange(lag.shape[1], device=seg.device)[:, None] + torch.arange(width, device=seg.device)  # [q, w]
+    index = torch.stack([seg, seg + n_seg], 2) * span + step  # each pair's source under its segment's two rows
+    at = proj.flatten(2).gather(2, index.flatten(2)).reshape(index.shape)  # [B, G, 2, q, w]
+    return ((at[:, :, 0] + delta * at[:, :, 1]) * valid[:, None]).sum(-1)
 
 
 def observed_first(mask: Tensor) -> Tensor:
