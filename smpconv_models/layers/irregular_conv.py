@@ -24,10 +24,16 @@ least ``min_gap`` time units apart (default :data:`STATIC_MIN_GAP`, one grid ste
 grid; a compiled graph checks this at run time without a host read, :func:`~smpconv_models.layers.mode.check_values`).
 Query steps go in chunks of at most ``chunk_budget`` elements, each recomputed in backward.
 :func:`observed_parallel_conv` combines a grid layer's two branches with BatchNorm statistics over observed steps.
+
+In eager mode on the CPU (float32 / float64, no autocast) with numba installed (the ``fast`` extra), both pairwise
+sums run as fused loops instead (:mod:`~smpconv_models.layers.irregular_cpu`: the same values and gradients, tested
+in float64; chunks keep only their sources for backward, nothing is recomputed); compiled and exported graphs, other
+devices and half precision keep the plain-torch ops.
 """
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 from typing import NamedTuple
 
@@ -40,13 +46,13 @@ from torch.utils.checkpoint import checkpoint
 from .causal_conv import causal_conv1d
 from .conv import check_conv_input, check_float_3d
 from .masked import masked_batch_norm
-from .mode import check_values, execution_mode
+from .mode import check_values, computes_in_half_precision, execution_mode, is_eager
 from .point_conv import MLPKernel
 from .smp_kernel import divide_by_count, kernel_coords
 
 __all__ = ['check_irregular_inputs', 'SourceWindow', 'source_window', 'pairwise_smp_causal_conv',
            'pairwise_small_causal_conv', 'MLPCausalConv1d', 'observed_parallel_conv', 'observed_first',
-           'PAIRWISE_CHUNK', 'STATIC_MIN_GAP', 'smp_segments', 'sliding_windows']
+           'PAIRWISE_CHUNK', 'STATIC_MIN_GAP', 'smp_segments', 'smp_cover_tables', 'sliding_windows']
 
 # elements a query chunk of the pairwise path holds at once (projections and pair gathers; float32: 64 MiB)
 PAIRWISE_CHUNK = 1 << 24
@@ -140,23 +146,26 @@ def source_window(timestamps: Tensor, mask: Tensor, max_lag: float, static: bool
 
 
 def sliding_windows(x: Tensor, width: int) -> Tensor:
-    """``x [..., n + width - 1]`` -> ``[..., n, width]``: element ``[..., i, m]`` is ``x[..., i + m]`` (``unfold`` as an
-    index, which every exporter traces)."""
+    """``x [..., n + width - 1]`` -> ``[..., n, width]``: element ``[..., i, m]`` is ``x[..., i + m]`` (``unfold``; in
+    an exported graph an index, which every exporter traces)."""
+    if execution_mode() != 'export':  # a view (its backward a sum, not an index_put)
+        return x.unfold(-1, width, 1)
     n = x.shape[-1] - width + 1
     return x[..., torch.arange(n, device=x.device)[:, None] + torch.arange(width, device=x.device)]
 
 
-def _windowed(fn, x: Tensor, window: SourceWindow, out_channels: int, chunk_budget: int, per_query: int) -> Tensor:
+def _windowed(fn, x: Tensor, window: SourceWindow, out_channels: int, chunk_budget: int, per_query: int,
+              recompute: bool = True) -> Tensor:
     """``fn(lag, valid, sources)`` over chunks of compact query steps (``lag`` / ``valid`` ``[B, q, w]``, ``sources
-    [B, C, q + w - 1]``: the chunk's sources, a contiguous slice of the compact series; each chunk recomputed in
-    backward when autograd records), returned as ``[B, out_channels, L]`` in the input's step order (zero at
-    unobserved steps). ``per_query``: elements a chunk holds per query step (sizes the chunks)."""
+    [B, C, q + w - 1]``: the chunk's sources, a contiguous slice of the compact series; with ``recompute``, each chunk
+    recomputed in backward when autograd records), returned as ``[B, out_channels, L]`` in the input's step order (zero
+    at unobserved steps). ``per_query``: elements a chunk holds per query step (sizes the chunks)."""
     order, lag, valid = window
     batch, chans, length = x.shape
     width = lag.shape[-1]
     q = max(1, min(length, chunk_budget // max(1, _chunk_batch(batch) * per_query)))
     x_compact = F.pad(x.gather(2, order[:, None].expand(-1, chans, -1)), (width - 1, 0))
-    records = _records()
+    records = recompute and _records()
     outs = []
     for start in range(0, length, q):
         stop = min(length, start + q)
@@ -173,8 +182,12 @@ def pairwise_small_causal_conv(weight: Tensor, bias: Tensor | None, x: Tensor, t
     it is the grid conv; ``[B, C_out, L]``. Sources: the :func:`source_window` of ``S`` time units."""
     taps = weight.shape[-1]
     window = source_window(timestamps, mask, float(taps), min_gap=min_gap)
-    out = _windowed(functools.partial(_small_chunk, weight), x, window, weight.shape[0], chunk_budget,
-                    x.shape[1] * taps * window.lag.shape[-1])
+    if _fused_pairs(x, timestamps):
+        out = _windowed(functools.partial(_small_fused_chunk, weight), x, window, weight.shape[0], chunk_budget,
+                        x.shape[1] * taps + 2 * window.lag.shape[-1], recompute=False)
+    else:
+        out = _windowed(functools.partial(_small_chunk, weight), x, window, weight.shape[0], chunk_budget,
+                        x.shape[1] * taps * window.lag.shape[-1])
     return out if bias is None else out + bias[:, None]
 
 
@@ -186,6 +199,14 @@ def _small_chunk(weight: Tensor, lag: Tensor, valid: Tensor, sources: Tensor) ->
     hat = (1 - (lag[..., None] - knots).abs()).clamp_min(0) * valid[..., None]  # [B, q, w, S]: relu(1 - |lag - m|)
     z = torch.einsum('bqwm,bcqw->bcmq', hat.to(sources.dtype), sliding_windows(sources, width))
     return torch.einsum('ocm,bcmq->boq', weight.flip(-1), z)  # weight[..., S-1-m] is the tap at lag m
+
+
+def _small_fused_chunk(weight: Tensor, lag: Tensor, valid: Tensor, sources: Tensor) -> Tensor:
+    """:func:`_small_chunk` through the fused CPU loops (:class:`~smpconv_models.layers.irregular_cpu.LagResample`)."""
+    from .irregular_cpu import LagResample
+
+    z = LagResample.apply(sources, lag, valid, weight.shape[-1])
+    return torch.einsum('ocm,bcmq->boq', weight.flip(-1), z)
 
 
 def pairwise_smp_causal_conv(conv: nn.Module, x: Tensor, timestamps: Tensor, mask: Tensor,
@@ -200,9 +221,18 @@ def pairwise_smp_causal_conv(conv: nn.Module, x: Tensor, timestamps: Tensor, mas
     source) pair gathers the projections of its segment: ``O(B G L w)`` gathers instead of ``O(B G P L w)`` hat
     evaluations. Exact up to rounding, except
     at a coordinate exactly on a hat's far edge, where Eq. 1 excludes the hat from the count and this takes the
-    segment's limit (a set of measure zero)."""
+    segment's limit (a set of measure zero). On the CPU in eager mode with numba, fused loops evaluate the hats covering
+    each pair's segment instead (:func:`smp_cover_tables`, :class:`~smpconv_models.layers.irregular_cpu.SMPPairSum`)."""
     k = conv.kernel_size[0]
     window = source_window(timestamps, mask, float(k - 1), min_gap=min_gap)
+    if _fused_pairs(x, timestamps) and conv.normalize:
+        groups, n_points = conv.weight_coord.shape[:2]
+        pos, rad = conv.weight_coord[..., 0], conv.radius.reshape(groups, n_points)
+        fn = functools.partial(_smp_fused_chunk, k, conv.weights.to(x.dtype), pos.to(x.dtype), (1 / rad).to(x.dtype),
+                               smp_cover_tables(pos, rad, x.dtype))
+        per_query = groups * (n_points + 1) + 2 * window.lag.shape[-1]  # the projections, the output, the pairs
+        # the loops keep only the chunk's sources for backward (not its projections): nothing to recompute
+        return _windowed(fn, x, window, groups, chunk_budget, per_query, recompute=False) + _bias(conv, x)
     breaks, mids, coef, slope = smp_segments(conv.weight_coord, conv.radius, conv.weights, conv.normalize)
     groups, n_seg = coef.shape[:2]
     # |{breakpoints of filter g} < x| from the position of x among all filters' breakpoints: a prefix count
@@ -239,6 +269,48 @@ def smp_segments(weight_coord: Tensor, radius: Tensor, weights: Tensor, normaliz
     coef = torch.einsum('gcp,gps->gsc', weights, hat)
     slope = torch.einsum('gcp,gps->gsc', weights, rise)
     return breaks, mids, coef, slope
+
+
+def smp_cover_tables(pos: Tensor, rad: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The segment tables of the fused per-pair sum (:class:`~smpconv_models.layers.irregular_cpu.SMPPairSum`) for
+    points ``pos`` / ``rad`` ``[G, P]``: each filter's sorted breakpoints ``breaks [G, 3P]`` (every hat's edges and
+    centre), the points covering each of the ``3P + 1`` segments as CSR rows (``cover_start [G, 3P + 2]`` into
+    ``cover_index [G, n]``; decided at the segment's midpoint) and the segment's ``1 / (|N| + eps)`` (Eq. 1's average,
+    :func:`~smpconv_models.layers.smp_kernel.divide_by_count`). No gradients: within a segment the covering set is
+    fixed, and the hats themselves are evaluated in the loops."""
+    with torch.no_grad():
+        groups = pos.shape[0]
+        breaks = torch.cat([pos - rad, pos, pos + rad], 1).sort(1).values
+        mids = torch.cat([breaks[:, :1] - 1, (breaks[:, 1:] + breaks[:, :-1]) / 2, breaks[:, -1:] + 1], 1)
+        covers = (mids[:, :, None] - pos[:, None]).abs() < rad[:, None]  # [G, S, P]
+        count = covers.sum(-1)
+        cover_start = F.pad(count.cumsum(1), (1, 0))
+        filt, _, point = covers.nonzero().unbind(1)  # in (filter, segment, point) order
+        row_start = F.pad(count.sum(1).cumsum(0), (1, 0))[:-1]
+        cover_index = torch.zeros(groups, max(1, int(cover_start[:, -1].max())), dtype=torch.long, device=pos.device)
+        cover_index[filt, torch.arange(filt.shape[0], device=pos.device) - row_start[filt]] = point
+        inv_count = divide_by_count(torch.ones((), dtype=dtype, device=pos.device), count.to(dtype))
+        return breaks.to(dtype), cover_start, cover_index, inv_count
+
+
+def _smp_fused_chunk(k: int, weights: Tensor, pos: Tensor, inv_rad: Tensor, tables: tuple[Tensor, ...], lag: Tensor,
+                     valid: Tensor, sources: Tensor) -> Tensor:
+    """One chunk of :func:`pairwise_smp_causal_conv` through the fused CPU loops
+    (:class:`~smpconv_models.layers.irregular_cpu.SMPPairSum`); ``[B, G, q]``."""
+    from .irregular_cpu import SMPPairSum
+
+    breaks, cover_start, cover_index, inv_count = tables
+    return SMPPairSum.apply(sources, weights, pos, inv_rad, lag_coords(lag, k).to(sources.dtype), valid, breaks,
+                            cover_start, cover_index, inv_count)
+
+
+def _fused_pairs(x: Tensor, timestamps: Tensor) -> bool:
+    """Whether the pairwise convs take the fused CPU loops (:mod:`~smpconv_models.layers.irregular_cpu`, an eager-only
+    shortcut): eager mode, CPU, float32 / float64 without autocast, timestamps without gradients, and numba installed
+    (the ``fast`` extra)."""
+    return (is_eager() and x.device.type == 'cpu' and x.dtype in (torch.float32, torch.float64)
+            and not computes_in_half_precision(x) and not timestamps.requires_grad
+            and importlib.util.find_spec('numba') is not None)
 
 
 def _smp_chunk(k: int, flat: Tensor, counts: Tensor, mids: Tensor, coef: Tensor, slope: Tensor, lag: Tensor,

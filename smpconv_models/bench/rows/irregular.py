@@ -3,6 +3,7 @@ and the irregular TCN on long series against the grid TCN on the same length."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -73,11 +74,14 @@ def irregular_vs_grid_tcn(length: int, quick: bool) -> dict[str, Any]:
     t_ours, t_peer = time_pair(ours, peer, repeats, warmup)
     ours_base, ours_peak = peak_rss_in_child(long_series_step, 'irregular', length)
     peer_base, peer_peak = peak_rss_in_child(long_series_step, 'grid', length)
+    fused = importlib.util.find_spec('numba') is not None
     return dict(ours_time=t_ours, peer_time=t_peer, batch=LONG_BATCH, ours_peak_rss_mb=ours_peak,
                 peer_peak_rss_mb=peer_peak, ours_setup_rss_mb=ours_base, peer_setup_rss_mb=peer_base,
+                fused_cpu_loops=fused,
                 note=f'{length:,} steps, batch {LONG_BATCH}; ours: smpconv_irregular_tcn at real timestamps (gaps 1-2, '
-                     f'pairwise path); peer: the grid TCN; peak RSS ours {ours_peak:,.0f} MB, peer {peer_peak:,.0f} MB '
-                     f'(after setup {ours_base:,.0f} / {peer_base:,.0f})')
+                     f'pairwise path, {"fused CPU loops (numba)" if fused else "plain torch ops (no numba)"}); peer: '
+                     f'the grid TCN; peak RSS ours {ours_peak:,.0f} MB, peer {peer_peak:,.0f} MB (after setup '
+                     f'{ours_base:,.0f} / {peer_base:,.0f})')
 
 
 # name -> (row, ratio target): the irregular TCN within 3x of the grid TCN's step (issue 18)
