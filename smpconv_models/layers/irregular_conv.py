@@ -256,9 +256,7 @@ def smp_segments(weight_coord: Tensor, radius: Tensor, weights: Tensor, normaliz
     groups, n_points = weight_coord.shape[:2]
     pos = weight_coord[..., 0]
     rad = radius.reshape(groups, n_points)
-    with torch.no_grad():
-        breaks = torch.cat([pos - rad, pos, pos + rad], 1).sort(1).values
-        mids = torch.cat([breaks[:, :1] - 1, (breaks[:, 1:] + breaks[:, :-1]) / 2, breaks[:, -1:] + 1], 1)
+    breaks, mids = _breakpoints(pos, rad)
     offset = mids[:, None, :] - pos[..., None]  # [G, P, S]
     inside = offset.detach().abs() < rad.detach()[..., None]
     hat = (1 - offset.abs() / rad[..., None]).clamp_min(0) * inside  # each hat at each midpoint
@@ -271,6 +269,15 @@ def smp_segments(weight_coord: Tensor, radius: Tensor, weights: Tensor, normaliz
     return breaks, mids, coef, slope
 
 
+def _breakpoints(pos: Tensor, rad: Tensor) -> tuple[Tensor, Tensor]:
+    """Each filter's sorted breakpoints ``[G, 3P]`` (every hat's edges and centre) and the midpoints ``[G, 3P + 1]`` of
+    the segments between them (the outer two one unit beyond the outer breakpoints); no gradients."""
+    with torch.no_grad():
+        breaks = torch.cat([pos - rad, pos, pos + rad], 1).sort(1).values
+        mids = torch.cat([breaks[:, :1] - 1, (breaks[:, 1:] + breaks[:, :-1]) / 2, breaks[:, -1:] + 1], 1)
+    return breaks, mids
+
+
 def smp_cover_tables(pos: Tensor, rad: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The segment tables of the fused per-pair sum (:class:`~smpconv_models.layers.irregular_cpu.SMPPairSum`) for
     points ``pos`` / ``rad`` ``[G, P]``: each filter's sorted breakpoints ``breaks [G, 3P]`` (every hat's edges and
@@ -278,16 +285,16 @@ def smp_cover_tables(pos: Tensor, rad: Tensor, dtype: torch.dtype) -> tuple[Tens
     ``cover_index [G, n]``; decided at the segment's midpoint) and the segment's ``1 / (|N| + eps)`` (Eq. 1's average,
     :func:`~smpconv_models.layers.smp_kernel.divide_by_count`). No gradients: within a segment the covering set is
     fixed, and the hats themselves are evaluated in the loops."""
+    breaks, mids = _breakpoints(pos, rad)
     with torch.no_grad():
-        groups = pos.shape[0]
-        breaks = torch.cat([pos - rad, pos, pos + rad], 1).sort(1).values
-        mids = torch.cat([breaks[:, :1] - 1, (breaks[:, 1:] + breaks[:, :-1]) / 2, breaks[:, -1:] + 1], 1)
+        groups, n_points = pos.shape
         covers = (mids[:, :, None] - pos[:, None]).abs() < rad[:, None]  # [G, S, P]
         count = covers.sum(-1)
         cover_start = F.pad(count.cumsum(1), (1, 0))
         filt, _, point = covers.nonzero().unbind(1)  # in (filter, segment, point) order
         row_start = F.pad(count.sum(1).cumsum(0), (1, 0))[:-1]
-        cover_index = torch.zeros(groups, max(1, int(cover_start[:, -1].max())), dtype=torch.long, device=pos.device)
+        # rows as long as every point covering every segment could make them (no host read of the longest)
+        cover_index = torch.zeros(groups, covers.shape[1] * n_points, dtype=torch.long, device=pos.device)
         cover_index[filt, torch.arange(filt.shape[0], device=pos.device) - row_start[filt]] = point
         inv_count = divide_by_count(torch.ones((), dtype=dtype, device=pos.device), count.to(dtype))
         return breaks.to(dtype), cover_start, cover_index, inv_count
