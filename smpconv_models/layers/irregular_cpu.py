@@ -106,6 +106,7 @@ class SMPPairSum(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         sources, weights, *tables = ctx.saved_tensors
         pos = tables[-2]
+        mat = _points_matrix(weights)
         v = _project(sources, weights)
         grad_v = torch.zeros_like(v)
         grad_pos = v.new_zeros(v.shape[0], *pos.shape)
@@ -113,7 +114,6 @@ class SMPPairSum(torch.autograd.Function):
         _set_threads()
         _backward(*_arrays(v, *tables, grad_out), grad_v.numpy(), grad_pos.numpy(), grad_inv_rad.numpy())
         grad_v = grad_v.flatten(2)  # [B, j, G P]
-        mat = weights.permute(1, 0, 2).flatten(1)  # [C, G P]
         grad_sources = (grad_v @ mat.T).transpose(1, 2) if ctx.needs_input_grad[0] else None
         grad_weights = None
         if ctx.needs_input_grad[1]:
@@ -122,10 +122,14 @@ class SMPPairSum(torch.autograd.Function):
         return (grad_sources, grad_weights, grad_pos.sum(0), grad_inv_rad.sum(0), None, None, None, None, None, None)
 
 
+def _points_matrix(weights: Tensor) -> Tensor:
+    """The points' weights ``[G, C, P]`` as one matrix ``[C, G P]``."""
+    return weights.permute(1, 0, 2).flatten(1)
+
+
 def _project(sources: Tensor, weights: Tensor) -> Tensor:
     """``V [B, j, G, P]``: the sources ``[B, C, j]`` on each point's weights ``[G, C, P]`` (one matmul)."""
-    mat = weights.permute(1, 0, 2).flatten(1)  # [C, G P]
-    return (sources.transpose(1, 2) @ mat).unflatten(2, (weights.shape[0], weights.shape[2])).contiguous()
+    return (sources.transpose(1, 2) @ _points_matrix(weights)).unflatten(2, weights.shape[::2]).contiguous()
 
 
 def _set_threads() -> None:
